@@ -1,0 +1,1 @@
+"""Batch jobs: the nightly reconciliation for finance."""

@@ -1,0 +1,5 @@
+import sys
+
+from planshift.cli import main
+
+sys.exit(main())

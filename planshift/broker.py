@@ -1,0 +1,354 @@
+"""A local Apache Kafka for development, demos and tests: one KRaft node (broker+controller).
+
+The jars come from Maven Central: `org.apache.kafka:kafka_2.13` plus the log4j2 SLF4J
+binding that its published POM leaves out, resolved once by
+`maven-dependency-plugin:copy-dependencies` into a cache outside the work tree
+(`Settings.kafka_cache_dir`). The broker's data, configuration, pid file and log live
+under `PLANSHIFT_DATA_DIR/kafka`, so a restarted broker keeps its topics and offsets.
+
+`start()` returns once a metadata request succeeds, or raises `BrokerError` with the
+tail of the broker's log within the timeout. `stop()` sends SIGTERM and waits (the
+broker's shutdown hook closes its logs cleanly), then SIGKILL as a last resort.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from planshift.logs import get_logger
+from planshift.settings import Settings
+
+log = get_logger(__name__)
+
+MAVEN_DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
+LOG4J_VERSION = "2.24.3"
+START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 30.0
+
+POM_TEMPLATE = """<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>planshift</groupId>
+  <artifactId>planshift-kafka-runtime</artifactId>
+  <version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId><version>{kafka}</version></dependency>
+    <!-- The published POM leaves out the logging binding that the release tarball adds. -->
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j-impl</artifactId><version>{log4j}</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-core</artifactId><version>{log4j}</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-api</artifactId><version>{log4j}</version></dependency>
+  </dependencies>
+</project>
+"""
+
+LOG4J2_PROPERTIES = """status = warn
+appender.err.type = Console
+appender.err.name = STDERR
+appender.err.target = SYSTEM_ERR
+appender.err.layout.type = PatternLayout
+appender.err.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = {level}
+rootLogger.appenderRef.err.ref = STDERR
+logger.kafka.name = kafka
+logger.kafka.level = {level}
+logger.state.name = state.change.logger
+logger.state.level = warn
+"""
+
+
+class BrokerError(RuntimeError):
+    """The local broker could not be installed, started or stopped."""
+
+
+def ensure_kafka_jars(settings: Settings, quiet: bool = False) -> Path:
+    """Resolve the Kafka jars from Maven Central once; return the folder holding them."""
+    home = settings.kafka_cache_dir / settings.kafka_version
+    libs = home / "libs"
+    marker = home / ".complete"
+    if marker.exists() and any(libs.glob("kafka_2.13-*.jar")):
+        return libs
+    if shutil.which("mvn") is None:
+        raise BrokerError("Maven (mvn) is needed once to fetch Apache Kafka from Maven Central; install it")
+    home.mkdir(parents=True, exist_ok=True)
+    pom = home / "pom.xml"
+    pom.write_text(POM_TEMPLATE.format(kafka=settings.kafka_version, log4j=LOG4J_VERSION))
+    staging = home / "libs.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    if not quiet:
+        print(f"fetching Apache Kafka {settings.kafka_version} jars from Maven Central into {libs} …", flush=True)
+    proc = subprocess.run(
+        ["mvn", "-B", "-q", "-f", str(pom), f"{MAVEN_DEPENDENCY_PLUGIN}:copy-dependencies",
+         "-DincludeScope=runtime", f"-DoutputDirectory={staging}"],
+        capture_output=True, text=True,
+    )
+    if proc.returncode != 0 or not any(staging.glob("kafka_2.13-*.jar")):
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-20:])
+        raise BrokerError(f"resolving org.apache.kafka:kafka_2.13:{settings.kafka_version} failed:\n{tail}")
+    shutil.rmtree(libs, ignore_errors=True)
+    staging.rename(libs)
+    marker.write_text(settings.kafka_version)
+    return libs
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of ours still answers kill(0); reap it if it is ours.
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        stat = Path(f"/proc/{pid}/stat")
+        try:
+            return stat.read_text().split(") ", 1)[1][0] != "Z"
+        except (OSError, IndexError):
+            return True
+
+
+@dataclass(frozen=True)
+class BrokerStatus:
+    running: bool
+    address: str
+    pid: int | None
+    version: str
+    data_dir: Path
+
+    def describe(self) -> str:
+        if not self.running:
+            return f"not running (address {self.address}, data {self.data_dir})"
+        return f"running at {self.address}, pid {self.pid}, Apache Kafka {self.version}, data {self.data_dir}"
+
+
+class LocalBroker:
+    """One combined KRaft node whose files live under `settings.data_dir / "kafka"`."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.home = settings.data_dir / "kafka"
+        self.log_dirs = self.home / "data"
+        self.state_file = self.home / "broker.json"
+        self.pid_file = self.home / "broker.pid"
+        self.log_file = self.home / "broker.log"
+        self.properties_file = self.home / "server.properties"
+        self.log4j_file = self.home / "log4j2.properties"
+
+    # -- state -------------------------------------------------------------
+    def _state(self) -> dict:
+        if self.state_file.exists():
+            return json.loads(self.state_file.read_text())
+        return {}
+
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if _pid_alive(pid) else None
+
+    def status(self) -> BrokerStatus:
+        state = self._state()
+        pid = self.pid()
+        return BrokerStatus(
+            running=pid is not None,
+            address=self.settings.bootstrap_servers,
+            pid=pid,
+            version=state.get("kafka_version", self.settings.kafka_version),
+            data_dir=self.home,
+        )
+
+    # -- lifecycle ---------------------------------------------------------
+    def start(self, timeout: float = START_TIMEOUT_S) -> tuple[BrokerStatus, bool]:
+        """Start the broker unless it runs. Returns (status, started_now)."""
+        if self.pid() is not None:
+            return self.status(), False
+        host, port = self.settings.bootstrap_host_port
+        if _port_in_use(host, port):
+            raise BrokerError(f"{host}:{port} is already in use by another process; "
+                              "set PLANSHIFT_BOOTSTRAP_SERVERS to a free address")
+        libs = ensure_kafka_jars(self.settings)
+        self.home.mkdir(parents=True, exist_ok=True)
+        state = self._state()
+        if state and state.get("kafka_version") != self.settings.kafka_version:
+            raise BrokerError(
+                f"the data in {self.home} was formatted by Kafka {state.get('kafka_version')}, "
+                f"not {self.settings.kafka_version}; remove it or set PLANSHIFT_KAFKA_VERSION"
+            )
+        if not state:
+            # The controller's address is written into the formatted metadata
+            # (--standalone), so it is chosen once and kept for every restart.
+            state = {
+                "cluster_id": _cluster_id(),
+                "controller_port": free_port(host),
+                "kafka_version": self.settings.kafka_version,
+            }
+        self._write_config(host, port, state["controller_port"])
+        if not (self.log_dirs / "meta.properties").exists():
+            self._format(libs, state["cluster_id"])
+        self.state_file.write_text(json.dumps(state, indent=2))
+
+        log_handle = open(self.log_file, "ab")
+        heap = os.environ.get("PLANSHIFT_KAFKA_HEAP", "512m")
+        cmd = [
+            "java", f"-Xms{heap}", f"-Xmx{heap}", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={self.log4j_file}",
+            f"-Dkafka.logs.dir={self.home}",
+            "-cp", f"{libs}/*", "kafka.Kafka", str(self.properties_file),
+        ]
+        started_at = time.monotonic()
+        proc = subprocess.Popen(cmd, stdout=log_handle, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        log_handle.close()
+        self.pid_file.write_text(str(proc.pid))
+        deadline = started_at + timeout
+        while True:
+            if proc.poll() is not None:
+                self.pid_file.unlink(missing_ok=True)
+                raise BrokerError(f"the broker exited with code {proc.returncode}:\n{self.log_tail()}")
+            if _metadata_ok(self.settings):
+                break
+            if time.monotonic() > deadline:
+                self._terminate(proc.pid)
+                raise BrokerError(f"the broker did not answer a metadata request within {timeout:.0f}s:\n{self.log_tail()}")
+            time.sleep(0.2)
+        log.info("broker started", address=self.settings.bootstrap_servers, pid=proc.pid,
+                 seconds=round(time.monotonic() - started_at, 2))
+        return self.status(), True
+
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> bool:
+        """Stop the broker if it runs. Returns whether it was running."""
+        pid = self.pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return False
+        self._terminate(pid, timeout)
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+    def kill(self) -> None:
+        """SIGKILL the broker (tests of crash recovery)."""
+        if (pid := self.pid()) is not None:
+            os.kill(pid, signal.SIGKILL)
+            _wait_gone(pid, 10)
+            self.pid_file.unlink(missing_ok=True)
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_file.read_text(errors="replace")
+        except OSError:
+            return "(no broker log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    # -- helpers -----------------------------------------------------------
+    def _terminate(self, pid: int, timeout: float = STOP_TIMEOUT_S) -> None:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        if not _wait_gone(pid, timeout):
+            os.kill(pid, signal.SIGKILL)
+            _wait_gone(pid, 10)
+
+    def _write_config(self, host: str, port: int, controller_port: int) -> None:
+        self.log_dirs.mkdir(parents=True, exist_ok=True)
+        props = f"""# Written by planshift broker start; one combined KRaft node.
+process.roles=broker,controller
+node.id=1
+controller.quorum.bootstrap.servers={host}:{controller_port}
+listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{controller_port}
+advertised.listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{controller_port}
+inter.broker.listener.name=PLAINTEXT
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs={self.log_dirs}
+num.partitions=1
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=6
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=6
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=false
+# Small segments keep compaction of changelogs and the test topics cheap.
+log.segment.bytes=67108864
+log.cleaner.dedupe.buffer.size=16777216
+"""
+        self.properties_file.write_text(props)
+        level = os.environ.get("PLANSHIFT_KAFKA_LOG_LEVEL", "warn")
+        self.log4j_file.write_text(LOG4J2_PROPERTIES.format(level=level))
+
+    def _format(self, libs: Path, cluster_id: str) -> None:
+        proc = subprocess.run(
+            ["java", "-Xmx256m", "-cp", f"{libs}/*", "kafka.tools.StorageTool", "format",
+             "--standalone", "-t", cluster_id, "-c", str(self.properties_file)],
+            capture_output=True, text=True,
+        )
+        if proc.returncode != 0:
+            raise BrokerError(f"formatting the broker's storage failed:\n{proc.stdout}{proc.stderr}")
+
+
+def _cluster_id() -> str:
+    # 16 random bytes, URL-safe base64 without padding; never starting with '-'.
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cid.startswith("-"):
+            return cid
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _pid_alive(pid):
+            return True
+        time.sleep(0.1)
+    return not _pid_alive(pid)
+
+
+def _metadata_ok(settings: Settings) -> bool:
+    """One metadata round trip: the broker is up when it answers with itself."""
+    host, port = settings.bootstrap_host_port
+    if not _port_in_use(host, port):
+        return False
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    try:
+        admin = KafkaAdminClient(**settings.kafka_client_config(), request_timeout_ms=3000,
+                                 bootstrap_timeout_ms=3000, client_id="planshift-probe")
+    except (KafkaError, OSError, ValueError):
+        return False
+    try:
+        admin.list_topics()
+        return True
+    except (KafkaError, OSError):
+        return False
+    finally:
+        admin.close()

@@ -1,0 +1,190 @@
+"""The commands: each a small function from parsed arguments to an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from planshift.settings import Settings, SettingsError
+
+Handler = Callable[[argparse.Namespace, Settings], int]
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"planshift: error: {message}", file=sys.stderr)
+    return code
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    # broker ---------------------------------------------------------------
+    broker = sub.add_parser("broker", help="run a local Apache Kafka (KRaft, one node) for development",
+                            description="A local Apache Kafka from Maven Central jars, listening at "
+                                        "PLANSHIFT_BOOTSTRAP_SERVERS, data under PLANSHIFT_DATA_DIR/kafka.")
+    bsub = broker.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=type(broker))
+    start = bsub.add_parser("start", help="start the broker (and fetch its jars once); returns when it answers")
+    start.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the broker (default 60)")
+    start.set_defaults(handler=broker_start, needs_broker=False)
+    bsub.add_parser("stop", help="stop the broker (SIGTERM, then wait)") \
+        .set_defaults(handler=broker_stop, needs_broker=False)
+    bsub.add_parser("status", help="print address, pid and Kafka version (exit 3 when not running)") \
+        .set_defaults(handler=broker_status, needs_broker=False)
+
+    # topics ---------------------------------------------------------------
+    topics = sub.add_parser("topics", help="create the contract's topics",
+                            description="Topics of CONTRACT.md §2 and their dead-letter topics.")
+    tsub = topics.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=type(topics))
+    tsub.add_parser("create", help="create every missing topic; a second run changes nothing") \
+        .set_defaults(handler=topics_create)
+    tsub.add_parser("list", help="list the planned topics with partitions and retention") \
+        .set_defaults(handler=topics_list, needs_broker=False)
+
+    # publish --------------------------------------------------------------
+    publish = sub.add_parser("publish", help="publish events as an upstream system would")
+    psub = publish.add_subparsers(dest="what", required=True, metavar="WHAT", parser_class=type(publish))
+    pur = psub.add_parser("upgrade-requests", help="publish upgrade.requested events from a JSON Lines file",
+                          description="Validates each line before sending; reports errors per line. "
+                                      "Missing envelope fields (event_id, event_type, schema_version, "
+                                      "occurred_at) are filled in.")
+    pur.add_argument("file", type=Path, metavar="FILE.jsonl")
+    pur.set_defaults(handler=publish_upgrade_requests)
+
+    # tail -----------------------------------------------------------------
+    tail = sub.add_parser("tail", help="print a topic's committed events (read_committed) as JSON lines")
+    tail.add_argument("topic", help="a contract topic name, e.g. upgrade.status")
+    tail.add_argument("--limit", type=int, default=None, help="print at most this many events")
+    tail.add_argument("--timeout", type=float, default=30.0, help="seconds to read before giving up")
+    tail.set_defaults(handler=tail_topic)
+
+    # demo -----------------------------------------------------------------
+    demo = sub.add_parser("demo", help="start the broker, create topics, publish sample requests, read them back")
+    demo.add_argument("--file", type=Path, default=None, help="requests to publish (default: the shipped samples)")
+    demo.set_defaults(handler=run_demo, needs_broker=False)
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    from planshift import logs
+
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        return _fail(str(exc), 2)
+    # Long-running processes (`run …`) log at the configured level; one-shot commands
+    # print their own results and keep the log to warnings, and leave kafka-python's
+    # reconnect chatter out (an unreachable broker is reported once, below).
+    if getattr(args, "long_running", False):
+        logs.configure(settings.log_level)
+    else:
+        logs.configure("WARNING", kafka_level="CRITICAL")
+    from kafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
+
+    from planshift.broker import BrokerError
+    from planshift.catalogue import CatalogueError
+    from planshift.kafka_clients import BrokerUnreachable
+
+    try:
+        if getattr(args, "needs_broker", True):
+            from planshift.kafka_clients import require_broker
+
+            require_broker(settings)
+        return args.handler(args, settings)
+    except (KafkaConnectionError, KafkaTimeoutError):
+        return _fail(f"no Kafka broker answers at {settings.bootstrap_servers} "
+                     "(start one with 'planshift broker start')")
+    except (BrokerError, BrokerUnreachable, CatalogueError, LookupError, TimeoutError, KafkaError) as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return 130
+
+
+# -- handlers ----------------------------------------------------------------
+
+def broker_start(args: argparse.Namespace, settings: Settings) -> int:
+    from planshift.broker import LocalBroker
+
+    began = time.monotonic()
+    status, started = LocalBroker(settings).start(timeout=args.timeout)
+    if started:
+        print(f"broker started in {time.monotonic() - began:.1f}s: {status.describe()}")
+    else:
+        print(f"broker already running: {status.describe()}")
+    return 0
+
+
+def broker_stop(args: argparse.Namespace, settings: Settings) -> int:
+    from planshift.broker import LocalBroker
+
+    print("broker stopped" if LocalBroker(settings).stop() else "broker was not running")
+    return 0
+
+
+def broker_status(args: argparse.Namespace, settings: Settings) -> int:
+    from planshift.broker import LocalBroker
+
+    status = LocalBroker(settings).status()
+    print(status.describe())
+    return 0 if status.running else 3
+
+
+def topics_create(args: argparse.Namespace, settings: Settings) -> int:
+    from planshift.topics import create_topics
+
+    print(create_topics(settings).describe())
+    return 0
+
+
+def topics_list(args: argparse.Namespace, settings: Settings) -> int:
+    from planshift.topics import planned_topics
+
+    for plan in planned_topics(settings):
+        policy = plan.configs["cleanup.policy"]
+        keep = "compacted" if policy == "compact" else f"{int(plan.configs['retention.ms']) // 86_400_000} days"
+        print(f"{plan.name:<32} {plan.partitions:>3} partitions  {keep}")
+    return 0
+
+
+def publish_upgrade_requests(args: argparse.Namespace, settings: Settings) -> int:
+    from producers.order_system import publish_file
+
+    if not args.file.is_file():
+        return _fail(f"{args.file}: no such file", 2)
+    report = _publish_with_progress(settings, args.file)
+    for number, message in report.errors:
+        print(f"{args.file}:{number}: {message}", file=sys.stderr)
+    print(report.describe())
+    return 1 if report.errors else 0
+
+
+def _publish_with_progress(settings: Settings, path: Path):
+    from tqdm import tqdm
+
+    from producers.order_system import publish_file
+
+    with open(path, "rb") as handle:
+        total = sum(1 for _ in handle)
+    with tqdm(total=total, unit="line", desc="publishing", disable=None, file=sys.stderr) as bar:
+        return publish_file(settings, path, on_line=lambda: bar.update(1))
+
+
+def tail_topic(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+
+    from planshift.topic_reader import iter_topic
+
+    shown = 0
+    for record in iter_topic(settings, settings.topic(args.topic), timeout=args.timeout):
+        value = record.value if record.raw_json else repr(record.value)
+        print(json.dumps({"partition": record.partition, "offset": record.offset, "key": record.key,
+                          "value": value}, ensure_ascii=False))
+        shown += 1
+        if args.limit is not None and shown >= args.limit:
+            break
+    return 0
+
+
+def run_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from planshift.cli import demo
+
+    return demo.run(settings, args.file)

@@ -1,0 +1,140 @@
+"""One frozen settings object, read from the environment (CONTRACT.md §9).
+
+`Settings.from_env()` is called once at the edge (the CLI, a test fixture) and the
+object is handed to every part; nothing else reads `os.environ`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+PREPAID_POLICIES = ("checkout_rule", "block")
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+
+
+class SettingsError(ValueError):
+    """A configuration variable has a value planshift cannot use."""
+
+
+def _default_kafka_cache() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "planshift" / "kafka"
+
+
+@dataclass(frozen=True)
+class Settings:
+    bootstrap_servers: str = "127.0.0.1:9092"
+    data_dir: Path = Path("./var")
+    catalogue_path: Path | None = None  # None: the shipped catalogue
+    batch_size: int = 500
+    credit_check_threshold_minor: int = 1_000_000
+    prepaid_policy: str = "checkout_rule"
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    ssl_cafile: str | None = None
+    # Partition count shared by the co-partitioned tenant-keyed topics (CONTRACT.md §2).
+    tenant_partitions: int = 6
+    batch_partitions: int = 12
+    replication_factor: int = 1
+    # Beyond the contract: a prefix put before every topic name, so several
+    # environments (or tests) can share one cluster. Empty in production.
+    topic_prefix: str = ""
+    # Beyond the contract: where the Apache Kafka jars are cached (outside the work tree).
+    kafka_cache_dir: Path = field(default_factory=_default_kafka_cache)
+    kafka_version: str = "4.1.1"
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        defaults = cls()
+
+        def get(name: str) -> str | None:
+            value = env.get(name)
+            return value if value not in (None, "") else None
+
+        def get_int(name: str, default: int, minimum: int = 1) -> int:
+            raw = get(name)
+            if raw is None:
+                return default
+            try:
+                value = int(raw)
+            except ValueError:
+                raise SettingsError(f"{name}={raw!r} is not an integer") from None
+            if value < minimum:
+                raise SettingsError(f"{name}={value} must be at least {minimum}")
+            return value
+
+        catalogue = get("PLANSHIFT_CATALOGUE")
+        settings = cls(
+            bootstrap_servers=get("PLANSHIFT_BOOTSTRAP_SERVERS") or defaults.bootstrap_servers,
+            data_dir=Path(get("PLANSHIFT_DATA_DIR") or defaults.data_dir),
+            catalogue_path=Path(catalogue) if catalogue else None,
+            batch_size=get_int("PLANSHIFT_BATCH_SIZE", defaults.batch_size),
+            credit_check_threshold_minor=get_int(
+                "PLANSHIFT_CREDIT_CHECK_THRESHOLD_MINOR", defaults.credit_check_threshold_minor, 0
+            ),
+            prepaid_policy=get("PLANSHIFT_PREPAID_POLICY") or defaults.prepaid_policy,
+            security_protocol=(get("PLANSHIFT_SECURITY_PROTOCOL") or defaults.security_protocol).upper(),
+            sasl_mechanism=get("PLANSHIFT_SASL_MECHANISM"),
+            sasl_username=get("PLANSHIFT_SASL_USERNAME"),
+            sasl_password=get("PLANSHIFT_SASL_PASSWORD"),
+            ssl_cafile=get("PLANSHIFT_SSL_CAFILE"),
+            tenant_partitions=get_int("PLANSHIFT_TENANT_PARTITIONS", defaults.tenant_partitions),
+            batch_partitions=get_int("PLANSHIFT_BATCH_PARTITIONS", defaults.batch_partitions),
+            replication_factor=get_int("PLANSHIFT_REPLICATION_FACTOR", defaults.replication_factor),
+            topic_prefix=get("PLANSHIFT_TOPIC_PREFIX") or "",
+            kafka_cache_dir=Path(get("PLANSHIFT_KAFKA_CACHE") or defaults.kafka_cache_dir),
+            kafka_version=get("PLANSHIFT_KAFKA_VERSION") or defaults.kafka_version,
+            log_level=(get("PLANSHIFT_LOG_LEVEL") or defaults.log_level).upper(),
+        )
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.prepaid_policy not in PREPAID_POLICIES:
+            raise SettingsError(
+                f"PLANSHIFT_PREPAID_POLICY={self.prepaid_policy!r} must be one of {', '.join(PREPAID_POLICIES)}"
+            )
+        if self.security_protocol not in SECURITY_PROTOCOLS:
+            raise SettingsError(
+                f"PLANSHIFT_SECURITY_PROTOCOL={self.security_protocol!r} must be one of {', '.join(SECURITY_PROTOCOLS)}"
+            )
+        if self.security_protocol.startswith("SASL") and not self.sasl_mechanism:
+            raise SettingsError("PLANSHIFT_SASL_MECHANISM is required with a SASL security protocol")
+        host, _, port = self.bootstrap_servers.split(",")[0].rpartition(":")
+        if not host or not port.isdigit():
+            raise SettingsError(
+                f"PLANSHIFT_BOOTSTRAP_SERVERS={self.bootstrap_servers!r} must be host:port[,host:port…]"
+            )
+
+    def with_(self, **changes: Any) -> "Settings":
+        return replace(self, **changes)
+
+    def topic(self, name: str) -> str:
+        """The Kafka name of a contract topic (`Topic.*` or a `.dlq` name)."""
+        return f"{self.topic_prefix}{name}"
+
+    def kafka_client_config(self) -> dict[str, Any]:
+        """The settings every kafka-python client gets: servers and security."""
+        config: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers.split(","),
+            "security_protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            config["sasl_mechanism"] = self.sasl_mechanism
+            config["sasl_plain_username"] = self.sasl_username
+            config["sasl_plain_password"] = self.sasl_password
+        if self.ssl_cafile:
+            config["ssl_cafile"] = self.ssl_cafile
+        return config
+
+    @property
+    def bootstrap_host_port(self) -> tuple[str, int]:
+        host, _, port = self.bootstrap_servers.split(",")[0].rpartition(":")
+        return host, int(port)

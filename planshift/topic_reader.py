@@ -1,0 +1,85 @@
+"""Reading a topic from the start to its current end, `read_committed`, without a group.
+
+Used by the CLI (`planshift tail`, `planshift status`, the demo) and by tests. The end
+is the last stable offset each partition had when reading began, so records of a
+transaction that is still open or was aborted are never shown.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from kafka import TopicPartition
+
+from planshift import kafka_clients
+from planshift.settings import Settings
+
+
+@dataclass(frozen=True)
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: str | None
+    value: Any  # parsed JSON, or the raw bytes when not JSON
+    headers: dict[str, bytes]
+
+    @property
+    def raw_json(self) -> bool:
+        return not isinstance(self.value, (bytes, type(None)))
+
+
+def _decode(value: bytes | None) -> Any:
+    if value is None:
+        return None
+    try:
+        return json.loads(value)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return value
+
+
+def iter_topic(settings: Settings, topic: str, timeout: float = 30.0,
+               partitions: list[int] | None = None) -> Iterator[Record]:
+    """Every committed record of `topic` up to its end as of now, partition by partition order."""
+    consumer = kafka_clients.consumer(settings, None, enable_auto_commit=False)
+    try:
+        available = consumer.partitions_for_topic(topic)
+        if available is None:
+            deadline = time.monotonic() + min(timeout, 10)
+            while available is None and time.monotonic() < deadline:
+                consumer.topics()  # refresh metadata
+                available = consumer.partitions_for_topic(topic)
+        if not available:
+            raise LookupError(f"topic {topic!r} does not exist")
+        tps = [TopicPartition(topic, p) for p in sorted(available) if partitions is None or p in partitions]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        end = consumer.end_offsets(tps)
+        remaining = {tp for tp in tps if end[tp] > consumer.position(tp)}
+        deadline = time.monotonic() + timeout
+        while remaining:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading {topic} did not reach its end within {timeout:.0f}s")
+            for tp, records in consumer.poll(timeout_ms=500, max_records=5000).items():
+                for r in records:
+                    if r.offset < end[tp]:
+                        yield Record(r.topic, r.partition, r.offset, r.timestamp,
+                                     r.key.decode() if r.key is not None else None,
+                                     _decode(r.value), dict(r.headers or []))
+            # Under read_committed the position jumps over transaction markers and
+            # aborted records, so "done" is the position, not the last record seen.
+            remaining = {tp for tp in remaining if consumer.position(tp) < end[tp]}
+    finally:
+        consumer.close()
+
+
+def read_topic(settings: Settings, topic: str, timeout: float = 30.0) -> list[Record]:
+    return list(iter_topic(settings, topic, timeout))
+
+
+def read_values(settings: Settings, topic: str, timeout: float = 30.0) -> list[Any]:
+    return [r.value for r in iter_topic(settings, topic, timeout)]

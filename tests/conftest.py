@@ -1,0 +1,97 @@
+"""Shared fixtures: one real Apache Kafka broker for the whole run, unique names per test.
+
+The broker is started through `planshift.broker.LocalBroker`, the same code as
+`planshift broker start`, on free ports with its data in a temporary folder, and
+stopped (SIGTERM) at the end of the session.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from planshift.broker import LocalBroker, free_port
+from planshift.settings import Settings
+from planshift.topics import create_topics
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 30.0, interval: float = 0.1,
+             message: str = "condition") -> object:
+    """Poll `condition` until it returns something truthy; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {message}")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def broker_settings(tmp_path_factory) -> Settings:
+    """Settings pointing at the session's broker; each test derives its own from it."""
+    data_dir = tmp_path_factory.mktemp("planshift-broker")
+    base = Settings.from_env({k: v for k, v in os.environ.items() if k == "PLANSHIFT_KAFKA_CACHE"})
+    return base.with_(bootstrap_servers=f"127.0.0.1:{free_port()}", data_dir=data_dir)
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(broker_settings: Settings):
+    broker = LocalBroker(broker_settings)
+    began = time.monotonic()
+    status, started = broker.start()
+    assert started, "the session broker was already running"
+    broker.start_seconds = time.monotonic() - began  # reported by test_broker
+    yield broker
+    broker.stop()
+
+
+_counter = itertools.count()
+
+
+@pytest.fixture
+def unique_name(request) -> Callable[[str], str]:
+    """Names unique to this test (topics, groups, transactional ids)."""
+    run = uuid.uuid4().hex[:6]
+
+    def make(kind: str = "x") -> str:
+        return f"{request.node.name[:40]}-{kind}-{run}-{next(_counter)}".replace("[", "-").replace("]", "")
+
+    return make
+
+
+@pytest.fixture
+def settings(kafka_broker, broker_settings, tmp_path: Path, unique_name) -> Settings:
+    """Settings for one test: the session broker, its own topic prefix and data folder.
+
+    Each test gets the contract's topics under a unique prefix, so tests never see
+    each other's events.
+    """
+    test_settings = broker_settings.with_(topic_prefix=f"{unique_name('t')}.", data_dir=tmp_path / "var")
+    test_settings.data_dir.mkdir(parents=True)
+    create_topics(test_settings)
+    return test_settings
+
+
+@pytest.fixture
+def topic_factory(kafka_broker, broker_settings, unique_name):
+    """Create a bare topic with a unique name: `topic_factory(partitions=3)`."""
+    from planshift import kafka_clients
+
+    admin = kafka_clients.admin(broker_settings)
+
+    def make(partitions: int = 1, **configs: str) -> str:
+        name = unique_name("topic")
+        admin.create_topics({name: {"num_partitions": partitions, "replication_factor": 1,
+                                    "configs": configs}}, wait_for_metadata=True)
+        return name
+
+    yield make
+    admin.close()

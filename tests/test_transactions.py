@@ -1,0 +1,80 @@
+"""Kafka transactions on the real broker: what a read_committed reader sees."""
+
+from __future__ import annotations
+
+from kafka import TopicPartition
+
+from planshift import kafka_clients
+from planshift.topic_reader import read_values
+from tests.conftest import wait_for
+
+
+def test_aborted_transaction_stays_invisible_to_read_committed(settings, topic_factory, unique_name):
+    topic = topic_factory(partitions=2)
+    producer = kafka_clients.producer(settings, transactional_id=unique_name("tx"))
+    try:
+        producer.init_transactions()
+        producer.begin_transaction()
+        producer.send(topic, key=b"a", value=kafka_clients.encode_json({"n": 1}))
+        producer.send(topic, key=b"b", value=kafka_clients.encode_json({"n": 2}))
+        producer.commit_transaction()
+
+        producer.begin_transaction()
+        producer.send(topic, key=b"a", value=kafka_clients.encode_json({"n": "aborted"}))
+        producer.flush()
+        producer.abort_transaction()
+
+        producer.begin_transaction()
+        producer.send(topic, key=b"b", value=kafka_clients.encode_json({"n": 3}))
+        producer.commit_transaction()
+    finally:
+        producer.close()
+
+    committed = sorted(v["n"] for v in read_values(settings, topic))
+    assert committed == [1, 2, 3]
+
+    # The aborted record is in the log: a read_uncommitted reader does see it.
+    uncommitted = kafka_clients.consumer(settings, None, isolation_level="read_uncommitted")
+    try:
+        tps = [TopicPartition(topic, p) for p in (0, 1)]
+        uncommitted.assign(tps)
+        uncommitted.seek_to_beginning(*tps)
+        seen: list = []
+
+        def saw_all():
+            for records in uncommitted.poll(timeout_ms=200).values():
+                seen.extend(kafka_clients.json.loads(r.value)["n"] for r in records)
+            return len(seen) >= 4
+
+        wait_for(saw_all, 20, message="the read_uncommitted reader")
+        assert "aborted" in seen
+    finally:
+        uncommitted.close()
+
+
+def test_open_transaction_is_not_read_until_committed(settings, topic_factory, unique_name):
+    topic = topic_factory()
+    producer = kafka_clients.producer(settings, transactional_id=unique_name("tx"))
+    try:
+        producer.init_transactions()
+        producer.begin_transaction()
+        producer.send(topic, value=kafka_clients.encode_json({"n": "pending"}))
+        producer.flush()
+        # The record is written but its transaction is open: nothing is stable yet.
+        assert read_values(settings, topic, timeout=10) == []
+        producer.commit_transaction()
+    finally:
+        producer.close()
+    assert read_values(settings, topic) == [{"n": "pending"}]
+
+
+def test_consumers_read_committed_with_the_cooperative_assignor(settings):
+    from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
+
+    consumer = kafka_clients.consumer(settings, "any-group")
+    try:
+        assert consumer.config["isolation_level"] == "read_committed"
+        assert consumer.config["enable_auto_commit"] is False
+        assert consumer.config["partition_assignment_strategy"] == [CooperativeStickyAssignor]
+    finally:
+        consumer.close()
