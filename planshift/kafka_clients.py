@@ -18,6 +18,35 @@ from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssi
 from planshift.settings import Settings
 
 
+def _patch_lost_join() -> None:
+    """Work around a kafka-python 3.0.x race that leaves a consumer without partitions.
+
+    When `poll()` times out while a JoinGroup/SyncGroup round is in flight, the round
+    is kept as `_join_task` for the next poll to collect. But if that round was started
+    because the metadata changed (not by `request_rejoin()`), the leader's own
+    assignment step makes `need_rejoin()` false, the next poll never enters the join
+    loop, and the assignment is silently dropped: the member stays in the group with
+    no partitions and the group never rebalances again. Treating a join in flight as
+    "rejoin needed" makes the next poll collect it (or redo it), as intended.
+    """
+    from kafka.coordinator.consumer import ConsumerCoordinator
+
+    if getattr(ConsumerCoordinator, "_planshift_patched", False):
+        return
+    original = ConsumerCoordinator.need_rejoin
+
+    def need_rejoin(self):
+        if getattr(self, "_join_task", None) is not None:
+            return True
+        return original(self)
+
+    ConsumerCoordinator.need_rejoin = need_rejoin
+    ConsumerCoordinator._planshift_patched = True
+
+
+_patch_lost_join()
+
+
 def encode_json(value: Any) -> bytes:
     # Compact and key-ordered: the same event always has the same bytes.
     return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode()

@@ -100,3 +100,20 @@ def create_topics(settings: Settings) -> TopicsReport:
 
 def _topic_errors(response: dict) -> list[tuple[str, int, str | None]]:
     return [(row["name"], row["error_code"], row.get("error_message")) for row in response.get("topics", [])]
+
+
+def ensure_topic(settings: Settings, name: str, partitions: int, configs: dict[str, str]) -> bool:
+    """Create one topic if it is missing (internal topics such as changelogs). True if created."""
+    if name in existing_partitions(settings, [name]):
+        return False
+    admin = kafka_clients.admin(settings)
+    try:
+        response = admin.create_topics(
+            {name: {"num_partitions": partitions, "replication_factor": settings.replication_factor,
+                    "configs": configs}}, raise_errors=False, wait_for_metadata=True)
+    finally:
+        admin.close()
+    for topic, code, message in _topic_errors(response):
+        if code not in (0, TopicAlreadyExistsError.errno):
+            raise TopicsError(f"creating {topic} failed: {message or code}")
+    return True

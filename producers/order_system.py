@@ -11,31 +11,15 @@ errors per line instead of stopping at the first.
 from __future__ import annotations
 
 import json
-import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from planshift import kafka_clients
-from planshift.contract import SCHEMA_VERSION, Topic
+from planshift.contract import Topic
+from planshift.events import with_envelope
 from planshift.schema import InvalidEvent, Violation, validate
 from planshift.settings import Settings
-
-
-def utc_now_rfc3339() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def with_envelope(event: dict[str, Any], event_type: str) -> dict[str, Any]:
-    """The event with the envelope fields it lacks filled in (never overwritten)."""
-    return {
-        "event_id": str(uuid.uuid4()),
-        "event_type": event_type,
-        "schema_version": SCHEMA_VERSION,
-        "occurred_at": utc_now_rfc3339(),
-        **event,
-    }
 
 
 @dataclass

@@ -95,3 +95,63 @@ def topic_factory(kafka_broker, broker_settings, unique_name):
 
     yield make
     admin.close()
+
+
+# -- helpers for tests of consumers against the real broker ----------------------
+
+import contextlib  # noqa: E402
+import threading  # noqa: E402
+
+from planshift import kafka_clients  # noqa: E402
+from planshift.topic_reader import read_topic  # noqa: E402
+
+
+def produce(settings: Settings, topic: str, records: list[tuple[str | None, object]], headers=None) -> None:
+    """Send (key, value) pairs to a contract topic; a value that is bytes is sent as is."""
+    producer = kafka_clients.producer(settings)
+    try:
+        for key, value in records:
+            raw = value if isinstance(value, (bytes, type(None))) else kafka_clients.encode_json(value)
+            producer.send(settings.topic(topic), key=kafka_clients.encode_key(key), value=raw,
+                          headers=headers or kafka_clients.event_headers(topic))
+        producer.flush(30)
+    finally:
+        producer.close()
+
+
+def values(settings: Settings, topic: str) -> list:
+    return [r.value for r in read_topic(settings, settings.topic(topic))]
+
+
+@contextlib.contextmanager
+def running(processor, timeout: float = 30.0):
+    """Run a StreamProcessor in a thread for the duration of the block."""
+    failure: list[BaseException] = []
+
+    def target():
+        try:
+            processor.run()
+        except BaseException as exc:  # noqa: BLE001 - reported to the test
+            failure.append(exc)
+
+    thread = threading.Thread(target=target, name="processor", daemon=True)
+    thread.start()
+    try:
+        yield processor
+    finally:
+        processor.stop()
+        thread.join(timeout)
+        assert not thread.is_alive(), "the processor did not stop"
+    if failure:
+        raise failure[0]
+
+
+def seed_users(settings: Settings, tenant_id: str, subscription_id: str, sku: str, count: int,
+               prefix: str = "u", disabled: tuple[str, ...] = ()) -> list[str]:
+    from planshift.directory import Licence, SqliteDirectory
+
+    directory = SqliteDirectory.for_settings(settings)
+    users = [f"{prefix}-{i:06d}" for i in range(count)]
+    directory.put(Licence(tenant_id, u, subscription_id, sku, disabled) for u in users)
+    directory.close()
+    return users

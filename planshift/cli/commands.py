@@ -58,6 +58,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     tail.add_argument("--timeout", type=float, default=30.0, help="seconds to read before giving up")
     tail.set_defaults(handler=tail_topic)
 
+    # run ------------------------------------------------------------------
+    run = sub.add_parser("run", help="run a planshift consumer until stopped (SIGTERM/Ctrl-C drain and exit)")
+    rsub = run.add_subparsers(dest="consumer", required=True, metavar="CONSUMER", parser_class=type(run))
+    intake = rsub.add_parser("intake", help="validate requests, check eligibility and credit, plan batches",
+                             description="Consumes upgrade.requested, credit.check.decided and upgrade.status "
+                                         "with the service.health table; emits upgrade.status, "
+                                         "credit.check.requested and license.batches, exactly once.")
+    intake.add_argument("--instance", default="0",
+                        help="a stable name for this instance (its transactional id); default 0")
+    intake.set_defaults(handler=run_intake, long_running=True)
+
+    # directory ------------------------------------------------------------
+    directory = sub.add_parser("directory", help="the embedded licence directory (SQLite under PLANSHIFT_DATA_DIR)")
+    dsub = directory.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=type(directory))
+    imp = dsub.add_parser("import", help="load licences from Parquet (tenant_id, user_id, subscription_id, sku, "
+                                         "disabled_services); a bad file changes nothing")
+    imp.add_argument("file", type=Path, metavar="FILE.parquet")
+    imp.add_argument("--replace", action="store_true", help="replace the whole directory instead of merging")
+    imp.set_defaults(handler=directory_import, needs_broker=False)
+    exp = dsub.add_parser("export", help="write the whole directory to Parquet")
+    exp.add_argument("file", type=Path, metavar="FILE.parquet")
+    exp.set_defaults(handler=directory_export, needs_broker=False)
+
     # demo -----------------------------------------------------------------
     demo = sub.add_parser("demo", help="start the broker, create topics, publish sample requests, read them back")
     demo.add_argument("--file", type=Path, default=None, help="requests to publish (default: the shipped samples)")
@@ -82,6 +105,7 @@ def dispatch(args: argparse.Namespace) -> int:
 
     from planshift.broker import BrokerError
     from planshift.catalogue import CatalogueError
+    from planshift.directory import DirectoryError
     from planshift.kafka_clients import BrokerUnreachable
 
     try:
@@ -93,7 +117,7 @@ def dispatch(args: argparse.Namespace) -> int:
     except (KafkaConnectionError, KafkaTimeoutError):
         return _fail(f"no Kafka broker answers at {settings.bootstrap_servers} "
                      "(start one with 'planshift broker start')")
-    except (BrokerError, BrokerUnreachable, CatalogueError, LookupError, TimeoutError, KafkaError) as exc:
+    except (BrokerError, BrokerUnreachable, CatalogueError, DirectoryError, LookupError, TimeoutError, KafkaError) as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:
         return 130
@@ -181,6 +205,34 @@ def tail_topic(args: argparse.Namespace, settings: Settings) -> int:
         shown += 1
         if args.limit is not None and shown >= args.limit:
             break
+    return 0
+
+
+def run_intake(args: argparse.Namespace, settings: Settings) -> int:
+    from consumers import intake
+
+    processor = intake.processor(settings, instance=args.instance)
+    processor.install_signal_handlers()
+    processor.run()
+    return 0
+
+
+def directory_import(args: argparse.Namespace, settings: Settings) -> int:
+    from planshift.directory import SqliteDirectory, import_parquet
+
+    directory = SqliteDirectory.for_settings(settings)
+    count = import_parquet(directory, args.file, replace_all=args.replace)
+    print(f"imported {count} licences from {args.file} into {directory.path} "
+          f"({directory.count()} licences in all)")
+    return 0
+
+
+def directory_export(args: argparse.Namespace, settings: Settings) -> int:
+    from planshift.directory import SqliteDirectory, export_parquet
+
+    directory = SqliteDirectory.for_settings(settings)
+    count = export_parquet(directory, args.file)
+    print(f"exported {count} licences from {directory.path} to {args.file}")
     return 0
 
 

@@ -1,0 +1,184 @@
+"""The licence directory (CONTRACT.md §5): who holds which licence.
+
+`LicenceDirectory` is the interface the consumers use; `SqliteDirectory` is the
+embedded default, a SQLite file under `PLANSHIFT_DATA_DIR`. SQLite in WAL mode with a
+busy timeout lets several processes (intake, migration workers) read and write it at
+once; each write is one SQLite transaction. `import_parquet` and `export_parquet`
+move it to and from Parquet with the contract's columns.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Protocol, Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from planshift.settings import Settings
+
+PARQUET_SCHEMA = pa.schema([
+    ("tenant_id", pa.string()),
+    ("user_id", pa.string()),
+    ("subscription_id", pa.string()),
+    ("sku", pa.string()),
+    ("disabled_services", pa.list_(pa.string())),
+])
+
+DDL = """
+CREATE TABLE IF NOT EXISTS licences (
+    tenant_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    subscription_id TEXT NOT NULL,
+    sku TEXT NOT NULL,
+    disabled_services TEXT NOT NULL DEFAULT '[]',
+    PRIMARY KEY (tenant_id, subscription_id, user_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS licences_by_user ON licences (tenant_id, user_id);
+"""
+
+
+class DirectoryError(ValueError):
+    """A directory file or request that cannot be used; nothing was changed."""
+
+
+@dataclass(frozen=True)
+class Licence:
+    tenant_id: str
+    user_id: str
+    subscription_id: str
+    sku: str
+    disabled_services: tuple[str, ...] = ()
+
+
+class LicenceDirectory(Protocol):
+    def count_holders(self, tenant_id: str, subscription_id: str) -> int: ...
+
+    def holders(self, tenant_id: str, subscription_id: str) -> list[str]: ...
+
+    def licences_of(self, tenant_id: str, user_id: str) -> list[Licence]: ...
+
+    def put(self, licences: Iterable[Licence]) -> int: ...
+
+
+class SqliteDirectory:
+    """The embedded licence directory."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE … COMMIT).
+        self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=60000")
+        self._db.executescript(DDL)
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> "SqliteDirectory":
+        return cls(settings.data_dir / "directory.sqlite3")
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- reads -----------------------------------------------------------------
+    def count_holders(self, tenant_id: str, subscription_id: str) -> int:
+        row = self._db.execute("SELECT count(*) FROM licences WHERE tenant_id=? AND subscription_id=?",
+                               (tenant_id, subscription_id)).fetchone()
+        return row[0]
+
+    def holders(self, tenant_id: str, subscription_id: str) -> list[str]:
+        rows = self._db.execute("SELECT user_id FROM licences WHERE tenant_id=? AND subscription_id=? ORDER BY user_id",
+                                (tenant_id, subscription_id))
+        return [r[0] for r in rows]
+
+    def licences_of(self, tenant_id: str, user_id: str) -> list[Licence]:
+        rows = self._db.execute("SELECT tenant_id, user_id, subscription_id, sku, disabled_services FROM licences "
+                                "WHERE tenant_id=? AND user_id=? ORDER BY subscription_id", (tenant_id, user_id))
+        return [Licence(t, u, s, k, tuple(json.loads(d))) for t, u, s, k, d in rows]
+
+    def count(self) -> int:
+        return self._db.execute("SELECT count(*) FROM licences").fetchone()[0]
+
+    def all(self) -> Iterable[tuple]:
+        return self._db.execute("SELECT tenant_id, user_id, subscription_id, sku, disabled_services FROM licences "
+                                "ORDER BY tenant_id, user_id, subscription_id")
+
+    # -- writes ----------------------------------------------------------------
+    def put(self, licences: Iterable[Licence], replace_all: bool = False) -> int:
+        rows = [(lic.tenant_id, lic.user_id, lic.subscription_id, lic.sku, json.dumps(list(lic.disabled_services)))
+                for lic in licences]
+        self._write_rows(rows, replace_all)
+        return len(rows)
+
+    def _write_rows(self, rows: Sequence[tuple], replace_all: bool) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            if replace_all:
+                self._db.execute("DELETE FROM licences")
+            self._db.executemany("INSERT OR REPLACE INTO licences VALUES (?, ?, ?, ?, ?)", rows)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+
+def _check_table(table: pa.Table, path: Path) -> list[tuple]:
+    missing = [f.name for f in PARQUET_SCHEMA if f.name not in table.column_names]
+    if missing:
+        raise DirectoryError(f"{path}: missing column(s) {', '.join(missing)}; "
+                             f"expected {', '.join(PARQUET_SCHEMA.names)}")
+    for f in PARQUET_SCHEMA:
+        actual = table.schema.field(f.name).type
+        compatible = (pa.types.is_string(actual) or pa.types.is_large_string(actual)) if f.name != "disabled_services" \
+            else ((pa.types.is_list(actual) or pa.types.is_large_list(actual))
+                  and (pa.types.is_string(actual.value_type) or pa.types.is_large_string(actual.value_type)))
+        if not compatible:
+            raise DirectoryError(f"{path}: column {f.name} is {actual}, expected {f.type}")
+    for name in PARQUET_SCHEMA.names[:4]:
+        nulls = table.column(name).null_count
+        if nulls:
+            raise DirectoryError(f"{path}: column {name} has {nulls} empty value(s)")
+    columns = [table.column(n).to_pylist() for n in PARQUET_SCHEMA.names]
+    rows = []
+    seen: set[tuple[str, str, str]] = set()
+    for i, (tenant, user, sub, sku, disabled) in enumerate(zip(*columns)):
+        key = (tenant, sub, user)
+        if key in seen:
+            raise DirectoryError(f"{path}: row {i}: user {user} holds subscription {sub} of tenant {tenant} twice")
+        seen.add(key)
+        rows.append((tenant, user, sub, sku, json.dumps([s for s in (disabled or []) if s is not None])))
+    return rows
+
+
+def import_parquet(directory: SqliteDirectory, path: Path, replace_all: bool = False) -> int:
+    """Load a Parquet file into the directory in one transaction; a bad file changes nothing."""
+    try:
+        table = pq.read_table(path)
+    except FileNotFoundError:
+        raise DirectoryError(f"{path}: no such file") from None
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DirectoryError(f"{path}: not a Parquet file ({exc})") from None
+    rows = _check_table(table, path)
+    directory._write_rows(rows, replace_all)
+    return len(rows)
+
+
+def export_parquet(directory: SqliteDirectory, path: Path) -> int:
+    """Write the whole directory to a Parquet file (atomically: a temporary file, then a rename)."""
+    tenants, users, subs, skus, disabled = [], [], [], [], []
+    for t, u, s, k, d in directory.all():
+        tenants.append(t)
+        users.append(u)
+        subs.append(s)
+        skus.append(k)
+        disabled.append(json.loads(d))
+    table = pa.table([tenants, users, subs, skus, disabled], schema=PARQUET_SCHEMA)
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.partial")
+    pq.write_table(table, tmp)
+    tmp.replace(path)
+    return table.num_rows

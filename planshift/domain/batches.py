@@ -1,0 +1,45 @@
+"""Batch planning: a tenant's users split into licence-migration batches.
+
+Batches are keyed `{upgrade_id}:{batch_no}`, so Kafka's partitioner spreads one
+tenant's batches over every partition of `license.batches`, and migration workers
+run them in parallel ("many users take longer").
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Mapping, Sequence
+
+from planshift.contract import batch_id
+
+
+def split(user_ids: Sequence[str], batch_size: int) -> list[Sequence[str]]:
+    """Batches of at most `batch_size` users; one empty batch when there are no users,
+    so that every upgrade has at least one batch whose completion settles it."""
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    if not user_ids:
+        return [user_ids[:0]]
+    return [user_ids[i:i + batch_size] for i in range(0, len(user_ids), batch_size)]
+
+
+def batch_events(request: Mapping[str, Any], source_sku: str, user_ids: Sequence[str], batch_size: int,
+                 occurred_at: str) -> Iterator[dict[str, Any]]:
+    """The `license.batches` events of an upgrade (without the envelope's tenant fields)."""
+    chunks = split(user_ids, batch_size)
+    upgrade_id = request["upgrade_id"]
+    for batch_no, chunk in enumerate(chunks):
+        yield {
+            "event_id": batch_id(upgrade_id, batch_no),
+            "event_type": "license.batches",
+            "schema_version": 1,
+            "occurred_at": occurred_at,
+            "tenant_id": request["tenant_id"],
+            "upgrade_id": upgrade_id,
+            "batch_no": batch_no,
+            "batch_count": len(chunks),
+            "source_subscription_id": request["source_subscription_id"],
+            "source_sku": source_sku,
+            "target_subscription_id": request["target_subscription_id"],
+            "target_sku": request["target_sku"],
+            "user_ids": list(chunk),
+        }

@@ -1,0 +1,41 @@
+"""Building events: the envelope every event carries (CONTRACT.md §1)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+from planshift.contract import SCHEMA_VERSION
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def rfc3339(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def event(event_type: str, tenant_id: str, event_id: str | None = None, occurred_at: datetime | None = None,
+          **fields: Any) -> dict[str, Any]:
+    """A complete event: the envelope, then the event's own fields."""
+    return {
+        "event_id": event_id or str(uuid.uuid4()),
+        "event_type": event_type,
+        "schema_version": SCHEMA_VERSION,
+        "occurred_at": rfc3339(occurred_at or utc_now()),
+        "tenant_id": tenant_id,
+        **fields,
+    }
+
+
+def with_envelope(value: dict[str, Any], event_type: str) -> dict[str, Any]:
+    """`value` with the envelope fields it lacks filled in (never overwritten)."""
+    return {
+        "event_id": str(uuid.uuid4()),
+        "event_type": event_type,
+        "schema_version": SCHEMA_VERSION,
+        "occurred_at": rfc3339(utc_now()),
+        **value,
+    }

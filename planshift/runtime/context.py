@@ -1,0 +1,61 @@
+"""What a handler sees of one record, and what it hands back.
+
+A handler never touches Kafka. It reads the record's event and its partition's state,
+and records what should happen: events to emit and state to change. The runtime
+applies both only when the handler returns, so a handler that raises leaves nothing
+behind and can be retried.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from planshift.runtime.state import PartitionStore
+
+_DELETED = object()
+
+
+@dataclass(frozen=True)
+class Output:
+    topic: str  # contract topic name (the runtime applies the topic prefix)
+    key: str | None
+    value: dict[str, Any]
+    event_type: str
+
+
+@dataclass
+class Context:
+    topic: str  # contract topic name of the record
+    partition: int
+    offset: int
+    timestamp: int
+    key: str | None
+    headers: Mapping[str, bytes]
+    store: PartitionStore | None
+    tables: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    outputs: list[Output] = field(default_factory=list)
+    writes: dict[str, Any] = field(default_factory=dict)
+
+    # -- state: reads see this record's own pending writes --------------------
+    def get(self, key: str, default: Any = None) -> Any:
+        if key in self.writes:
+            value = self.writes[key]
+            return default if value is _DELETED else value
+        if self.store is None:
+            return default
+        return self.store.get(key, default)
+
+    def put(self, key: str, value: Any) -> None:
+        self.writes[key] = value
+
+    def delete(self, key: str) -> None:
+        self.writes[key] = _DELETED
+
+    # -- output ---------------------------------------------------------------
+    def emit(self, topic: str, key: str | None, value: dict[str, Any], event_type: str | None = None) -> None:
+        self.outputs.append(Output(topic, key, value, event_type or topic))
+
+    def pending_writes(self) -> list[tuple[str, Any]]:
+        """(key, value) pairs; value None means delete."""
+        return [(k, None if v is _DELETED else v) for k, v in self.writes.items()]

@@ -1,0 +1,424 @@
+"""The consume → handle → produce loop, written once, with exactly-once output.
+
+Commit protocol
+---------------
+Work is grouped into transactions of at most `commit_every` records or
+`commit_interval_ms` milliseconds, whichever comes first:
+
+1. `begin_transaction()` before the first record of the interval is handled.
+2. Per record, the handler runs on a `Context` and returns. Only then are its output
+   events sent and its state writes applied to the in-memory store *and* sent to the
+   store's changelog partition. A record whose handler keeps failing is sent to
+   `<topic>.dlq` instead, with the headers of CONTRACT.md §7. Everything sent is part
+   of the open transaction, invisible to `read_committed` readers.
+3. `send_offsets_to_transaction(offsets, consumer.group_metadata())`: the next offsets
+   of every handled partition join the transaction, so they commit if and only if
+   the outputs and state changes do. The group metadata (generation and member id)
+   lets the group coordinator refuse a zombie that lost its partitions in a rebalance
+   it did not see (KIP-447); a transactional id alone could not.
+4. `commit_transaction()`: flushes every pending send, then commits atomically.
+
+If any step fails, the transaction is aborted and every assigned partition is reset
+to its committed offset, with its store rebuilt from the changelog, so the in-memory
+state again matches what Kafka holds. A fenced producer cannot even abort: it is
+closed and replaced, and the same reset follows.
+
+Why in this order: outputs and state are sent before the offsets so that a crash
+anywhere before step 4 leaves an open transaction that the broker aborts (or that
+the next producer with the same transactional id aborts at `init_transactions`), and
+the records are handled again from the committed offsets with the committed state.
+Nothing is visible until step 4, and after step 4 everything is.
+
+Rebalances: before partitions are revoked the open transaction is committed (bounded
+by the producer's timeouts; on failure it is aborted), then their stores are dropped.
+Newly assigned partitions have their stores restored before any of their records is
+handled. SIGTERM and SIGINT finish the record in hand, commit, and leave the group.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import structlog
+from kafka import ConsumerRebalanceListener, TopicPartition
+from kafka.errors import (
+    CommitFailedError,
+    IllegalGenerationError,
+    InvalidProducerEpochError,
+    KafkaError,
+    ProducerFencedError,
+    RebalanceInProgressError,
+    UnknownMemberIdError,
+)
+from kafka.structs import OffsetAndMetadata
+
+from planshift import kafka_clients
+from planshift.contract import dlq
+from planshift.logs import get_logger
+from planshift.runtime.assignor import CopartitionedCooperativeStickyAssignor
+from planshift.runtime.context import Context
+from planshift.runtime.state import PartitionStore, changelog_topic, restore
+from planshift.runtime.tables import GlobalTable
+from planshift.schema import InvalidEvent, parse, validate
+from planshift.settings import Settings
+
+log = get_logger(__name__)
+
+FENCED = (ProducerFencedError, InvalidProducerEpochError)
+LOST_GENERATION = (CommitFailedError, IllegalGenerationError, UnknownMemberIdError, RebalanceInProgressError)
+
+
+@dataclass(frozen=True)
+class Source:
+    """An input topic: its schema and its handler."""
+
+    topic: str  # contract name
+    handle: Callable[[Context, dict[str, Any]], None]
+    schema: str | None = None  # schema name; default: the topic name
+    # Called, in the same transaction as the dead letter, for a record that breaks its
+    # schema, so a consumer can tell the sender (intake emits `rejected`).
+    on_invalid: Callable[[Context, bytes | None, InvalidEvent], None] | None = None
+
+
+@dataclass(frozen=True)
+class ProcessorConfig:
+    group_id: str
+    sources: tuple[Source, ...]
+    stateful: bool = True
+    tables: tuple[str, ...] = ()  # contract topics read whole by every instance (compacted)
+    commit_every: int = 1000
+    commit_interval_ms: int = 200
+    max_attempts: int = 3
+    retry_backoff_s: float = 0.05
+    instance: str = "0"  # stable per instance: a restart fences its own zombie at once
+    max_poll_records: int = 2000
+    transaction_timeout_ms: int = 60_000
+    poll_timeout_ms: int = 500  # returns at once when records wait; bounds how soon stop() is seen
+
+
+@dataclass
+class Metrics:
+    records: int = 0
+    dead_letters: int = 0
+    retries: int = 0
+    commits: int = 0
+    aborts: int = 0
+    restored_keys: int = 0
+    started_at: float = field(default_factory=time.monotonic)
+
+
+class StreamProcessor:
+    def __init__(self, settings: Settings, config: ProcessorConfig):
+        self.settings = settings
+        self.config = config
+        self.metrics = Metrics()
+        self._sources = {settings.topic(s.topic): s for s in config.sources}
+        self._stores: dict[int, PartitionStore] = {}
+        self._offsets: dict[TopicPartition, int] = {}
+        self._in_txn = False
+        self._txn_records = 0
+        self._txn_started = 0.0
+        self._stop = threading.Event()
+        self._tables: dict[str, GlobalTable] = {}
+        self._changelog = changelog_topic(settings, config.group_id) if config.stateful else None
+        self.transactional_id = f"{settings.topic_prefix}{config.group_id}-{config.instance}"
+        self.consumer = None
+        self.producer = None
+
+    # -- lifecycle ---------------------------------------------------------------
+    def stop(self) -> None:
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stop())
+
+    def run(self, until: Callable[["StreamProcessor"], bool] | None = None) -> None:
+        """Process until stopped (or until `until(self)` is true, for tests and benchmarks)."""
+        self._start()
+        try:
+            while not self._stop.is_set():
+                self._poll_once()
+                if until is not None and until(self) and not self._in_txn:
+                    break
+        finally:
+            self._shutdown()
+
+    def _start(self) -> None:
+        if self._changelog:
+            self._ensure_changelog()
+        for topic in self.config.tables:
+            table = GlobalTable(self.settings, self.settings.topic(topic))
+            table.bootstrap()
+            self._tables[topic] = table
+        self.producer = self._new_producer()
+        self.consumer = kafka_clients.consumer(
+            self.settings, self.settings.topic(self.config.group_id),
+            partition_assignment_strategy=[CopartitionedCooperativeStickyAssignor],
+            max_poll_records=self.config.max_poll_records,
+        )
+        self.consumer.subscribe(list(self._sources), listener=_Listener(self))
+        log.info("processor started", group=self.config.group_id, transactional_id=self.transactional_id,
+                 topics=list(self._sources))
+
+    def _new_producer(self):
+        producer = kafka_clients.producer(
+            self.settings, transactional_id=self.transactional_id,
+            transaction_timeout_ms=self.config.transaction_timeout_ms, linger_ms=5, batch_size=256 * 1024,
+        )
+        producer.init_transactions()  # aborts what a previous incarnation left open
+        return producer
+
+    def _shutdown(self) -> None:
+        try:
+            if self._in_txn:
+                self._commit()
+        except Exception:  # noqa: BLE001 - closing down: abort and let Kafka keep the committed state
+            log.exception("commit at shutdown failed; the open transaction is aborted")
+            self._abort()
+        finally:
+            if self.consumer is not None:
+                self.consumer.close()
+            if self.producer is not None:
+                self.producer.close()
+            for table in self._tables.values():
+                table.close()
+            log.info("processor stopped", group=self.config.group_id, records=self.metrics.records,
+                     dead_letters=self.metrics.dead_letters, commits=self.metrics.commits)
+
+    # -- the loop ----------------------------------------------------------------
+    def _poll_once(self) -> None:
+        for table in self._tables.values():
+            table.refresh()
+        batches = self.consumer.poll(timeout_ms=self.config.poll_timeout_ms)
+        try:
+            for tp, records in batches.items():
+                for record in records:
+                    if not self._in_txn:
+                        self.producer.begin_transaction()
+                        self._in_txn, self._txn_records, self._txn_started = True, 0, time.monotonic()
+                    self._process(record)
+                    self._offsets[tp] = record.offset + 1
+                    self._txn_records += 1
+                    self.metrics.records += 1
+            if self._in_txn and (self._txn_records >= self.config.commit_every
+                                 or (time.monotonic() - self._txn_started) * 1000 >= self.config.commit_interval_ms
+                                 or self._stop.is_set()):
+                self._commit()
+        except FENCED + LOST_GENERATION as exc:
+            log.warning("transaction lost; resetting to the committed offsets", error=repr(exc))
+            self._recover(fenced=isinstance(exc, FENCED))
+        except KafkaError as exc:
+            log.error("transaction failed; aborting and resetting to the committed offsets", error=repr(exc))
+            self._recover(fenced=False)
+
+    def _process(self, record) -> None:
+        source = self._sources[record.topic]
+        headers = dict(record.headers or [])
+        key = record.key.decode("utf-8", "replace") if record.key is not None else None
+        with structlog.contextvars.bound_contextvars(topic=record.topic, partition=record.partition,
+                                                     offset=record.offset):
+            try:
+                event = parse(source.schema or source.topic, record.value)
+            except InvalidEvent as exc:
+                ctx = self._context(source, record, key, headers)
+                if source.on_invalid is not None:
+                    try:
+                        source.on_invalid(ctx, record.value, exc)
+                    except Exception:  # noqa: BLE001 - the dead letter matters more than the notice
+                        log.exception("on_invalid failed")
+                        ctx.outputs.clear()
+                        ctx.writes.clear()
+                self._apply(ctx)
+                self._dead_letter(record, exc, attempts=1)
+                return
+            bind = {k: event[k] for k in ("tenant_id", "upgrade_id") if k in event}
+            with structlog.contextvars.bound_contextvars(**bind):
+                for attempt in range(1, self.config.max_attempts + 1):
+                    ctx = self._context(source, record, key, headers)
+                    try:
+                        source.handle(ctx, event)
+                        for output in ctx.outputs:
+                            validate(output.event_type, output.value)
+                        self._apply(ctx)
+                        return
+                    except Exception as exc:  # noqa: BLE001 - bounded retries, then a dead letter
+                        if attempt == self.config.max_attempts:
+                            log.error("record failed; dead-lettered", attempts=attempt, error=repr(exc))
+                            self._dead_letter(record, exc, attempts=attempt)
+                            return
+                        self.metrics.retries += 1
+                        log.warning("record failed; retrying", attempt=attempt, error=repr(exc))
+                        time.sleep(self.config.retry_backoff_s * attempt)
+
+    def _context(self, source: Source, record, key, headers) -> Context:
+        return Context(
+            topic=source.topic, partition=record.partition, offset=record.offset, timestamp=record.timestamp,
+            key=key, headers=headers, store=self._stores.get(record.partition),
+            tables={name: table.values for name, table in self._tables.items()},
+        )
+
+    def _apply(self, ctx: Context) -> None:
+        for output in ctx.outputs:
+            self.producer.send(
+                self.settings.topic(output.topic), key=kafka_clients.encode_key(output.key),
+                value=kafka_clients.encode_json(output.value), headers=kafka_clients.event_headers(output.event_type),
+            )
+        if ctx.writes:
+            if self._changelog is None:
+                raise RuntimeError(f"{self.config.group_id} is stateless but its handler wrote state")
+            store = self._stores.setdefault(ctx.partition, PartitionStore(ctx.partition))
+            for key, value in ctx.pending_writes():
+                store.apply(key, value)
+                self.producer.send(self._changelog, key=key.encode(), partition=ctx.partition,
+                                   value=None if value is None else kafka_clients.encode_json(value))
+
+    def _dead_letter(self, record, exc: BaseException, attempts: int) -> None:
+        message = str(exc)
+        if isinstance(exc, InvalidEvent):
+            message = "; ".join(map(str, exc.violations))
+        elif not isinstance(exc, KafkaError):
+            message = f"{exc}\n{''.join(traceback.format_exception_only(type(exc), exc)).strip()}"
+        headers = list(record.headers or []) + [
+            ("dlq.source.topic", record.topic.encode()),
+            ("dlq.source.partition", str(record.partition).encode()),
+            ("dlq.source.offset", str(record.offset).encode()),
+            ("dlq.source.timestamp", str(record.timestamp).encode()),
+            ("dlq.consumer.group", self.settings.topic(self.config.group_id).encode()),
+            ("dlq.error.class", type(exc).__name__.encode()),
+            ("dlq.error.message", message[:8000].encode()),
+            ("dlq.attempts", str(attempts).encode()),
+        ]
+        source_topic = self._sources[record.topic].topic
+        self.producer.send(self.settings.topic(dlq(source_topic)), key=record.key, value=record.value,
+                           headers=headers)
+        self.metrics.dead_letters += 1
+
+    # -- commit and recovery --------------------------------------------------------
+    def _commit(self) -> None:
+        if not self._in_txn:
+            return
+        offsets = {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in self._offsets.items()}
+        if offsets:
+            self.producer.send_offsets_to_transaction(offsets, self.consumer.group_metadata())
+        self.producer.commit_transaction()
+        self._in_txn = False
+        self._offsets.clear()
+        self.metrics.commits += 1
+
+    def _abort(self) -> None:
+        if self._in_txn:
+            try:
+                self.producer.abort_transaction()
+            except Exception:  # noqa: BLE001 - a fenced or broken producer is replaced below
+                log.warning("abort failed; replacing the producer")
+                self._replace_producer()
+            self.metrics.aborts += 1
+        self._in_txn = False
+        self._offsets.clear()
+
+    def _replace_producer(self) -> None:
+        try:
+            self.producer.close(timeout=5)
+        except Exception:  # noqa: BLE001
+            pass
+        self.producer = self._new_producer()
+
+    def _recover(self, fenced: bool) -> None:
+        if fenced:
+            self._in_txn = False
+            self._offsets.clear()
+            self.metrics.aborts += 1
+            self._replace_producer()
+        else:
+            self._abort()
+        self._reset_to_committed(list(self.consumer.assignment()))
+
+    def _reset_to_committed(self, tps: list[TopicPartition]) -> None:
+        for tp in tps:
+            committed = self.consumer.committed(tp)
+            if committed is None:
+                self.consumer.seek_to_beginning(tp)
+            else:
+                self.consumer.seek(tp, committed)
+        self._restore({tp.partition for tp in tps})
+
+    # -- state -------------------------------------------------------------------
+    def _ensure_changelog(self) -> None:
+        from planshift.topics import ensure_topic
+
+        partitions = max(self._partition_count(t) for t in self._sources)
+        ensure_topic(self.settings, self._changelog, partitions, {"cleanup.policy": "compact"})
+
+    def _partition_count(self, topic: str) -> int:
+        from planshift.topics import existing_partitions
+
+        have = existing_partitions(self.settings, [topic])
+        if topic not in have:
+            raise LookupError(f"topic {topic!r} does not exist; run 'planshift topics create'")
+        return have[topic]
+
+    def _restore(self, partitions: set[int]) -> None:
+        if not self._changelog or not partitions:
+            return
+        began = time.monotonic()
+        restored = restore(self.settings, self._changelog, sorted(partitions))
+        self._stores.update(restored)
+        keys = sum(len(s) for s in restored.values())
+        self.metrics.restored_keys += keys
+        log.info("state restored", partitions=sorted(partitions), keys=keys,
+                 seconds=round(time.monotonic() - began, 3))
+
+    def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        new = {tp.partition for tp in assigned} - set(self._stores)
+        self._restore(new)
+
+    def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+        if self._in_txn:
+            try:
+                self._commit()
+            except Exception as exc:  # noqa: BLE001 - bounded: abort and let the new owner redo it
+                log.warning("commit on revocation failed; aborting", error=repr(exc))
+                fenced = isinstance(exc, FENCED)
+                if fenced:
+                    self._in_txn = False
+                    self._offsets.clear()
+                    self._replace_producer()
+                else:
+                    self._abort()
+                # Partitions kept must go back to their committed offsets too.
+                kept = [tp for tp in self.consumer.assignment() if tp not in revoked]
+                self._reset_to_committed(kept)
+        still_owned = {tp.partition for tp in self.consumer.assignment() if tp not in revoked}
+        for partition in {tp.partition for tp in revoked} - still_owned:
+            self._stores.pop(partition, None)
+
+    @property
+    def assigned_partitions(self) -> set[TopicPartition]:
+        return set(self.consumer.assignment()) if self.consumer else set()
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, processor: StreamProcessor):
+        self.processor = processor
+
+    def on_partitions_revoked(self, revoked):
+        if revoked:
+            self.processor._on_revoked(set(revoked))
+
+    def on_partitions_assigned(self, assigned):
+        if assigned:
+            self.processor._on_assigned(set(assigned))
+
+    def on_partitions_lost(self, lost):
+        # Another member may already own them: abandon the open work without committing.
+        processor = self.processor
+        if processor._in_txn:
+            processor._abort()
+        for tp in lost:
+            processor._stores.pop(tp.partition, None)

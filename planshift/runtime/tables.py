@@ -1,0 +1,67 @@
+"""Global tables: a compacted topic read whole by every instance (like a Kafka Streams GlobalKTable).
+
+`service.health` is one: every intake instance needs the health of every service,
+whatever partitions it owns. The table reads the topic `read_committed` to its end at
+start, then takes in updates between polls of the main loop.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from kafka import TopicPartition
+
+from planshift import kafka_clients
+from planshift.logs import get_logger
+from planshift.schema import InvalidEvent, parse
+from planshift.settings import Settings
+
+log = get_logger(__name__)
+
+
+class GlobalTable:
+    def __init__(self, settings: Settings, topic: str, schema: str | None = None):
+        self.settings = settings
+        self.topic = topic
+        self.schema = schema or topic.removeprefix(settings.topic_prefix)
+        self.values: dict[str, Any] = {}
+        self._consumer = None
+
+    def bootstrap(self, timeout: float = 60.0) -> None:
+        self._consumer = kafka_clients.consumer(self.settings, None)
+        partitions = self._consumer.partitions_for_topic(self.topic)
+        if not partitions:
+            raise LookupError(f"topic {self.topic!r} does not exist; run 'planshift topics create'")
+        tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+        self._consumer.assign(tps)
+        self._consumer.seek_to_beginning(*tps)
+        end = self._consumer.end_offsets(tps)
+        deadline = time.monotonic() + timeout
+        while any(self._consumer.position(tp) < end[tp] for tp in tps):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading the table {self.topic} did not finish within {timeout:.0f}s")
+            self._apply(self._consumer.poll(timeout_ms=200))
+
+    def refresh(self) -> None:
+        if self._consumer is not None:
+            self._apply(self._consumer.poll(timeout_ms=0))
+
+    def _apply(self, batches) -> None:
+        for records in batches.values():
+            for r in records:
+                key = r.key.decode() if r.key is not None else None
+                if r.value is None:
+                    self.values.pop(key, None)
+                    continue
+                try:
+                    self.values[key] = parse(self.schema, r.value)
+                except InvalidEvent as exc:
+                    # The record stays on the compacted topic; it is skipped, not lost.
+                    log.warning("invalid table record skipped", topic=self.topic, offset=r.offset, key=key,
+                                error=str(exc))
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
