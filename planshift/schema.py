@@ -102,6 +102,11 @@ def validate(name: str, value: Any) -> Any:
 
 def parse(name: str, raw: bytes | str | None) -> dict[str, Any]:
     """Decode a record value as a JSON object and validate it; raise InvalidEvent."""
+    return validate(name, parse_json(raw, name))
+
+
+def parse_json(raw: bytes | str | None, name: str = "event") -> dict[str, Any]:
+    """Decode a record value as a JSON object; raise InvalidEvent."""
     if raw is None:
         raise InvalidEvent(name, [Violation("$", "the record has no value (tombstone)")])
     try:
@@ -110,4 +115,4 @@ def parse(name: str, raw: bytes | str | None) -> dict[str, Any]:
         raise InvalidEvent(name, [Violation("$", f"not JSON: {exc}")]) from None
     if not isinstance(value, dict):
         raise InvalidEvent(name, [Violation("$", f"must be a JSON object, not {type(value).__name__}")])
-    return validate(name, value)
+    return value

@@ -83,3 +83,14 @@ def read_topic(settings: Settings, topic: str, timeout: float = 30.0) -> list[Re
 
 def read_values(settings: Settings, topic: str, timeout: float = 30.0) -> list[Any]:
     return [r.value for r in iter_topic(settings, topic, timeout)]
+
+
+def stable_end_offsets(settings: Settings, topic: str) -> int:
+    """Sum over partitions of the last stable offset: cheap progress without reading records."""
+    consumer = kafka_clients.consumer(settings, None)
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in partitions]
+        return sum(consumer.end_offsets(tps).values()) if tps else 0
+    finally:
+        consumer.close()

@@ -67,6 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                          "credit.check.requested and license.batches, exactly once.")
     intake.add_argument("--instance", default="0",
                         help="a stable name for this instance (its transactional id); default 0")
+    _commit_options(intake)
     intake.set_defaults(handler=run_intake, long_running=True)
 
     # directory ------------------------------------------------------------
@@ -85,6 +86,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo = sub.add_parser("demo", help="start the broker, create topics, publish sample requests, read them back")
     demo.add_argument("--file", type=Path, default=None, help="requests to publish (default: the shipped samples)")
     demo.set_defaults(handler=run_demo, needs_broker=False)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _commit_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--commit-every", type=_positive_int, default=1000, metavar="N",
+                        help="commit the transaction after N records (default 1000)")
+    parser.add_argument("--commit-interval-ms", type=_positive_int, default=200, metavar="MS",
+                        help="… or after MS milliseconds, whichever comes first (default 200)")
 
 
 def dispatch(args: argparse.Namespace) -> int:
@@ -211,7 +229,8 @@ def tail_topic(args: argparse.Namespace, settings: Settings) -> int:
 def run_intake(args: argparse.Namespace, settings: Settings) -> int:
     from consumers import intake
 
-    processor = intake.processor(settings, instance=args.instance)
+    processor = intake.processor(settings, instance=args.instance, commit_every=args.commit_every,
+                                 commit_interval_ms=args.commit_interval_ms)
     processor.install_signal_handlers()
     processor.run()
     return 0

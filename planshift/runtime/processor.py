@@ -64,7 +64,7 @@ from planshift.runtime.assignor import CopartitionedCooperativeStickyAssignor
 from planshift.runtime.context import Context
 from planshift.runtime.state import PartitionStore, changelog_topic, restore
 from planshift.runtime.tables import GlobalTable
-from planshift.schema import InvalidEvent, parse, validate
+from planshift.schema import InvalidEvent, parse, parse_json, schema_names, validate
 from planshift.settings import Settings
 
 log = get_logger(__name__)
@@ -79,7 +79,7 @@ class Source:
 
     topic: str  # contract name
     handle: Callable[[Context, dict[str, Any]], None]
-    schema: str | None = None  # schema name; default: the topic name
+    schema: str | None = None  # schema name; default: the topic name; "" for JSON without a schema
     # Called, in the same transaction as the dead letter, for a record that breaks its
     # schema, so a consumer can tell the sender (intake emits `rejected`).
     on_invalid: Callable[[Context, bytes | None, InvalidEvent], None] | None = None
@@ -98,6 +98,7 @@ class ProcessorConfig:
     instance: str = "0"  # stable per instance: a restart fences its own zombie at once
     max_poll_records: int = 2000
     transaction_timeout_ms: int = 60_000
+    session_timeout_ms: int = 15_000  # an instance that is gone for good loses its partitions after this
     poll_timeout_ms: int = 500  # returns at once when records wait; bounds how soon stop() is seen
 
 
@@ -125,6 +126,7 @@ class StreamProcessor:
         self._txn_started = 0.0
         self._stop = threading.Event()
         self._tables: dict[str, GlobalTable] = {}
+        self._schemas = frozenset(schema_names())
         self._changelog = changelog_topic(settings, config.group_id) if config.stateful else None
         self.transactional_id = f"{settings.topic_prefix}{config.group_id}-{config.instance}"
         self.consumer = None
@@ -161,6 +163,11 @@ class StreamProcessor:
             self.settings, self.settings.topic(self.config.group_id),
             partition_assignment_strategy=[CopartitionedCooperativeStickyAssignor],
             max_poll_records=self.config.max_poll_records,
+            # Static membership (KIP-345) under the same stable name as the transactional
+            # id: a restarted instance takes its own place in the group at once instead of
+            # waiting for the broker to time out the member it was before the crash.
+            group_instance_id=self.transactional_id,
+            session_timeout_ms=self.config.session_timeout_ms,
         )
         self.consumer.subscribe(list(self._sources), listener=_Listener(self))
         log.info("processor started", group=self.config.group_id, transactional_id=self.transactional_id,
@@ -224,7 +231,8 @@ class StreamProcessor:
         with structlog.contextvars.bound_contextvars(topic=record.topic, partition=record.partition,
                                                      offset=record.offset):
             try:
-                event = parse(source.schema or source.topic, record.value)
+                event = parse_json(record.value) if source.schema == "" else \
+                    parse(source.schema or source.topic, record.value)
             except InvalidEvent as exc:
                 ctx = self._context(source, record, key, headers)
                 if source.on_invalid is not None:
@@ -244,7 +252,8 @@ class StreamProcessor:
                     try:
                         source.handle(ctx, event)
                         for output in ctx.outputs:
-                            validate(output.event_type, output.value)
+                            if output.event_type in self._schemas:
+                                validate(output.event_type, output.value)
                         self._apply(ctx)
                         return
                     except Exception as exc:  # noqa: BLE001 - bounded retries, then a dead letter

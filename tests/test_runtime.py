@@ -1,0 +1,116 @@
+"""The processing runtime on the real broker: retries, dead letters, state, co-partitioned instances."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from planshift.runtime import ProcessorConfig, Source, StreamProcessor
+from planshift.runtime.assignor import _sticky_balance
+from planshift.topics import ensure_topic
+from tests.conftest import produce, running, values, wait_for
+
+
+@pytest.fixture
+def topics(settings):
+    for name, partitions in (("numbers", 3), ("numbers.dlq", 1), ("totals", 1), ("letters", 3)):
+        ensure_topic(settings, settings.topic(name), partitions, {})
+    return settings
+
+
+def counting_processor(settings, fail=lambda n, attempt: False, instance="0", sources_extra=()):
+    """Keeps a running total per key in state; emits the total after each number."""
+    attempts = Counter()
+
+    def handle(ctx, event):
+        attempts[event["n"]] += 1
+        if fail(event["n"], attempts[event["n"]]):
+            raise RuntimeError(f"cannot handle {event['n']}")
+        total = ctx.get(f"total:{ctx.key}", 0) + event["n"]
+        ctx.put(f"total:{ctx.key}", total)
+        ctx.emit("totals", ctx.key, {"key": ctx.key, "n": event["n"], "total": total}, event_type="total")
+
+    processor = StreamProcessor(settings, ProcessorConfig(
+        group_id="counter", sources=(Source("numbers", handle, schema=""), *sources_extra), commit_interval_ms=50,
+        max_attempts=3, retry_backoff_s=0.01, instance=instance))
+    processor.attempts = attempts
+    return processor
+
+
+def test_a_failing_record_is_retried_then_succeeds(topics):
+    settings = topics
+    produce(settings, "numbers", [("a", {"n": 1}), ("a", {"n": 2}), ("a", {"n": 3})])
+    processor = counting_processor(settings, fail=lambda n, attempt: n == 2 and attempt < 3)
+    with running(processor):
+        wait_for(lambda: len(values(settings, "totals")) == 3, message="three totals")
+    assert [v["total"] for v in values(settings, "totals")] == [1, 3, 6]
+    assert processor.attempts[2] == 3 and processor.metrics.retries == 2
+    assert values(settings, "numbers.dlq") == []
+
+
+def test_a_record_that_keeps_failing_is_dead_lettered_and_the_rest_goes_on(topics):
+    settings = topics
+    produce(settings, "numbers", [("a", {"n": 1}), ("a", {"n": 13}), ("a", {"n": 5}), ("b", b"[not json")])
+    processor = counting_processor(settings, fail=lambda n, attempt: n == 13)
+    with running(processor):
+        wait_for(lambda: len(values(settings, "numbers.dlq")) == 2, message="two dead letters")
+        wait_for(lambda: len(values(settings, "totals")) == 2, message="two totals")
+    assert [v["total"] for v in values(settings, "totals")] == [1, 6]  # 13 left no state behind
+    from planshift.topic_reader import read_topic
+
+    dead = {d.value if isinstance(d.value, bytes) else d.value["n"]: d for d in
+            read_topic(settings, settings.topic("numbers.dlq"))}
+    failed = dead[13]
+    assert failed.key == "a"
+    assert failed.headers["dlq.error.class"] == b"RuntimeError"
+    assert b"cannot handle 13" in failed.headers["dlq.error.message"]
+    assert failed.headers["dlq.attempts"] == b"3"
+    assert dead[b"[not json"].headers["dlq.error.class"] == b"InvalidEvent"
+    assert dead[b"[not json"].headers["dlq.attempts"] == b"1"
+
+
+def test_state_survives_a_restart_through_the_changelog(topics):
+    settings = topics
+    produce(settings, "numbers", [(k, {"n": n}) for n in (1, 2, 3) for k in ("a", "b", "c")])
+    with running(counting_processor(settings)):
+        wait_for(lambda: len(values(settings, "totals")) == 9, message="nine totals")
+    produce(settings, "numbers", [(k, {"n": 10}) for k in ("a", "b", "c")])
+    restarted = counting_processor(settings)
+    with running(restarted):
+        wait_for(lambda: len(values(settings, "totals")) == 12, message="twelve totals")
+    assert restarted.metrics.restored_keys == 3
+    last = {v["key"]: v["total"] for v in values(settings, "totals")}
+    assert last == {"a": 16, "b": 16, "c": 16}
+
+
+def test_two_instances_split_the_partitions_and_keep_topics_together(topics):
+    settings = topics
+    noop = Source("letters", lambda ctx, event: None, schema="")
+    first = counting_processor(settings, instance="0", sources_extra=(noop,))
+    second = counting_processor(settings, instance="1", sources_extra=(noop,))
+
+    def split_evenly():
+        a, b = first.assigned_partitions, second.assigned_partitions
+        return len(a) + len(b) == 6 and a and b and not (a & b)
+
+    with running(first), running(second):
+        wait_for(split_evenly, 60, message="both instances to own partitions")
+        for proc in (first, second):
+            by_topic = {}
+            for tp in proc.assigned_partitions:
+                by_topic.setdefault(tp.topic.rsplit(".", 1)[-1], set()).add(tp.partition)
+            assert by_topic["numbers"] == by_topic["letters"], by_topic
+        produce(settings, "numbers", [(k, {"n": 1}) for k in "abcdefghij"])
+        wait_for(lambda: len(values(settings, "totals")) == 10, message="ten totals")
+    assert Counter(v["key"] for v in values(settings, "totals")) == Counter("abcdefghij")
+
+
+@pytest.mark.parametrize("count,members,owned,expected", [
+    (6, ["a"], {}, {"a": [0, 1, 2, 3, 4, 5]}),
+    (6, ["a", "b"], {p: "a" for p in range(6)}, {"a": [0, 1, 2], "b": [3, 4, 5]}),
+    (6, ["a", "b", "c"], {0: "a", 1: "a", 2: "a", 3: "b", 4: "b", 5: "b"}, {"a": [0, 1], "b": [3, 4], "c": [2, 5]}),
+    (5, ["a", "b"], {0: "b", 1: "b", 2: "b"}, {"a": [3, 4], "b": [0, 1, 2]}),
+])
+def test_sticky_balance_keeps_owners_and_balances(count, members, owned, expected):
+    assert _sticky_balance(list(range(count)), members, owned) == expected
