@@ -12,14 +12,22 @@ The tenant's lock is taken on acceptance and released when `upgrade.status` says
 upgrade is completed or failed (settlement and the migration workers say so), or when
 intake itself rejects it after a declined credit check.
 
-State, per partition store:
-  upgrade:{upgrade_id} → {"status", "tenant_id", and while a credit check is pending "request"}
-  tenant:{tenant_id}   → {"upgrade_id"} while an upgrade of the tenant is in flight
+State, per partition store (every input event carries tenant_id):
+  tenant:{tenant_id}  → {"in_flight": upgrade_id | null, "upgrades": {upgrade_id: status}}
+  pending:{upgrade_id} → the request, while its credit check is pending (logged)
+
+`tenant:` state is exactly what intake says on `upgrade.status`, which is keyed by
+tenant_id and co-partitioned with intake's inputs, so it is not logged again: at
+restore the runtime folds the committed statuses into it (`fold_status`). Statuses are
+kept 30 days, longer than requests (14 days), so a request that can still be replayed
+always finds its upgrade id. Only the request waiting for a credit check, which no
+status carries, goes to the changelog.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Mapping
 
@@ -32,6 +40,7 @@ from planshift.domain.eligibility import TenantView, evaluate, reason, request_d
 from planshift.events import event, rfc3339, utc_now
 from planshift.logs import get_logger
 from planshift.runtime import Context, ProcessorConfig, Source, StreamProcessor
+from planshift.runtime.state import PartitionStore
 from planshift.schema import InvalidEvent
 from planshift.settings import Settings
 
@@ -54,34 +63,45 @@ class Intake:
         self.settings = settings
         self.directory = directory
         self.catalogue = catalogue
+        self._holders: dict[tuple[str, str], list[str]] = {}
+
+    def prepare_requests(self, requests: list[dict[str, Any]]) -> None:
+        """Read the licence holders of a whole polled batch in one directory round trip."""
+        self._holders = self.directory.holders_many(
+            (r["tenant_id"], r["source_subscription_id"]) for r in requests)
+
+    def _users(self, tenant_id: str, subscription_id: str) -> list[str]:
+        users = self._holders.pop((tenant_id, subscription_id), None)
+        return users if users is not None else self.directory.holders(tenant_id, subscription_id)
 
     # -- upgrade.requested ------------------------------------------------------
     def on_request(self, ctx: Context, request: dict[str, Any]) -> None:
         upgrade_id, tenant_id = request["upgrade_id"], request["tenant_id"]
-        if ctx.get(f"upgrade:{upgrade_id}") is not None:
+        tenant = TenantState.load(ctx, tenant_id)
+        if upgrade_id in tenant.upgrades:
             log.info("repeated upgrade_id ignored")
             return
-        lock = ctx.get(f"tenant:{tenant_id}")
-        holders = self.directory.count_holders(tenant_id, request["source_subscription_id"])
+        users = self._users(tenant_id, request["source_subscription_id"])
         health = {name: row["status"] for name, row in ctx.tables.get(Topic.SERVICE_HEALTH, {}).items()}
-        reasons = evaluate(request, TenantView(holders, health, lock["upgrade_id"] if lock else None,
-                                               self.settings.prepaid_policy), self.catalogue)
+        reasons = evaluate(request, TenantView(len(users), health, tenant.in_flight, self.settings.prepaid_policy),
+                           self.catalogue)
         if reasons:
-            self._reject(ctx, tenant_id, upgrade_id, [r.as_dict() for r in reasons])
+            self._reject(ctx, tenant, upgrade_id, [r.as_dict() for r in reasons])
             return
         ctx.emit(Topic.UPGRADE_STATUS, tenant_id, status_event(tenant_id, upgrade_id, Status.ACCEPTED))
-        ctx.put(f"tenant:{tenant_id}", {"upgrade_id": upgrade_id})
+        tenant.in_flight = upgrade_id
         check = credit_check_reason(request, self.settings.credit_check_threshold_minor)
         if check is None:
-            self._start_migration(ctx, request)
+            self._start_migration(ctx, tenant, request, users)
             return
         ctx.emit(Topic.CREDIT_CHECK_REQUESTED, tenant_id, event(
             Topic.CREDIT_CHECK_REQUESTED, tenant_id, f"{upgrade_id}:credit-check",
             upgrade_id=upgrade_id, reason=check, amount_minor=request["new_total_cost_minor"],
             currency=request["currency"], due_by=add_business_days(request_date(request), 2).isoformat()))
         ctx.emit(Topic.UPGRADE_STATUS, tenant_id, status_event(tenant_id, upgrade_id, Status.CREDIT_CHECK_PENDING))
-        ctx.put(f"upgrade:{upgrade_id}", {"status": Status.CREDIT_CHECK_PENDING, "tenant_id": tenant_id,
-                                          "request": request})
+        tenant.upgrades[upgrade_id] = Status.CREDIT_CHECK_PENDING
+        tenant.save(ctx)
+        ctx.put(f"pending:{upgrade_id}", request)
 
     def on_invalid_request(self, ctx: Context, raw: bytes | None, error: InvalidEvent) -> None:
         """Tell the sender when the record says who it is; the runtime dead-letters it."""
@@ -94,52 +114,47 @@ class Intake:
         upgrade_id, tenant_id = value.get("upgrade_id"), value.get("tenant_id")
         if not (isinstance(upgrade_id, str) and upgrade_id and isinstance(tenant_id, str) and tenant_id):
             return
-        if ctx.get(f"upgrade:{upgrade_id}") is not None:
+        tenant = TenantState.load(ctx, tenant_id)
+        if upgrade_id in tenant.upgrades:
             return  # that upgrade exists: its statuses only move forward
         detail = "; ".join(map(str, error.violations))
-        self._reject(ctx, tenant_id, upgrade_id, [reason("INVALID_REQUEST", detail).as_dict()])
+        self._reject(ctx, tenant, upgrade_id, [reason("INVALID_REQUEST", detail).as_dict()])
 
     # -- credit.check.decided ------------------------------------------------------
     def on_credit_decision(self, ctx: Context, decision: dict[str, Any]) -> None:
         upgrade_id = decision["upgrade_id"]
-        state = ctx.get(f"upgrade:{upgrade_id}")
-        if state is None or state["status"] != Status.CREDIT_CHECK_PENDING:
-            log.info("credit decision for no pending check ignored",
-                     known=state is not None, status=state and state["status"])
+        tenant = TenantState.load(ctx, decision["tenant_id"])
+        request = ctx.get(f"pending:{upgrade_id}")
+        if request is None or tenant.upgrades.get(upgrade_id) != Status.CREDIT_CHECK_PENDING:
+            log.info("credit decision for no pending check ignored", status=tenant.upgrades.get(upgrade_id))
             return
-        request = state["request"]
+        ctx.delete(f"pending:{upgrade_id}")
         if decision["approved"]:
-            self._start_migration(ctx, request)
+            self._start_migration(ctx, tenant, request,
+                                  self.directory.holders(tenant.tenant_id, request["source_subscription_id"]))
         else:
-            tenant_id = request["tenant_id"]
-            self._reject(ctx, tenant_id, upgrade_id, [reason("CREDIT_CHECK_DECLINED").as_dict()])
-            self._release(ctx, tenant_id, upgrade_id)
+            self._reject(ctx, tenant, upgrade_id, [reason("CREDIT_CHECK_DECLINED").as_dict()])
 
     # -- upgrade.status -------------------------------------------------------------
     def on_status(self, ctx: Context, status: dict[str, Any]) -> None:
         """Completed or failed (from settlement or migration) ends the upgrade: release the tenant."""
         if status["status"] not in (Status.COMPLETED, Status.FAILED):
             return
-        upgrade_id = status["upgrade_id"]
-        state = ctx.get(f"upgrade:{upgrade_id}")
-        if state is not None and state["status"] not in TERMINAL_STATUSES:
-            ctx.put(f"upgrade:{upgrade_id}", {"status": status["status"], "tenant_id": status["tenant_id"]})
-        self._release(ctx, status["tenant_id"], upgrade_id)
+        tenant = TenantState.load(ctx, status["tenant_id"])
+        if tenant.apply(status["upgrade_id"], status["status"]):
+            tenant.save(ctx)
 
     # -- steps ----------------------------------------------------------------------
-    def _reject(self, ctx: Context, tenant_id: str, upgrade_id: str, reasons: list[dict]) -> None:
-        ctx.emit(Topic.UPGRADE_STATUS, tenant_id, status_event(tenant_id, upgrade_id, Status.REJECTED, reasons=reasons))
-        ctx.put(f"upgrade:{upgrade_id}", {"status": Status.REJECTED, "tenant_id": tenant_id})
+    def _reject(self, ctx: Context, tenant: "TenantState", upgrade_id: str, reasons: list[dict]) -> None:
+        ctx.emit(Topic.UPGRADE_STATUS, tenant.tenant_id,
+                 status_event(tenant.tenant_id, upgrade_id, Status.REJECTED, reasons=reasons))
+        tenant.apply(upgrade_id, Status.REJECTED)
+        tenant.save(ctx)
 
-    def _release(self, ctx: Context, tenant_id: str, upgrade_id: str) -> None:
-        lock = ctx.get(f"tenant:{tenant_id}")
-        if lock and lock["upgrade_id"] == upgrade_id:
-            ctx.delete(f"tenant:{tenant_id}")
-
-    def _start_migration(self, ctx: Context, request: Mapping[str, Any]) -> None:
+    def _start_migration(self, ctx: Context, tenant: "TenantState", request: Mapping[str, Any],
+                         users: list[str]) -> None:
         tenant_id, upgrade_id = request["tenant_id"], request["upgrade_id"]
         source = source_subscription(request)
-        users = self.directory.holders(tenant_id, request["source_subscription_id"])
         now = utc_now()
         batch_count = 0
         for batch in batch_events(request, source["sku"], users, self.settings.batch_size, rfc3339(now)):
@@ -149,8 +164,59 @@ class Intake:
             tenant_id, upgrade_id, Status.MIGRATING, event_id=f"{upgrade_id}:status:migrating:0",
             progress={"batches_done": 0, "batch_count": batch_count, "users_done": 0, "users_total": len(users)},
             admin_locked_until=rfc3339(now + ADMIN_LOCK)))
-        ctx.put(f"upgrade:{upgrade_id}", {"status": Status.MIGRATING, "tenant_id": tenant_id,
-                                          "batch_count": batch_count, "users_total": len(users)})
+        tenant.upgrades[upgrade_id] = Status.MIGRATING
+        tenant.save(ctx)
+
+
+@dataclass
+class TenantState:
+    tenant_id: str
+    in_flight: str | None
+    upgrades: dict[str, str]  # upgrade_id → its latest status
+
+    @classmethod
+    def load(cls, ctx: Context | PartitionStore, tenant_id: str) -> "TenantState":
+        raw = ctx.get(f"tenant:{tenant_id}") or {}
+        return cls(tenant_id, raw.get("in_flight"), dict(raw.get("upgrades", {})))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"in_flight": self.in_flight, "upgrades": self.upgrades}
+
+    def save(self, ctx: Context) -> None:
+        ctx.put(f"tenant:{self.tenant_id}", self.as_dict(), logged=False)  # derived from upgrade.status
+
+    def apply(self, upgrade_id: str, status: str) -> bool:
+        """Take in one status of one upgrade; statuses only move forward. True if changed."""
+        current = self.upgrades.get(upgrade_id)
+        if current in TERMINAL_STATUSES or current == status:
+            return False
+        self.upgrades[upgrade_id] = status
+        if status in TERMINAL_STATUSES:
+            if self.in_flight == upgrade_id:
+                self.in_flight = None
+        elif self.in_flight is None:
+            self.in_flight = upgrade_id
+        return True
+
+
+def fold_status(store: PartitionStore, status: dict[str, Any]) -> None:
+    """Rebuild `tenant:` state at restore from one committed `upgrade.status` event."""
+    try:
+        tenant_id, upgrade_id, name = status["tenant_id"], status["upgrade_id"], status["status"]
+    except (KeyError, TypeError):
+        return
+    tenant = TenantState.load(store, tenant_id)
+    if tenant.apply(upgrade_id, name):
+        store.apply(f"tenant:{tenant_id}", tenant.as_dict())
+
+
+def might_end_an_upgrade(raw: bytes | None) -> bool:
+    """Cheap pre-check on `upgrade.status` records: intake acts only on completed or failed.
+
+    Most status records are intake's own `accepted`/`migrating`; skipping them before
+    JSON decoding keeps reading its own output from costing a decode per record.
+    """
+    return raw is None or b'"completed"' in raw or b'"failed"' in raw
 
 
 def processor(settings: Settings, instance: str = "0", directory: LicenceDirectory | None = None,
@@ -160,11 +226,13 @@ def processor(settings: Settings, instance: str = "0", directory: LicenceDirecto
     return StreamProcessor(settings, ProcessorConfig(
         group_id=GROUP_ID,
         sources=(
-            Source(Topic.UPGRADE_REQUESTED, intake.on_request, on_invalid=intake.on_invalid_request),
+            Source(Topic.UPGRADE_REQUESTED, intake.on_request, on_invalid=intake.on_invalid_request,
+                   prepare=intake.prepare_requests),
             Source(Topic.CREDIT_CHECK_DECIDED, intake.on_credit_decision),
-            Source(Topic.UPGRADE_STATUS, intake.on_status),
+            Source(Topic.UPGRADE_STATUS, intake.on_status, wanted=might_end_an_upgrade),
         ),
         tables=(Topic.SERVICE_HEALTH,),
+        derived_from=((Topic.UPGRADE_STATUS, fold_status),),
         instance=instance,
         **config,
     ))

@@ -61,6 +61,8 @@ class LicenceDirectory(Protocol):
 
     def licences_of(self, tenant_id: str, user_id: str) -> list[Licence]: ...
 
+    def holders_many(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], list[str]]: ...
+
     def put(self, licences: Iterable[Licence]) -> int: ...
 
 
@@ -94,6 +96,21 @@ class SqliteDirectory:
         rows = self._db.execute("SELECT user_id FROM licences WHERE tenant_id=? AND subscription_id=? ORDER BY user_id",
                                 (tenant_id, subscription_id))
         return [r[0] for r in rows]
+
+    def holders_many(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], list[str]]:
+        """`holders` for many (tenant_id, subscription_id) pairs in few queries."""
+        wanted = list(dict.fromkeys(pairs))
+        found: dict[tuple[str, str], list[str]] = {pair: [] for pair in wanted}
+        for i in range(0, len(wanted), 400):  # SQLite's default limit is 32766 variables
+            chunk = wanted[i:i + 400]
+            values = ",".join("(?,?)" for _ in chunk)
+            rows = self._db.execute(
+                f"SELECT tenant_id, subscription_id, user_id FROM licences WHERE (tenant_id, subscription_id) "
+                f"IN (VALUES {values}) ORDER BY tenant_id, subscription_id, user_id",
+                [x for pair in chunk for x in pair]).fetchall()
+            for tenant_id, subscription_id, user_id in rows:
+                found[(tenant_id, subscription_id)].append(user_id)
+        return found
 
     def licences_of(self, tenant_id: str, user_id: str) -> list[Licence]:
         rows = self._db.execute("SELECT tenant_id, user_id, subscription_id, sku, disabled_services FROM licences "

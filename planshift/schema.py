@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import fastjsonschema
 import jsonschema
+import orjson
 
 from schemas import SCHEMA_DIR, schema_path
 
@@ -110,8 +111,8 @@ def parse_json(raw: bytes | str | None, name: str = "event") -> dict[str, Any]:
     if raw is None:
         raise InvalidEvent(name, [Violation("$", "the record has no value (tombstone)")])
     try:
-        value = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
         raise InvalidEvent(name, [Violation("$", f"not JSON: {exc}")]) from None
     if not isinstance(value, dict):
         raise InvalidEvent(name, [Violation("$", f"must be a JSON object, not {type(value).__name__}")])

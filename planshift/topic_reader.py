@@ -85,12 +85,16 @@ def read_values(settings: Settings, topic: str, timeout: float = 30.0) -> list[A
     return [r.value for r in iter_topic(settings, topic, timeout)]
 
 
-def stable_end_offsets(settings: Settings, topic: str) -> int:
-    """Sum over partitions of the last stable offset: cheap progress without reading records."""
+def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
+    """Each partition's last stable offset (read_committed): where a reader is caught up."""
     consumer = kafka_clients.consumer(settings, None)
     try:
-        partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in partitions]
-        return sum(consumer.end_offsets(tps).values()) if tps else 0
+        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        return {tp.partition: offset for tp, offset in consumer.end_offsets(tps).items()} if tps else {}
     finally:
         consumer.close()
+
+
+def stable_end_offsets(settings: Settings, topic: str) -> int:
+    """Sum over partitions of the last stable offset: cheap progress without reading records."""
+    return sum(end_offsets(settings, topic).values())

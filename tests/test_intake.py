@@ -122,7 +122,7 @@ def test_the_same_request_twice_makes_one_upgrade(settings, make_intake):
     # A replay after a restart (state restored from the changelog) is ignored too.
     produce(settings, Topic.UPGRADE_REQUESTED, [("contoso", first)])
     with running(make_intake()) as processor:
-        wait_for(lambda: processor.metrics.records >= 1 and processor.metrics.restored_keys >= 2, 30,
+        wait_for(lambda: processor.metrics.records >= 1 and processor.metrics.restored_keys >= 1, 30,
                  message="the replay to be handled")
     assert status_names(settings, "ord-1") == ["accepted", "migrating"]
     assert len(values(settings, Topic.LICENSE_BATCHES)) == 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from kafka import TopicPartition
 
 from planshift import kafka_clients
@@ -43,7 +45,7 @@ def test_aborted_transaction_stays_invisible_to_read_committed(settings, topic_f
 
         def saw_all():
             for records in uncommitted.poll(timeout_ms=200).values():
-                seen.extend(kafka_clients.json.loads(r.value)["n"] for r in records)
+                seen.extend(json.loads(r.value)["n"] for r in records)
             return len(seen) >= 4
 
         wait_for(saw_all, 20, message="the read_uncommitted reader")

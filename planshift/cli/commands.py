@@ -99,8 +99,8 @@ def _positive_int(text: str) -> int:
 
 
 def _commit_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--commit-every", type=_positive_int, default=1000, metavar="N",
-                        help="commit the transaction after N records (default 1000)")
+    parser.add_argument("--commit-every", type=_positive_int, default=5000, metavar="N",
+                        help="commit the transaction after N records (default 5000)")
     parser.add_argument("--commit-interval-ms", type=_positive_int, default=200, metavar="MS",
                         help="… or after MS milliseconds, whichever comes first (default 200)")
 

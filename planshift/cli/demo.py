@@ -1,17 +1,24 @@
 """`planshift demo`: the whole path a newcomer can watch, on the embedded defaults.
 
-Today: start the local broker, create the topics, publish the shipped sample upgrade
-requests (one of them invalid on purpose, one not JSON) and read back what Kafka holds.
+Start the local broker, create the topics, fill the embedded licence directory with the
+sample tenants' users, publish the shipped sample upgrade requests (one breaks its
+schema on purpose, one is not JSON), run intake over them, and show what came out:
+each upgrade's statuses with their reasons, the licence-migration batches, and the dead
+letters. Running it again publishes the same requests again: intake recognises every
+upgrade id and starts nothing twice.
 """
 
 from __future__ import annotations
 
+import json
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from planshift.broker import LocalBroker
-from planshift.contract import Topic
+from planshift.contract import Topic, dlq
+from planshift.directory import Licence, SqliteDirectory
 from planshift.settings import Settings
-from planshift.topic_reader import read_topic
+from planshift.topic_reader import end_offsets, read_topic
 from planshift.topics import create_topics
 
 SAMPLES = Path(__file__).resolve().parent.parent / "data" / "sample-upgrade-requests.jsonl"
@@ -21,7 +28,26 @@ def step(text: str) -> None:
     print(f"\n== {text}", flush=True)
 
 
+def seed_directory(settings: Settings, file: Path) -> int:
+    """Give each sample tenant as many users on its source plan as it buys licences for."""
+    directory = SqliteDirectory.for_settings(settings)
+    licences = []
+    for line in file.read_text().splitlines():
+        try:
+            request = json.loads(line)
+            tenant, source, count = request["tenant_id"], request["source_subscription_id"], int(request["licenses"])
+            sku = next(s["sku"] for s in request["tenant"]["subscriptions"] if s["subscription_id"] == source)
+        except (ValueError, KeyError, TypeError, StopIteration):
+            continue  # the broken samples have no users
+        licences += [Licence(tenant, f"{tenant}-user-{i:04d}", source, sku, ("SHAREPOINT",) if i % 4 == 0 else ())
+                     for i in range(count)]
+    directory.put(licences)
+    directory.close()
+    return len(licences)
+
+
 def run(settings: Settings, file: Path | None = None) -> int:
+    from consumers import intake
     from planshift.cli.commands import _publish_with_progress
 
     file = file or SAMPLES
@@ -32,20 +58,52 @@ def run(settings: Settings, file: Path | None = None) -> int:
     step("2. topics of the contract")
     print(create_topics(settings).describe())
 
-    step(f"3. an order system publishes {file.name}")
+    step(f"3. licence directory in {settings.data_dir}")
+    print(f"{seed_directory(settings, file)} licences of the sample tenants' users")
+
+    step(f"4. an order system publishes {file.name}")
     report = _publish_with_progress(settings, file)
     for number, message in report.errors:
-        print(f"  line {number} refused: {message}")
+        print(f"  line {number} refused by the publisher: {message}")
     print(report.describe())
+    # The publisher refuses what breaks the schema; an order system that skips it
+    # still reaches intake, which dead-letters the record and tells the sender.
+    from planshift import kafka_clients
+    from planshift.events import with_envelope
+    broken = with_envelope(json.loads(file.read_text().splitlines()[0]), Topic.UPGRADE_REQUESTED)
+    broken.update(upgrade_id="ord-broken-0001", tenant_id="litware", licenses="many")
+    with kafka_clients.producer(settings) as producer:
+        producer.send(settings.topic(Topic.UPGRADE_REQUESTED), key=b"litware", value=kafka_clients.encode_json(broken),
+                      headers=kafka_clients.event_headers(Topic.UPGRADE_REQUESTED))
+    print("and a schema-breaking request (ord-broken-0001) sent without the publisher's check")
 
-    topic = settings.topic(Topic.UPGRADE_REQUESTED)
-    step(f"4. read back from {topic} (read_committed)")
-    records = read_topic(settings, topic)
-    print(f"{'partition':>9} {'offset':>6}  {'tenant':<12} {'upgrade':<20} {'from → to'}")
-    for r in records:
-        v = r.value
-        source = next((s["sku"] for s in v["tenant"]["subscriptions"]
-                       if s["subscription_id"] == v["source_subscription_id"]), "?")
-        print(f"{r.partition:>9} {r.offset:>6}  {v['tenant_id']:<12} {v['upgrade_id']:<20} {source} → {v['target_sku']}")
-    print(f"\n{len(records)} upgrade requests on {topic}. Stop the broker with 'planshift broker stop'.")
+    step("5. intake: eligibility, credit checks, batches (exactly once)")
+    ends = end_offsets(settings, settings.topic(Topic.UPGRADE_REQUESTED))
+    processor = intake.processor(settings)
+    processor.run(until=lambda p: p.caught_up(Topic.UPGRADE_REQUESTED, ends))
+    print(f"handled {processor.metrics.records} records in {processor.metrics.commits} transactions")
+
+    step("6. what the admins see on upgrade.status")
+    statuses = defaultdict(list)
+    for record in read_topic(settings, settings.topic(Topic.UPGRADE_STATUS)):
+        statuses[record.value["upgrade_id"]].append(record.value)
+    for upgrade_id, events in statuses.items():
+        print(f"{events[0]['tenant_id']:<10} {upgrade_id:<20} {' → '.join(e['status'] for e in events)}")
+        for reason in events[-1]["reasons"]:
+            retry = f", retry after {reason['retry_after']}" if reason["retry_after"] else ""
+            print(f"{'':31}{reason['code']} ({reason['remedy']}{retry}): {reason['message'][:90]}")
+    batches = Counter(r.value["upgrade_id"] for r in read_topic(settings, settings.topic(Topic.LICENSE_BATCHES)))
+    step("7. licence-migration batches")
+    for upgrade_id, count in batches.items():
+        print(f"{upgrade_id:<20} {count} batch(es)")
+    checks = read_topic(settings, settings.topic(Topic.CREDIT_CHECK_REQUESTED))
+    for check in checks:
+        print(f"credit check requested for {check.value['upgrade_id']} ({check.value['reason']}), "
+              f"due by {check.value['due_by']}")
+    dead = read_topic(settings, settings.topic(dlq(Topic.UPGRADE_REQUESTED)))
+    step(f"8. dead letters on {dlq(Topic.UPGRADE_REQUESTED)}: {len(dead)}")
+    for record in dead:
+        print(f"offset {record.headers.get('dlq.source.offset', b'?').decode()}: "
+              f"{record.headers.get('dlq.error.message', b'').decode()[:110]}")
+    print("\nStop the broker with 'planshift broker stop'; run the demo again to see replays ignored.")
     return 0

@@ -36,6 +36,7 @@ class Context:
     tables: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     outputs: list[Output] = field(default_factory=list)
     writes: dict[str, Any] = field(default_factory=dict)
+    unlogged: set[str] = field(default_factory=set)  # keys whose state is derived, not logged
 
     # -- state: reads see this record's own pending writes --------------------
     def get(self, key: str, default: Any = None) -> Any:
@@ -46,8 +47,14 @@ class Context:
             return default
         return self.store.get(key, default)
 
-    def put(self, key: str, value: Any) -> None:
+    def put(self, key: str, value: Any, logged: bool = True) -> None:
+        """Change state. `logged=False` for state the runtime rebuilds from a source
+        topic at restore (`ProcessorConfig.derived_from`), so no changelog record is written."""
         self.writes[key] = value
+        if logged:
+            self.unlogged.discard(key)
+        else:
+            self.unlogged.add(key)
 
     def delete(self, key: str) -> None:
         self.writes[key] = _DELETED
@@ -56,6 +63,6 @@ class Context:
     def emit(self, topic: str, key: str | None, value: dict[str, Any], event_type: str | None = None) -> None:
         self.outputs.append(Output(topic, key, value, event_type or topic))
 
-    def pending_writes(self) -> list[tuple[str, Any]]:
-        """(key, value) pairs; value None means delete."""
-        return [(k, None if v is _DELETED else v) for k, v in self.writes.items()]
+    def pending_writes(self) -> list[tuple[str, Any, bool]]:
+        """(key, value, logged) triples; value None means delete."""
+        return [(k, None if v is _DELETED else v, k not in self.unlogged) for k, v in self.writes.items()]

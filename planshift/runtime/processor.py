@@ -69,6 +69,8 @@ from planshift.settings import Settings
 
 log = get_logger(__name__)
 
+SKIP = object()  # a record its source's `wanted` refused
+
 FENCED = (ProducerFencedError, InvalidProducerEpochError)
 LOST_GENERATION = (CommitFailedError, IllegalGenerationError, UnknownMemberIdError, RebalanceInProgressError)
 
@@ -83,6 +85,12 @@ class Source:
     # Called, in the same transaction as the dead letter, for a record that breaks its
     # schema, so a consumer can tell the sender (intake emits `rejected`).
     on_invalid: Callable[[Context, bytes | None, InvalidEvent], None] | None = None
+    # A cheap test on the raw value: records it refuses are skipped undecoded (their
+    # offsets still commit). Must accept every record the handler could act on.
+    wanted: Callable[[bytes | None], bool] | None = None
+    # Called with the valid events of each polled batch before any is handled, so a
+    # consumer can fetch what they need in one round trip instead of one per record.
+    prepare: Callable[[list[dict[str, Any]]], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -91,7 +99,11 @@ class ProcessorConfig:
     sources: tuple[Source, ...]
     stateful: bool = True
     tables: tuple[str, ...] = ()  # contract topics read whole by every instance (compacted)
-    commit_every: int = 1000
+    # State derived from a co-partitioned topic instead of logged: at restore, after the
+    # changelog, every committed event of partition p of these topics is folded into
+    # store p. Writes of such state use `ctx.put(..., logged=False)`.
+    derived_from: tuple[tuple[str, Callable[[PartitionStore, dict[str, Any]], None]], ...] = ()
+    commit_every: int = 5000
     commit_interval_ms: int = 200
     max_attempts: int = 3
     retry_backoff_s: float = 0.05
@@ -105,12 +117,15 @@ class ProcessorConfig:
 @dataclass
 class Metrics:
     records: int = 0
+    records_by_topic: dict[str, int] = field(default_factory=dict)  # contract topic → records taken in
     dead_letters: int = 0
     retries: int = 0
     commits: int = 0
     aborts: int = 0
     restored_keys: int = 0
     started_at: float = field(default_factory=time.monotonic)
+    first_record_at: float | None = None  # throughput is measured from here, after start-up
+    finished_at: float | None = None
 
 
 class StreamProcessor:
@@ -176,7 +191,7 @@ class StreamProcessor:
     def _new_producer(self):
         producer = kafka_clients.producer(
             self.settings, transactional_id=self.transactional_id,
-            transaction_timeout_ms=self.config.transaction_timeout_ms, linger_ms=5, batch_size=256 * 1024,
+            transaction_timeout_ms=self.config.transaction_timeout_ms, linger_ms=50, batch_size=256 * 1024,
         )
         producer.init_transactions()  # aborts what a previous incarnation left open
         return producer
@@ -203,16 +218,25 @@ class StreamProcessor:
         for table in self._tables.values():
             table.refresh()
         batches = self.consumer.poll(timeout_ms=self.config.poll_timeout_ms)
+        if batches and self.metrics.first_record_at is None:
+            self.metrics.first_record_at = time.monotonic()
         try:
             for tp, records in batches.items():
-                for record in records:
+                source = self._sources[tp.topic]
+                decoded = [self._decode(source, r) for r in records]
+                if source.prepare is not None:
+                    self._prepare(source, [d for d in decoded if isinstance(d, dict)])
+                for record, event in zip(records, decoded):
                     if not self._in_txn:
                         self.producer.begin_transaction()
                         self._in_txn, self._txn_records, self._txn_started = True, 0, time.monotonic()
-                    self._process(record)
+                    if event is not SKIP:
+                        self._process(source, record, event)
                     self._offsets[tp] = record.offset + 1
                     self._txn_records += 1
                     self.metrics.records += 1
+                self.metrics.records_by_topic[source.topic] = \
+                    self.metrics.records_by_topic.get(source.topic, 0) + len(records)
             if self._in_txn and (self._txn_records >= self.config.commit_every
                                  or (time.monotonic() - self._txn_started) * 1000 >= self.config.commit_interval_ms
                                  or self._stop.is_set()):
@@ -224,46 +248,64 @@ class StreamProcessor:
             log.error("transaction failed; aborting and resetting to the committed offsets", error=repr(exc))
             self._recover(fenced=False)
 
-    def _process(self, record) -> None:
-        source = self._sources[record.topic]
+    @staticmethod
+    def _decode(source: Source, record) -> dict[str, Any] | InvalidEvent | object:
+        if source.wanted is not None and not source.wanted(record.value):
+            return SKIP
+        try:
+            if source.schema == "":
+                return parse_json(record.value)
+            return parse(source.schema or source.topic, record.value)
+        except InvalidEvent as exc:
+            return exc
+
+    @staticmethod
+    def _prepare(source: Source, events: list[dict[str, Any]]) -> None:
+        try:
+            source.prepare(events)
+        except Exception:  # noqa: BLE001 - an optimisation only: handlers still read for themselves
+            log.exception("prepare failed; handling without it")
+
+    def _process(self, source: Source, record, event: dict[str, Any] | InvalidEvent) -> None:
         headers = dict(record.headers or [])
         key = record.key.decode("utf-8", "replace") if record.key is not None else None
-        with structlog.contextvars.bound_contextvars(topic=record.topic, partition=record.partition,
-                                                     offset=record.offset):
+        # Every log line written while this record is handled carries where it came from
+        # and, once known, whose it is. Rebinding per record is cheaper than nesting
+        # context managers on the hot path.
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(topic=record.topic, partition=record.partition, offset=record.offset)
+        if isinstance(event, InvalidEvent):
+            ctx = self._context(source, record, key, headers)
+            if source.on_invalid is not None:
+                try:
+                    source.on_invalid(ctx, record.value, event)
+                except Exception:  # noqa: BLE001 - the dead letter matters more than the notice
+                    log.exception("on_invalid failed")
+                    ctx.outputs.clear()
+                    ctx.writes.clear()
+                    ctx.unlogged.clear()
+            self._apply(ctx)
+            self._dead_letter(record, event, attempts=1)
+            return
+        structlog.contextvars.bind_contextvars(tenant_id=event.get("tenant_id"), upgrade_id=event.get("upgrade_id"))
+        for attempt in range(1, self.config.max_attempts + 1):
+            ctx = self._context(source, record, key, headers)
             try:
-                event = parse_json(record.value) if source.schema == "" else \
-                    parse(source.schema or source.topic, record.value)
-            except InvalidEvent as exc:
-                ctx = self._context(source, record, key, headers)
-                if source.on_invalid is not None:
-                    try:
-                        source.on_invalid(ctx, record.value, exc)
-                    except Exception:  # noqa: BLE001 - the dead letter matters more than the notice
-                        log.exception("on_invalid failed")
-                        ctx.outputs.clear()
-                        ctx.writes.clear()
+                source.handle(ctx, event)
+                if self.settings.validate_outputs:
+                    for output in ctx.outputs:
+                        if output.event_type in self._schemas:
+                            validate(output.event_type, output.value)
                 self._apply(ctx)
-                self._dead_letter(record, exc, attempts=1)
                 return
-            bind = {k: event[k] for k in ("tenant_id", "upgrade_id") if k in event}
-            with structlog.contextvars.bound_contextvars(**bind):
-                for attempt in range(1, self.config.max_attempts + 1):
-                    ctx = self._context(source, record, key, headers)
-                    try:
-                        source.handle(ctx, event)
-                        for output in ctx.outputs:
-                            if output.event_type in self._schemas:
-                                validate(output.event_type, output.value)
-                        self._apply(ctx)
-                        return
-                    except Exception as exc:  # noqa: BLE001 - bounded retries, then a dead letter
-                        if attempt == self.config.max_attempts:
-                            log.error("record failed; dead-lettered", attempts=attempt, error=repr(exc))
-                            self._dead_letter(record, exc, attempts=attempt)
-                            return
-                        self.metrics.retries += 1
-                        log.warning("record failed; retrying", attempt=attempt, error=repr(exc))
-                        time.sleep(self.config.retry_backoff_s * attempt)
+            except Exception as exc:  # noqa: BLE001 - bounded retries, then a dead letter
+                if attempt == self.config.max_attempts:
+                    log.error("record failed; dead-lettered", attempts=attempt, error=repr(exc))
+                    self._dead_letter(record, exc, attempts=attempt)
+                    return
+                self.metrics.retries += 1
+                log.warning("record failed; retrying", attempt=attempt, error=repr(exc))
+                time.sleep(self.config.retry_backoff_s * attempt)
 
     def _context(self, source: Source, record, key, headers) -> Context:
         return Context(
@@ -282,8 +324,10 @@ class StreamProcessor:
             if self._changelog is None:
                 raise RuntimeError(f"{self.config.group_id} is stateless but its handler wrote state")
             store = self._stores.setdefault(ctx.partition, PartitionStore(ctx.partition))
-            for key, value in ctx.pending_writes():
+            for key, value, logged in ctx.pending_writes():
                 store.apply(key, value)
+                if not logged:
+                    continue
                 self.producer.send(self._changelog, key=key.encode(), partition=ctx.partition,
                                    value=None if value is None else kafka_clients.encode_json(value))
 
@@ -319,6 +363,7 @@ class StreamProcessor:
         self._in_txn = False
         self._offsets.clear()
         self.metrics.commits += 1
+        self.metrics.finished_at = time.monotonic()
 
     def _abort(self) -> None:
         if self._in_txn:
@@ -376,7 +421,8 @@ class StreamProcessor:
         if not self._changelog or not partitions:
             return
         began = time.monotonic()
-        restored = restore(self.settings, self._changelog, sorted(partitions))
+        restored = restore(self.settings, self._changelog, sorted(partitions),
+                           derived_from=[(self.settings.topic(t), fold) for t, fold in self.config.derived_from])
         self._stores.update(restored)
         keys = sum(len(s) for s in restored.values())
         self.metrics.restored_keys += keys
@@ -406,6 +452,16 @@ class StreamProcessor:
         still_owned = {tp.partition for tp in self.consumer.assignment() if tp not in revoked}
         for partition in {tp.partition for tp in revoked} - still_owned:
             self._stores.pop(partition, None)
+
+    def caught_up(self, topic: str, ends: dict[int, int]) -> bool:
+        """Whether this instance has read `topic` (contract name) up to `ends` on every partition."""
+        if self.consumer is None:
+            return False
+        name = self.settings.topic(topic)
+        assigned = {tp.partition: tp for tp in self.consumer.assignment() if tp.topic == name}
+        if set(assigned) != set(ends):
+            return False
+        return all(self.consumer.position(assigned[p]) >= end for p, end in ends.items())
 
     @property
     def assigned_partitions(self) -> set[TopicPartition]:

@@ -7,12 +7,20 @@ keyed by the state key, a null value deleting it). On assignment the store is re
 by reading that changelog partition `read_committed` from the start to its end, so
 the state always matches the last committed offsets: an aborted transaction's state
 changes are never read back.
+
+State that a consumer can derive from a co-partitioned topic it writes anyway (intake
+derives each tenant's upgrades from `upgrade.status`) is not logged a second time:
+after the changelog, the committed events of that topic's partition p are folded into
+store p, as Kafka Streams does when it reuses a source topic as a table's changelog.
+Those events are committed in the same transactions as the offsets, so the derived
+state matches the committed offsets just as logged state does.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, Iterator
+import time
+from typing import Any, Callable, Iterator
 
 from kafka import TopicPartition
 
@@ -45,20 +53,41 @@ class PartitionStore:
         return len(self._data)
 
 
-def restore(settings: Settings, topic: str, partitions: list[int], timeout: float = 120.0) -> dict[int, PartitionStore]:
-    """Rebuild the stores of `partitions` from their changelog partitions."""
+def restore(settings: Settings, topic: str, partitions: list[int], timeout: float = 120.0,
+            derived_from: list[tuple[str, Callable[[PartitionStore, dict[str, Any]], None]]] = ()
+            ) -> dict[int, PartitionStore]:
+    """Rebuild the stores of `partitions` from their changelog partitions, then fold in
+    the committed events of the topics their derived state comes from."""
     stores = {p: PartitionStore(p) for p in partitions}
     if not partitions:
         return stores
+
+    def apply_changelog(store: PartitionStore, record) -> None:
+        store.apply(record.key.decode(), None if record.value is None else json.loads(record.value))
+
+    _read_partitions(settings, topic, stores, apply_changelog, timeout)
+    for source, fold in derived_from:
+        def apply_event(store: PartitionStore, record, fold=fold) -> None:
+            try:
+                value = json.loads(record.value) if record.value is not None else None
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                return  # not an event: nothing to derive
+            if isinstance(value, dict):
+                fold(store, value)
+
+        _read_partitions(settings, source, stores, apply_event, timeout)
+    return stores
+
+
+def _read_partitions(settings: Settings, topic: str, stores: dict[int, PartitionStore],
+                     apply: Callable[[PartitionStore, Any], None], timeout: float) -> None:
     consumer = kafka_clients.consumer(settings, None)
     try:
-        tps = [TopicPartition(topic, p) for p in partitions]
+        tps = [TopicPartition(topic, p) for p in stores]
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
         end = consumer.end_offsets(tps)
         remaining = {tp for tp in tps if consumer.position(tp) < end[tp]}
-        import time
-
         deadline = time.monotonic() + timeout
         while remaining:
             if time.monotonic() > deadline:
@@ -67,8 +96,7 @@ def restore(settings: Settings, topic: str, partitions: list[int], timeout: floa
                 store = stores[tp.partition]
                 for r in records:
                     if r.offset < end[tp]:
-                        store.apply(r.key.decode(), None if r.value is None else json.loads(r.value))
+                        apply(store, r)
             remaining = {tp for tp in remaining if consumer.position(tp) < end[tp]}
     finally:
         consumer.close()
-    return stores

@@ -1,0 +1,37 @@
+"""Shared pieces of the benchmarks: a broker of their own, topics under a fresh prefix."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from planshift.broker import LocalBroker, free_port
+from planshift.settings import Settings
+from planshift.topics import create_topics
+
+
+@contextlib.contextmanager
+def bench_settings(keep_dir: str | None = None):
+    """Settings on a broker started for the benchmark (or PLANSHIFT_BOOTSTRAP_SERVERS if BENCH_USE_ENV=1)."""
+    work = Path(keep_dir or tempfile.mkdtemp(prefix="planshift-bench-"))
+    if os.environ.get("BENCH_USE_ENV") == "1":
+        settings = Settings.from_env().with_(data_dir=work)
+        broker = None
+    else:
+        settings = Settings.from_env({k: v for k, v in os.environ.items() if k == "PLANSHIFT_KAFKA_CACHE"})
+        settings = settings.with_(bootstrap_servers=f"127.0.0.1:{free_port()}", data_dir=work)
+        broker = LocalBroker(settings)
+        began = time.monotonic()
+        broker.start()
+        print(f"broker started in {time.monotonic() - began:.1f}s at {settings.bootstrap_servers}")
+    settings = settings.with_(topic_prefix=f"bench-{uuid.uuid4().hex[:6]}.")
+    create_topics(settings)
+    try:
+        yield settings
+    finally:
+        if broker is not None:
+            broker.stop()

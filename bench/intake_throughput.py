@@ -1,0 +1,139 @@
+"""Intake throughput with exactly-once on, beside a plain kafka-python consume→produce loop.
+
+Both read the same pre-filled `upgrade.requested` topic (N small-tenant requests, 3 users
+each) in the same run on the same broker. The plain loop decodes each record and
+produces one record per input with an idempotent producer and no transactions. Intake
+validates, evaluates eligibility against the SQLite directory, emits `accepted`,
+`migrating` and one batch per request, writes two state keys to its changelog, and
+commits all of it with the offsets in Kafka transactions.
+
+    python bench/intake_throughput.py [--requests 20000]
+
+A second plain loop emits three records per input, intake's output volume (accepted,
+migrating, one batch), still without transactions, to show what the outputs alone cost.
+
+Each rate runs from the first record polled to the last output flushed (intake: its
+last transaction committed), so the start-up of each (group join, intake's state
+restore and table bootstrap) is left out of both.
+
+Goal (issue 3): intake keeps at least 40% of the plain loop's rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._harness import bench_settings  # noqa: E402
+from consumers import intake  # noqa: E402
+from planshift import kafka_clients  # noqa: E402
+from planshift.contract import Topic  # noqa: E402
+from planshift.directory import Licence, SqliteDirectory  # noqa: E402
+from planshift.events import with_envelope  # noqa: E402
+from planshift.topics import create_topics, ensure_topic  # noqa: E402
+from producers.samples import upgrade_request  # noqa: E402
+
+
+def seed_directory(settings, n: int) -> None:
+    directory = SqliteDirectory.for_settings(settings)
+    directory.put(Licence(f"t{t:06d}", f"u{u}", f"t{t:06d}-sub-m365_business_standard", "M365_BUSINESS_STANDARD")
+                  for t in range(n) for u in range(3))
+    directory.close()
+
+
+def prefill(settings, n: int) -> None:
+    producer = kafka_clients.producer(settings, linger_ms=20, batch_size=512 * 1024)
+    today = date.today()
+    topic = settings.topic(Topic.UPGRADE_REQUESTED)
+    headers = kafka_clients.event_headers(Topic.UPGRADE_REQUESTED)
+    for t in range(n):
+        request = with_envelope(upgrade_request(f"t{t:06d}", f"ord-{t:06d}", today=today, licenses=3),
+                                "upgrade.requested")
+        producer.send(topic, key=request["tenant_id"].encode(), value=kafka_clients.encode_json(request),
+                      headers=headers)
+    producer.flush()
+    producer.close()
+
+
+def plain_loop(settings, n: int, outputs: int = 1) -> float:
+    """The baseline: consume, decode, produce `outputs` records per input, commit offsets now and then."""
+    out = settings.topic(f"bench.plain{outputs}.out")
+    ensure_topic(settings, out, 6, {})
+    consumer = kafka_clients.consumer(settings, settings.topic(f"bench-plain{outputs}"),
+                                      max_poll_records=2000)
+    consumer.subscribe([settings.topic(Topic.UPGRADE_REQUESTED)])
+    producer = kafka_clients.producer(settings, linger_ms=5, batch_size=256 * 1024)
+    began = None
+    seen = 0
+    while seen < n:
+        batches = consumer.poll(timeout_ms=500)
+        if batches and began is None:
+            began = time.perf_counter()
+        for records in batches.values():
+            for r in records:
+                value = json.loads(r.value)
+                for i in range(outputs):
+                    producer.send(out, key=r.key, value=kafka_clients.encode_json(
+                        {"upgrade_id": value["upgrade_id"], "n": i, "tenant_id": value["tenant_id"]}),
+                        headers=HEADERS)
+                seen += 1
+        consumer.commit_async()
+    producer.flush()
+    consumer.commit()
+    elapsed = time.perf_counter() - began
+    consumer.close()
+    producer.close()
+    return elapsed
+
+
+HEADERS = [("event_type", b"bench"), ("schema_version", b"1")]
+
+
+def intake_run(settings, n: int, **config) -> float:
+    processor = intake.processor(settings, **config)
+    processor.run(until=lambda p: p.metrics.records_by_topic.get(Topic.UPGRADE_REQUESTED, 0) >= n)
+    return processor.metrics.finished_at - processor.metrics.first_record_at
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of (plain loop, intake) on fresh topics; medians are reported")
+    args = parser.parse_args()
+    n = args.requests
+    plain_rates, plain3_rates, intake_rates, ratios = [], [], [], []
+    with bench_settings() as base:
+        seed_directory(base, n)
+        for round_no in range(1, args.rounds + 1):
+            settings = base.with_(topic_prefix=f"{base.topic_prefix}r{round_no}.")
+            create_topics(settings)
+            prefill(settings, n)
+            plain = n / plain_loop(settings, n)
+            plain3 = n / plain_loop(settings, n, outputs=3)
+            eos = n / intake_run(settings, n)
+            plain_rates.append(plain)
+            plain3_rates.append(plain3)
+            intake_rates.append(eos)
+            ratios.append(eos / plain)
+            print(f"round {round_no}: plain 1:1 {plain:7.0f}/s   plain 1:3 {plain3:7.0f}/s   intake {eos:7.0f}/s   "
+                  f"ratio {eos / plain:.2f}", flush=True)
+    ratio = statistics.median(ratios)
+    print(f"plain consume→produce loop : {statistics.median(plain_rates):8.0f} records/s (median of {args.rounds})")
+    print(f"  … emitting 3 per input   : {statistics.median(plain3_rates):8.0f} records/s in (intake's output volume, "
+          f"no transactions)")
+    print(f"intake, exactly-once       : {statistics.median(intake_rates):8.0f} requests/s (median of {args.rounds})")
+    print(f"ratio intake/plain         : {ratio:.2f} median, {min(ratios):.2f}–{max(ratios):.2f} range  "
+          f"(goal ≥ 0.40: {'met' if ratio >= 0.40 else 'NOT met'})")
+    print(f"ratio intake/plain 1:3     : {statistics.median(intake_rates) / statistics.median(plain3_rates):.2f}")
+
+
+if __name__ == "__main__":
+    main()
