@@ -157,7 +157,7 @@ class Intake:
         source = source_subscription(request)
         now = utc_now()
         batch_count = 0
-        for batch in batch_events(request, source["sku"], users, self.settings.batch_size, rfc3339(now)):
+        for batch in batch_events(request, source, users, self.settings.batch_size, rfc3339(now)):
             ctx.emit(Topic.LICENSE_BATCHES, batch_key(upgrade_id, batch["batch_no"]), batch)
             batch_count = batch["batch_count"]
         ctx.emit(Topic.UPGRADE_STATUS, tenant_id, status_event(

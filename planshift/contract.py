@@ -162,7 +162,13 @@ REASONS: tuple[ReasonSpec, ...] = (
                "The credit check was not approved."),
 )
 
-REASON_BY_CODE: dict[str, ReasonSpec] = {r.code: r for r in REASONS}
+# Reasons planshift adds for what happens after acceptance (docs/CONTRACT.md, refinements).
+OPERATIONAL_REASONS: tuple[ReasonSpec, ...] = (
+    ReasonSpec("MIGRATION_FAILED", Remedy.CONTACT_SUPPORT, None,
+               "Moving the users to the new plan failed; they keep their current plan."),
+)
+
+REASON_BY_CODE: dict[str, ReasonSpec] = {r.code: r for r in REASONS + OPERATIONAL_REASONS}
 REASON_ORDER: dict[str, int] = {r.code: i for i, r in enumerate(REASONS)}
 
 # Deterministic ids (CONTRACT.md §1): a replay can never mint a new one.
@@ -182,3 +188,8 @@ def batch_id(upgrade_id: str, batch_no: int) -> str:
 
 def batch_key(upgrade_id: str, batch_no: int) -> str:
     return f"{upgrade_id}:{batch_no}"
+
+
+def status_id(upgrade_id: str, status: str, step: int | None = None) -> str:
+    """upgrade.status event ids: one per status, and per progress step while migrating."""
+    return f"{upgrade_id}:status:{status}" if step is None else f"{upgrade_id}:status:{status}:{step}"

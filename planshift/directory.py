@@ -38,7 +38,26 @@ CREATE TABLE IF NOT EXISTS licences (
     PRIMARY KEY (tenant_id, subscription_id, user_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS licences_by_user ON licences (tenant_id, user_id);
+-- What each migrated user had switched off before the upgrade reset it (CONTRACT.md §4:
+-- "previously disabled services are recorded per user before they are reset").
+CREATE TABLE IF NOT EXISTS service_resets (
+    tenant_id TEXT NOT NULL,
+    upgrade_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    subscription_id TEXT NOT NULL,
+    sku TEXT NOT NULL,
+    disabled_services TEXT NOT NULL,
+    PRIMARY KEY (upgrade_id, user_id)
+) WITHOUT ROWID;
 """
+
+
+@dataclass(frozen=True)
+class MigrationResult:
+    users_migrated: int  # moved from the source licence to the target licence now
+    users_already_migrated: int  # held the target and not the source already (a repeat)
+    users_missing: int  # hold neither any more (licence removed since the batch was planned)
+    resets: list[tuple[str, tuple[str, ...]]]  # (user_id, services they had disabled), for this batch
 
 
 class DirectoryError(ValueError):
@@ -64,6 +83,11 @@ class LicenceDirectory(Protocol):
     def holders_many(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], list[str]]: ...
 
     def put(self, licences: Iterable[Licence]) -> int: ...
+
+    def migrate(self, tenant_id: str, upgrade_id: str, user_ids: Sequence[str], source_subscription_id: str,
+                target_subscription_id: str, target_sku: str) -> MigrationResult: ...
+
+    def resets(self, upgrade_id: str) -> list[tuple[str, str, str, str, tuple[str, ...]]]: ...
 
 
 class SqliteDirectory:
@@ -124,7 +148,53 @@ class SqliteDirectory:
         return self._db.execute("SELECT tenant_id, user_id, subscription_id, sku, disabled_services FROM licences "
                                 "ORDER BY tenant_id, user_id, subscription_id")
 
+    def resets(self, upgrade_id: str) -> list[tuple[str, str, str, str, tuple[str, ...]]]:
+        """(tenant_id, user_id, subscription_id, sku, disabled_services) recorded for an upgrade."""
+        rows = self._db.execute("SELECT tenant_id, user_id, subscription_id, sku, disabled_services FROM service_resets "
+                                "WHERE upgrade_id=? ORDER BY user_id", (upgrade_id,))
+        return [(t, u, s, k, tuple(json.loads(d))) for t, u, s, k, d in rows]
+
     # -- writes ----------------------------------------------------------------
+    def migrate(self, tenant_id: str, upgrade_id: str, user_ids: Sequence[str], source_subscription_id: str,
+                target_subscription_id: str, target_sku: str) -> MigrationResult:
+        """Move a batch of users to the target subscription, in one SQLite transaction.
+
+        Each user gets the target licence with every service enabled, the services they
+        had disabled are recorded, then the source licence goes: inside the transaction
+        the insert comes before the delete, and outside it both happen at once, so no
+        reader ever sees a user without a licence. Licences of other subscriptions stay.
+        Repeating a batch changes nothing and reports its users as already migrated.
+        """
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("CREATE TEMP TABLE IF NOT EXISTS batch_users (user_id TEXT PRIMARY KEY) WITHOUT ROWID")
+            db.execute("DELETE FROM batch_users")
+            db.executemany("INSERT OR IGNORE INTO batch_users VALUES (?)", ((u,) for u in user_ids))
+            source = "SELECT l.user_id, l.sku, l.disabled_services FROM licences l JOIN batch_users b " \
+                     "ON l.user_id = b.user_id WHERE l.tenant_id = ? AND l.subscription_id = ?"
+            db.execute(f"INSERT OR IGNORE INTO service_resets SELECT ?, ?, user_id, ?, sku, disabled_services "
+                       f"FROM ({source}) WHERE disabled_services != '[]'",
+                       (tenant_id, upgrade_id, source_subscription_id, tenant_id, source_subscription_id))
+            db.execute(f"INSERT OR REPLACE INTO licences SELECT ?, user_id, ?, ?, '[]' FROM ({source})",
+                       (tenant_id, target_subscription_id, target_sku, tenant_id, source_subscription_id))
+            migrated = db.execute(
+                "DELETE FROM licences WHERE tenant_id = ? AND subscription_id = ? "
+                "AND user_id IN (SELECT user_id FROM batch_users)", (tenant_id, source_subscription_id)).rowcount
+            holding_target = db.execute(
+                "SELECT count(*) FROM licences l JOIN batch_users b ON l.user_id = b.user_id "
+                "WHERE l.tenant_id = ? AND l.subscription_id = ?", (tenant_id, target_subscription_id)).fetchone()[0]
+            resets = db.execute(
+                "SELECT r.user_id, r.disabled_services FROM service_resets r JOIN batch_users b "
+                "ON r.user_id = b.user_id WHERE r.upgrade_id = ? ORDER BY r.user_id", (upgrade_id,)).fetchall()
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        batch = len(set(user_ids))
+        return MigrationResult(migrated, holding_target - migrated, batch - holding_target,
+                               [(u, tuple(json.loads(d))) for u, d in resets])
+
     def put(self, licences: Iterable[Licence], replace_all: bool = False) -> int:
         rows = [(lic.tenant_id, lic.user_id, lic.subscription_id, lic.sku, json.dumps(list(lic.disabled_services)))
                 for lic in licences]

@@ -37,10 +37,12 @@ def test_due_by_is_two_business_days_later(day, expected):
 def test_batches_cover_every_user_once_and_are_valid_events():
     users = [f"u{i}" for i in range(1234)]
     request = upgrade_request("contoso", "ord-9")
-    events = list(batch_events(request, "M365_BUSINESS_STANDARD", users, 500, "2026-11-17T10:00:00Z"))
+    source = request["tenant"]["subscriptions"][0]
+    events = list(batch_events(request, source, users, 500, "2026-11-17T10:00:00Z"))
     assert [len(e["user_ids"]) for e in events] == [500, 500, 234]
     assert [u for e in events for u in e["user_ids"]] == users
     assert {e["batch_count"] for e in events} == {3}
+    assert events[0]["terms"]["users_total"] == 1234 and events[0]["source_sku"] == "M365_BUSINESS_STANDARD"
     assert [e["event_id"] for e in events] == ["ord-9:batch:0", "ord-9:batch:1", "ord-9:batch:2"]
     for e in events:
         assert violations("license.batches", e) == []

@@ -68,7 +68,36 @@ def register(sub: argparse._SubParsersAction) -> None:
     intake.add_argument("--instance", default="0",
                         help="a stable name for this instance (its transactional id); default 0")
     _commit_options(intake)
-    intake.set_defaults(handler=run_intake, long_running=True)
+    intake.set_defaults(handler=run_consumer, consumer_module="intake", long_running=True)
+
+    migrate = rsub.add_parser("migrate", help="migration workers: move each batch's users to the new plan",
+                              description="A consumer group over license.batches; emits license.batch.completed "
+                                          "(and upgrade.status failed for a batch that keeps failing).")
+    migrate.add_argument("--instances", type=_positive_int, default=1, metavar="N",
+                         help="run N worker processes under a supervisor (default 1, in this process)")
+    migrate.add_argument("--instance", default="0", help="this instance's stable name (with --instances 1)")
+    _commit_options(migrate)
+    migrate.set_defaults(handler=run_consumer, consumer_module="migrate", long_running=True)
+
+    settle = rsub.add_parser("settle", help="settlement: billing switch and prorated credit, once per upgrade",
+                             description="Consumes license.batch.completed; when an upgrade's last batch is in, "
+                                         "emits billing.switch, credit.issued and upgrade.status completed in one "
+                                         "transaction and writes the reset report.")
+    settle.add_argument("--instance", default="0", help="this instance's stable name")
+    _commit_options(settle)
+    settle.set_defaults(handler=run_consumer, consumer_module="settle", long_running=True)
+
+    everything = rsub.add_parser("all", help="supervise intake, N migration workers and settlement as child "
+                                             "processes; restart a child that dies; Ctrl-C stops them cleanly")
+    everything.add_argument("--migrate-instances", type=_positive_int, default=2, metavar="N",
+                            help="migration worker processes (default 2)")
+    everything.set_defaults(handler=run_all, long_running=True)
+
+    # status -----------------------------------------------------------------
+    status = sub.add_parser("status", help="an upgrade's state, reasons and progress (the admin's 'Check upgrade status')")
+    status.add_argument("upgrade_id", metavar="UPGRADE_ID")
+    status.add_argument("--timeout", type=float, default=30.0, help="seconds to read upgrade.status before giving up")
+    status.set_defaults(handler=show_status)
 
     # directory ------------------------------------------------------------
     directory = sub.add_parser("directory", help="the embedded licence directory (SQLite under PLANSHIFT_DATA_DIR)")
@@ -226,14 +255,65 @@ def tail_topic(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def run_intake(args: argparse.Namespace, settings: Settings) -> int:
-    from consumers import intake
+def run_consumer(args: argparse.Namespace, settings: Settings) -> int:
+    import importlib
 
-    processor = intake.processor(settings, instance=args.instance, commit_every=args.commit_every,
+    if getattr(args, "instances", 1) > 1:
+        from planshift.cli.supervise import Child, supervise
+
+        common = ["--commit-every", str(args.commit_every), "--commit-interval-ms", str(args.commit_interval_ms)]
+        return supervise([Child(f"{args.consumer_module}-{i}", ["run", args.consumer_module, "--instance", str(i),
+                                                                 *common]) for i in range(args.instances)])
+    module = importlib.import_module(f"consumers.{args.consumer_module}")
+    processor = module.processor(settings, instance=args.instance, commit_every=args.commit_every,
                                  commit_interval_ms=args.commit_interval_ms)
     processor.install_signal_handlers()
     processor.run()
     return 0
+
+
+def run_all(args: argparse.Namespace, settings: Settings) -> int:
+    from planshift.cli.supervise import Child, supervise
+
+    children = [Child("intake", ["run", "intake"]), Child("settle", ["run", "settle"])]
+    children += [Child(f"migrate-{i}", ["run", "migrate", "--instance", str(i)]) for i in range(args.migrate_instances)]
+    return supervise(children)
+
+
+def show_status(args: argparse.Namespace, settings: Settings) -> int:
+    from planshift.contract import Topic
+    from planshift.topic_reader import iter_topic
+
+    events = [r.value for r in iter_topic(settings, settings.topic(Topic.UPGRADE_STATUS), timeout=args.timeout)
+              if isinstance(r.value, dict) and r.value.get("upgrade_id") == args.upgrade_id]
+    if not events:
+        return _fail(f"no status for upgrade {args.upgrade_id} on {settings.topic(Topic.UPGRADE_STATUS)}")
+    print(describe_status(events))
+    return 0
+
+
+def describe_status(events: list[dict]) -> str:
+    """The admin's view of one upgrade from its status events, oldest first."""
+    latest = events[-1]
+    lines = [f"upgrade {latest['upgrade_id']} of {latest['tenant_id']}: {latest['status'].upper()}",
+             "history: " + " → ".join(dict.fromkeys(e["status"] for e in events))]
+    progress = next((e["progress"] for e in reversed(events) if e.get("progress")), None)
+    if progress:
+        total = progress["users_total"] or 1
+        done = progress["users_done"] if latest["status"] != "completed" else progress["users_total"]
+        filled = int(30 * done / total) if progress["users_total"] else 30
+        lines.append(f"progress: [{'#' * filled}{'.' * (30 - filled)}] {done}/{progress['users_total']} users, "
+                     f"{progress['batches_done']}/{progress['batch_count']} batches")
+    if latest.get("admin_locked_until"):
+        lines.append(f"admin centre locked until {latest['admin_locked_until']}")
+    for reason in latest.get("reasons") or []:
+        retry = f"; retry after {reason['retry_after']}" if reason.get("retry_after") else ""
+        lines.append(f"reason {reason['code']}: {reason['message']} (remedy {reason['remedy']}{retry})")
+    if latest["status"] == "completed":
+        lines.append(f"new subscription {latest.get('new_subscription_id')}; credit {latest.get('credit_minor')} "
+                     f"{latest.get('currency')} minor units, forfeited {latest.get('forfeit_minor')}; "
+                     f"{latest.get('service_plan_resets')} users had per-service settings reset")
+    return "\n".join(lines)
 
 
 def directory_import(args: argparse.Namespace, settings: Settings) -> int:

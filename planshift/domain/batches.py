@@ -22,11 +22,27 @@ def split(user_ids: Sequence[str], batch_size: int) -> list[Sequence[str]]:
     return [user_ids[i:i + batch_size] for i in range(0, len(user_ids), batch_size)]
 
 
-def batch_events(request: Mapping[str, Any], source_sku: str, user_ids: Sequence[str], batch_size: int,
+def billing_terms(request: Mapping[str, Any], source: Mapping[str, Any], started_at: str,
+                  users_total: int) -> dict[str, Any]:
+    """What settlement needs of the request, carried on every batch and completion."""
+    return {
+        "licenses": request["licenses"],
+        "billing_frequency": request["billing_frequency"],
+        "currency": request["currency"],
+        "new_total_cost_minor": request["new_total_cost_minor"],
+        "current_period": dict(source["current_period"]),
+        "prepaid": dict(source["prepaid"]) if source.get("prepaid") else None,
+        "migration_started_at": started_at,
+        "users_total": users_total,
+    }
+
+
+def batch_events(request: Mapping[str, Any], source: Mapping[str, Any], user_ids: Sequence[str], batch_size: int,
                  occurred_at: str) -> Iterator[dict[str, Any]]:
-    """The `license.batches` events of an upgrade (without the envelope's tenant fields)."""
+    """The `license.batches` events of an upgrade."""
     chunks = split(user_ids, batch_size)
     upgrade_id = request["upgrade_id"]
+    terms = billing_terms(request, source, occurred_at, len(user_ids))
     for batch_no, chunk in enumerate(chunks):
         yield {
             "event_id": batch_id(upgrade_id, batch_no),
@@ -38,8 +54,9 @@ def batch_events(request: Mapping[str, Any], source_sku: str, user_ids: Sequence
             "batch_no": batch_no,
             "batch_count": len(chunks),
             "source_subscription_id": request["source_subscription_id"],
-            "source_sku": source_sku,
+            "source_sku": source["sku"],
             "target_subscription_id": request["target_subscription_id"],
             "target_sku": request["target_sku"],
             "user_ids": list(chunk),
+            "terms": terms,
         }

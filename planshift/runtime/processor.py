@@ -91,6 +91,9 @@ class Source:
     # Called with the valid events of each polled batch before any is handled, so a
     # consumer can fetch what they need in one round trip instead of one per record.
     prepare: Callable[[list[dict[str, Any]]], None] | None = None
+    # Called, in the same transaction as the dead letter, when a valid record fails
+    # every attempt, so a consumer can report the failure (migration marks it `failed`).
+    on_failure: Callable[[Context, dict[str, Any], BaseException], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -235,11 +238,15 @@ class StreamProcessor:
                     self._offsets[tp] = record.offset + 1
                     self._txn_records += 1
                     self.metrics.records += 1
-                self.metrics.records_by_topic[source.topic] = \
-                    self.metrics.records_by_topic.get(source.topic, 0) + len(records)
-            if self._in_txn and (self._txn_records >= self.config.commit_every
-                                 or (time.monotonic() - self._txn_started) * 1000 >= self.config.commit_interval_ms
-                                 or self._stop.is_set()):
+                    self.metrics.records_by_topic[source.topic] = \
+                        self.metrics.records_by_topic.get(source.topic, 0) + 1
+                    if self._commit_due():
+                        self._commit()
+                        if self._stop.is_set():
+                            # The records fetched but not handled are past the position
+                            # yet not committed: whoever reads next starts with them.
+                            return
+            if self._commit_due(idle=not batches):
                 self._commit()
         except FENCED + LOST_GENERATION as exc:
             log.warning("transaction lost; resetting to the committed offsets", error=repr(exc))
@@ -247,6 +254,11 @@ class StreamProcessor:
         except KafkaError as exc:
             log.error("transaction failed; aborting and resetting to the committed offsets", error=repr(exc))
             self._recover(fenced=False)
+
+    def _commit_due(self, idle: bool = False) -> bool:
+        return self._in_txn and (idle or self._stop.is_set()
+                                 or self._txn_records >= self.config.commit_every
+                                 or (time.monotonic() - self._txn_started) * 1000 >= self.config.commit_interval_ms)
 
     @staticmethod
     def _decode(source: Source, record) -> dict[str, Any] | InvalidEvent | object:
@@ -301,6 +313,13 @@ class StreamProcessor:
             except Exception as exc:  # noqa: BLE001 - bounded retries, then a dead letter
                 if attempt == self.config.max_attempts:
                     log.error("record failed; dead-lettered", attempts=attempt, error=repr(exc))
+                    if source.on_failure is not None:
+                        notice = self._context(source, record, key, headers)
+                        try:
+                            source.on_failure(notice, event, exc)
+                            self._apply(notice)
+                        except Exception:  # noqa: BLE001 - the dead letter matters more than the notice
+                            log.exception("on_failure failed")
                     self._dead_letter(record, exc, attempts=attempt)
                     return
                 self.metrics.retries += 1
