@@ -171,22 +171,25 @@ class SqliteDirectory:
             db.execute("CREATE TEMP TABLE IF NOT EXISTS batch_users (user_id TEXT PRIMARY KEY) WITHOUT ROWID")
             db.execute("DELETE FROM batch_users")
             db.executemany("INSERT OR IGNORE INTO batch_users VALUES (?)", ((u,) for u in user_ids))
-            source = "SELECT l.user_id, l.sku, l.disabled_services FROM licences l JOIN batch_users b " \
-                     "ON l.user_id = b.user_id WHERE l.tenant_id = ? AND l.subscription_id = ?"
+            # CROSS JOIN keeps the batch as the outer loop: one primary-key lookup per user,
+            # not a scan of every licence of the subscription for every batch.
+            source = "SELECT l.user_id, l.sku, l.disabled_services FROM batch_users b CROSS JOIN licences l " \
+                     "ON l.tenant_id = ? AND l.subscription_id = ? AND l.user_id = b.user_id"
             db.execute(f"INSERT OR IGNORE INTO service_resets SELECT ?, ?, user_id, ?, sku, disabled_services "
                        f"FROM ({source}) WHERE disabled_services != '[]'",
                        (tenant_id, upgrade_id, source_subscription_id, tenant_id, source_subscription_id))
             db.execute(f"INSERT OR REPLACE INTO licences SELECT ?, user_id, ?, ?, '[]' FROM ({source})",
                        (tenant_id, target_subscription_id, target_sku, tenant_id, source_subscription_id))
-            migrated = db.execute(
-                "DELETE FROM licences WHERE tenant_id = ? AND subscription_id = ? "
-                "AND user_id IN (SELECT user_id FROM batch_users)", (tenant_id, source_subscription_id)).rowcount
+            migrated = db.executemany(
+                "DELETE FROM licences WHERE tenant_id = ? AND subscription_id = ? AND user_id = ?",
+                ((tenant_id, source_subscription_id, u) for u in dict.fromkeys(user_ids))).rowcount
             holding_target = db.execute(
-                "SELECT count(*) FROM licences l JOIN batch_users b ON l.user_id = b.user_id "
-                "WHERE l.tenant_id = ? AND l.subscription_id = ?", (tenant_id, target_subscription_id)).fetchone()[0]
+                "SELECT count(*) FROM batch_users b CROSS JOIN licences l "
+                "ON l.tenant_id = ? AND l.subscription_id = ? AND l.user_id = b.user_id",
+                (tenant_id, target_subscription_id)).fetchone()[0]
             resets = db.execute(
-                "SELECT r.user_id, r.disabled_services FROM service_resets r JOIN batch_users b "
-                "ON r.user_id = b.user_id WHERE r.upgrade_id = ? ORDER BY r.user_id", (upgrade_id,)).fetchall()
+                "SELECT r.user_id, r.disabled_services FROM batch_users b CROSS JOIN service_resets r "
+                "ON r.upgrade_id = ? AND r.user_id = b.user_id ORDER BY r.user_id", (upgrade_id,)).fetchall()
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")

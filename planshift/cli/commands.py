@@ -87,11 +87,48 @@ def register(sub: argparse._SubParsersAction) -> None:
     _commit_options(settle)
     settle.set_defaults(handler=run_consumer, consumer_module="settle", long_running=True)
 
+    archive = rsub.add_parser("archive", help="archive business events into the Parquet lake, exactly once",
+                              description="Sinks upgrade.requested, upgrade.status, billing.switch, credit.issued "
+                                          "and invoice.issued into PLANSHIFT_DATA_DIR/lake (Hive-partitioned by "
+                                          "topic and event date); progress lives in the lake's manifests.")
+    archive.add_argument("--instance", default="0", help="this instance's stable name")
+    archive.add_argument("--flush-every", type=_positive_int, default=20_000, metavar="N",
+                         help="write the buffered records after N records (default 20000)")
+    archive.add_argument("--flush-interval-s", type=float, default=5.0, metavar="S",
+                         help="… or after S seconds (default 5)")
+    archive.set_defaults(handler=run_archive, long_running=True)
+
     everything = rsub.add_parser("all", help="supervise intake, N migration workers and settlement as child "
                                              "processes; restart a child that dies; Ctrl-C stops them cleanly")
     everything.add_argument("--migrate-instances", type=_positive_int, default=2, metavar="N",
                             help="migration worker processes (default 2)")
     everything.set_defaults(handler=run_all, long_running=True)
+
+    # simulate ---------------------------------------------------------------
+    simulate = sub.add_parser("simulate", help="simulate the systems around planshift")
+    ssub = simulate.add_subparsers(dest="what", required=True, metavar="WHAT", parser_class=type(simulate))
+    billing = ssub.add_parser("billing", help="issue invoice.issued from billing.switch and credit.issued, "
+                                              "with optional faults",
+                              description="A billing system: the old plan charged up to the switch, the new plan "
+                                          "from it, the credit on the next invoice. Faults hit a share of the "
+                                          "upgrades, reproducibly (a hash of seed, fault and upgrade id).")
+    billing.add_argument("--fault", action="append", default=[], metavar="NAME=RATE", type=_fault,
+                         help="inject a fault at a rate in [0, 1]; repeatable. Names: overlap, new-billing-gap, "
+                              "missing-credit, late-credit, wrong-amount, duplicate-credit, orphan-credit, "
+                              "wrong-currency")
+    billing.add_argument("--seed", default="planshift", help="seed of the fault choice")
+    billing.add_argument("--instance", default="0", help="this instance's stable name")
+    billing.set_defaults(handler=run_billing_simulator, long_running=True)
+
+    # reconcile --------------------------------------------------------------
+    reconcile = sub.add_parser("reconcile", help="the nightly reconciliation of invoices against switches and credits",
+                               description="Reads the lake up to D and writes findings, upgrades and summary "
+                                           "(Parquet, Hive-partitioned by run_date) and a PNG chart under "
+                                           "PLANSHIFT_DATA_DIR/reports/reconciliation.")
+    reconcile.add_argument("--date", required=True, type=_run_date, metavar="D",
+                           help="the run date: YYYY-MM-DD, 'today' or 'yesterday' (UTC)")
+    reconcile.add_argument("--no-chart", action="store_true", help="skip the PNG chart")
+    reconcile.set_defaults(handler=run_reconcile, needs_broker=False)
 
     # status -----------------------------------------------------------------
     status = sub.add_parser("status", help="an upgrade's state, reasons and progress (the admin's 'Check upgrade status')")
@@ -125,6 +162,35 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} must be at least 1")
     return value
+
+
+def _fault(text: str) -> tuple[str, float]:
+    from producers.billing import FAULTS
+
+    name, _, rate = text.partition("=")
+    if name not in FAULTS:
+        raise argparse.ArgumentTypeError(f"unknown fault {name!r}; known: {', '.join(FAULTS)}")
+    try:
+        value = float(rate)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: the rate must be a number in [0, 1]") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: the rate must be in [0, 1]")
+    return name, value
+
+
+def _run_date(text: str):
+    from datetime import date, datetime, timedelta, timezone
+
+    today = datetime.now(timezone.utc).date()
+    if text == "today":
+        return today
+    if text == "yesterday":
+        return today - timedelta(days=1)
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD, today, yesterday)") from None
 
 
 def _commit_options(parser: argparse.ArgumentParser) -> None:
@@ -269,6 +335,33 @@ def run_consumer(args: argparse.Namespace, settings: Settings) -> int:
                                  commit_interval_ms=args.commit_interval_ms)
     processor.install_signal_handlers()
     processor.run()
+    return 0
+
+
+def run_archive(args: argparse.Namespace, settings: Settings) -> int:
+    from consumers.archive import archiver
+
+    worker = archiver(settings, instance=args.instance, flush_every=args.flush_every,
+                      flush_interval_s=args.flush_interval_s)
+    worker.install_signal_handlers()
+    worker.run()
+    return 0
+
+
+def run_billing_simulator(args: argparse.Namespace, settings: Settings) -> int:
+    from producers import billing
+
+    processor = billing.processor(settings, rates=dict(args.fault), seed=args.seed, instance=args.instance)
+    processor.install_signal_handlers()
+    processor.run()
+    return 0
+
+
+def run_reconcile(args: argparse.Namespace, settings: Settings) -> int:
+    from jobs.reconcile import reconcile
+
+    result = reconcile(settings, args.date, progress=sys.stderr.isatty(), chart=not args.no_chart)
+    print(result.describe())
     return 0
 
 

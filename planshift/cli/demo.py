@@ -2,15 +2,17 @@
 
 Start the local broker, create the topics, fill the embedded licence directory with the
 sample tenants' users, publish the shipped sample upgrade requests (one breaks its
-schema on purpose, one is not JSON), run intake over them, and show what came out:
-each upgrade's statuses with their reasons, the licence-migration batches, and the dead
-letters. Running it again publishes the same requests again: intake recognises every
+schema on purpose, one is not JSON), run intake, two migration workers and settlement
+over them, and show what came out: each upgrade's statuses with their reasons, the
+licence-migration batches, the billing switches and credits, and the dead letters. Running it again publishes the same requests again: intake recognises every
 upgrade id and starts nothing twice.
 """
 
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -47,7 +49,7 @@ def seed_directory(settings: Settings, file: Path) -> int:
 
 
 def run(settings: Settings, file: Path | None = None) -> int:
-    from consumers import intake
+    from consumers import intake, migrate, settle
     from planshift.cli.commands import _publish_with_progress
 
     file = file or SAMPLES
@@ -77,11 +79,24 @@ def run(settings: Settings, file: Path | None = None) -> int:
                       headers=kafka_clients.event_headers(Topic.UPGRADE_REQUESTED))
     print("and a schema-breaking request (ord-broken-0001) sent without the publisher's check")
 
-    step("5. intake: eligibility, credit checks, batches (exactly once)")
+    step("5. intake → migration workers → settlement, exactly once")
     ends = end_offsets(settings, settings.topic(Topic.UPGRADE_REQUESTED))
-    processor = intake.processor(settings)
-    processor.run(until=lambda p: p.caught_up(Topic.UPGRADE_REQUESTED, ends))
-    print(f"handled {processor.metrics.records} records in {processor.metrics.commits} transactions")
+    processors = [intake.processor(settings), migrate.processor(settings, instance="0"),
+                  migrate.processor(settings, instance="1"), settle.processor(settings)]
+    threads = [threading.Thread(target=p.run, daemon=True) for p in processors]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if processors[0].caught_up(Topic.UPGRADE_REQUESTED, ends) and _all_settled(settings):
+            break
+        time.sleep(0.3)
+    for p in processors:
+        p.stop()
+    for thread in threads:
+        thread.join(60)
+    for name, p in zip(("intake", "migrate-0", "migrate-1", "settle"), processors):
+        print(f"{name:<10} handled {p.metrics.records:>4} records in {p.metrics.commits} transactions")
 
     step("6. what the admins see on upgrade.status")
     statuses = defaultdict(list)
@@ -93,9 +108,16 @@ def run(settings: Settings, file: Path | None = None) -> int:
             retry = f", retry after {reason['retry_after']}" if reason["retry_after"] else ""
             print(f"{'':31}{reason['code']} ({reason['remedy']}{retry}): {reason['message'][:90]}")
     batches = Counter(r.value["upgrade_id"] for r in read_topic(settings, settings.topic(Topic.LICENSE_BATCHES)))
-    step("7. licence-migration batches")
+    step("7. licence-migration batches, and the money")
     for upgrade_id, count in batches.items():
         print(f"{upgrade_id:<20} {count} batch(es)")
+    for record in read_topic(settings, settings.topic(Topic.BILLING_SWITCH)):
+        v = record.value
+        print(f"billing.switch {v['upgrade_id']}: {v['old_sku']} → {v['new_sku']} effective {v['effective_date']}")
+    for record in read_topic(settings, settings.topic(Topic.CREDIT_ISSUED)):
+        v = record.value
+        print(f"credit.issued  {v['credit_id']}: {v['amount_minor']} {v['currency']} minor units "
+              f"({v['basis']}, {v['unused_days']}/{v['period_days']} days), due by {v['due_by']}")
     checks = read_topic(settings, settings.topic(Topic.CREDIT_CHECK_REQUESTED))
     for check in checks:
         print(f"credit check requested for {check.value['upgrade_id']} ({check.value['reason']}), "
@@ -105,5 +127,15 @@ def run(settings: Settings, file: Path | None = None) -> int:
     for record in dead:
         print(f"offset {record.headers.get('dlq.source.offset', b'?').decode()}: "
               f"{record.headers.get('dlq.error.message', b'').decode()[:110]}")
-    print("\nStop the broker with 'planshift broker stop'; run the demo again to see replays ignored.")
+    print(f"\nReset reports (who had services switched off): {settings.data_dir / 'reports' / 'resets'}")
+    print("Try 'planshift status ord-20261117-0042'. Stop the broker with 'planshift broker stop';")
+    print("run the demo again to see replays ignored.")
     return 0
+
+
+def _all_settled(settings: Settings) -> bool:
+    """Every upgrade that started migrating has completed or failed."""
+    seen: dict[str, set[str]] = defaultdict(set)
+    for record in read_topic(settings, settings.topic(Topic.UPGRADE_STATUS)):
+        seen[record.value["upgrade_id"]].add(record.value["status"])
+    return all({"completed", "failed"} & names for names in seen.values() if "migrating" in names)

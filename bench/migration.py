@@ -1,0 +1,204 @@
+"""Licence migration end to end: the 1M-user tenant, and what parallel partitions buy.
+
+Two figures, one run, on a broker the benchmark starts:
+
+1. embedded: a tenant of `--users` (default 1,000,000) users on the embedded SQLite
+   directory, from `upgrade.requested` published to `upgrade.status` completed, with
+   intake, settlement and `--instances` migration workers as separate processes, as in
+   production. Reports users per second. Goal (issue 4): within 60 s.
+
+2. remote: the same pipeline for `--remote-users` (default 100,000) users with the
+   migration's directory behind `RemoteLicenceServiceModel`, an adapter that models a
+   remote licence API: every call takes `--delay-ms` (20 ms) of network and service time
+   and carries at most `--call-size` (20) users. Run with 1, 2, 4 and 8 migration
+   instances. Reports users per second for each. Goal: 4 instances at least 3.5× faster
+   than 1. The delay is this model's, kept here in the benchmark.
+
+    python bench/migration.py [--users 1000000] [--remote-users 100000] [--scenario both|embedded|remote]
+
+The clock starts when the request is published, after every process has joined its
+consumer group, and stops when the completed status is visible to a read_committed reader.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._harness import bench_settings  # noqa: E402
+from planshift import kafka_clients  # noqa: E402
+from planshift.contract import Topic  # noqa: E402
+from planshift.directory import Licence, SqliteDirectory  # noqa: E402
+from planshift.events import with_envelope  # noqa: E402
+from planshift.topic_reader import read_topic  # noqa: E402
+from planshift.topics import create_topics  # noqa: E402
+from producers.samples import upgrade_request  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class RemoteLicenceServiceModel:
+    """A model of a remote licence API in front of the embedded directory (benchmark only).
+
+    Each call costs `delay_s` and carries at most `call_size` users, as a batched
+    licence-assignment API would; a migration of n users makes ceil(n / call_size) calls.
+    """
+
+    def __init__(self, inner: SqliteDirectory, delay_s: float, call_size: int):
+        self.inner, self.delay_s, self.call_size = inner, delay_s, call_size
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def migrate(self, tenant_id, upgrade_id, user_ids, *args, **kwargs):
+        time.sleep(self.delay_s * max(1, math.ceil(len(user_ids) / self.call_size)))
+        return self.inner.migrate(tenant_id, upgrade_id, user_ids, *args, **kwargs)
+
+
+def worker(args) -> None:
+    """One migration instance on the remote-service model (a child process of this benchmark)."""
+    from consumers import migrate
+    from planshift import logs
+    from planshift.settings import Settings
+
+    settings = Settings.from_env()
+    logs.configure("WARNING")
+    directory = RemoteLicenceServiceModel(SqliteDirectory.for_settings(settings), args.delay_ms / 1000, args.call_size)
+    processor = migrate.processor(settings, instance=args.instance, directory=directory)
+    processor.install_signal_handlers()
+    processor.run()
+
+
+def seed(settings, tenant: str, users: int) -> str:
+    source = f"{tenant}-sub-m365_business_standard"
+    directory = SqliteDirectory.for_settings(settings)
+    directory.put(Licence(tenant, f"u{i:07d}", source, "M365_BUSINESS_STANDARD",
+                          ("SHAREPOINT",) if i % 10 == 0 else ()) for i in range(users))
+    directory.close()
+    return source
+
+
+def group_members(settings, group: str) -> int:
+    from kafka.errors import KafkaError
+
+    admin = kafka_clients.admin(settings)
+    try:
+        described = admin.describe_groups([settings.topic(group)])
+    except KafkaError:  # the group does not exist yet
+        return 0
+    finally:
+        admin.close()
+    group_info = described[0] if isinstance(described, list) else next(iter(described.values()))
+    members = group_info.get("members") if isinstance(group_info, dict) else getattr(group_info, "members", [])
+    state = group_info.get("group_state") if isinstance(group_info, dict) else getattr(group_info, "state", "")
+    return len(members or []) if str(state).lower().endswith("stable") else 0
+
+
+def run_once(settings, tenant: str, users: int, instances: int, remote: tuple[float, int] | None) -> float:
+    env = {**os.environ, "PLANSHIFT_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+           "PLANSHIFT_TOPIC_PREFIX": settings.topic_prefix, "PLANSHIFT_DATA_DIR": str(settings.data_dir),
+           "PLANSHIFT_LOG_LEVEL": "WARNING"}
+    cli = [sys.executable, "-m", "planshift", "run"]
+    commands = [cli + ["intake"], cli + ["settle"]]
+    for i in range(instances):
+        if remote is None:
+            commands.append(cli + ["migrate", "--instance", str(i)])
+        else:
+            commands.append([sys.executable, str(Path(__file__).resolve()), "worker", "--instance", str(i),
+                             "--delay-ms", str(remote[0]), "--call-size", str(remote[1])])
+    log = open(settings.data_dir / f"{settings.topic_prefix.strip('.')}.log", "ab")
+    procs = [subprocess.Popen(c, env=env, stdout=log, stderr=log, cwd=ROOT) for c in commands]
+    try:
+        deadline = time.monotonic() + 120
+        while group_members(settings, "planshift-migrate") < instances or \
+                group_members(settings, "planshift-intake") < 1 or group_members(settings, "planshift-settle") < 1:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the consumers did not join their groups")
+            time.sleep(0.2)
+        request = with_envelope(upgrade_request(tenant, f"ord-{tenant}", licenses=users), "upgrade.requested")
+        began = time.perf_counter()
+        with kafka_clients.producer(settings) as producer:
+            producer.send(settings.topic(Topic.UPGRADE_REQUESTED), key=tenant.encode(),
+                          value=kafka_clients.encode_json(request),
+                          headers=kafka_clients.event_headers(Topic.UPGRADE_REQUESTED))
+        status_topic = settings.topic(Topic.UPGRADE_STATUS)
+        while True:
+            statuses = [r.value["status"] for r in read_topic(settings, status_topic)
+                        if r.value["upgrade_id"] == request["upgrade_id"]]
+            if "completed" in statuses or "failed" in statuses or "rejected" in statuses:
+                break
+            if time.perf_counter() - began > 900:
+                raise TimeoutError("the upgrade did not complete within 15 minutes")
+            time.sleep(0.1)
+        elapsed = time.perf_counter() - began
+        if "completed" not in statuses:
+            raise RuntimeError(f"the upgrade ended {statuses[-1]}")
+        return elapsed
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="mode")
+    w = sub.add_parser("worker")
+    w.add_argument("--instance", default="0")
+    w.add_argument("--delay-ms", type=float, default=20)
+    w.add_argument("--call-size", type=int, default=20)
+    parser.add_argument("--scenario", choices=("both", "embedded", "remote"), default="both")
+    parser.add_argument("--users", type=int, default=1_000_000)
+    parser.add_argument("--instances", type=int, default=2, help="migration instances for the embedded figure")
+    parser.add_argument("--remote-users", type=int, default=100_000)
+    parser.add_argument("--remote-instances", default="1,2,4,8")
+    parser.add_argument("--delay-ms", type=float, default=20)
+    parser.add_argument("--call-size", type=int, default=20)
+    args = parser.parse_args()
+    if args.mode == "worker":
+        return worker(args)
+
+    with bench_settings() as base:
+        results = []
+        if args.scenario in ("both", "embedded"):
+            settings = base.with_(topic_prefix=f"{base.topic_prefix}embedded.")
+            create_topics(settings)
+            began = time.perf_counter()
+            seed(settings, "giant", args.users)
+            print(f"seeded {args.users} users in {time.perf_counter() - began:.1f}s", flush=True)
+            elapsed = run_once(settings, "giant", args.users, args.instances, None)
+            results.append(f"embedded directory, {args.users} users, {args.instances} migration instances: "
+                           f"{elapsed:.1f}s, {args.users / elapsed:,.0f} users/s "
+                           f"(goal ≤ 60 s: {'met' if elapsed <= 60 else 'NOT met'})")
+            print(results[-1], flush=True)
+        if args.scenario in ("both", "remote"):
+            rates = {}
+            for n in [int(x) for x in args.remote_instances.split(",")]:
+                settings = base.with_(topic_prefix=f"{base.topic_prefix}remote{n}.")
+                create_topics(settings)
+                tenant = f"remote{n}"
+                seed(settings, tenant, args.remote_users)
+                elapsed = run_once(settings, tenant, args.remote_users, n, (args.delay_ms, args.call_size))
+                rates[n] = args.remote_users / elapsed
+                print(f"remote model ({args.delay_ms:.0f} ms per call of ≤{args.call_size} users), {n} instance(s): "
+                      f"{elapsed:.1f}s, {rates[n]:,.0f} users/s", flush=True)
+            if 1 in rates and 4 in rates:
+                speedup = rates[4] / rates[1]
+                results.append(f"remote model: 4 instances {speedup:.2f}× faster than 1 "
+                               f"(goal ≥ 3.5×: {'met' if speedup >= 3.5 else 'NOT met'})")
+        print("\n" + "\n".join(results))
+
+
+if __name__ == "__main__":
+    main()

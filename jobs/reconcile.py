@@ -1,0 +1,177 @@
+"""`planshift reconcile --date D`: the nightly check of invoices against what planshift did.
+
+Reads the lake (what the archiver kept of `billing.switch`, `credit.issued`,
+`upgrade.requested`, completed `upgrade.status` and `invoice.issued`) up to and
+including D, runs every check of CONTRACT.md §6 (`planshift/domain/reconciliation.py`)
+and writes three Hive-partitioned Parquet outputs for finance under
+`PLANSHIFT_DATA_DIR/reports/reconciliation/`:
+
+    findings/run_date=D/part-0.parquet   one row per finding
+    upgrades/run_date=D/part-0.parquet   one row per completed upgrade: MATCHED, OPEN, PENDING
+    summary/run_date=D/part-0.parquet    per check_code × currency: count and summed delta
+
+Each partition is written to a folder beside it and renamed into place, replacing a
+previous run of the same date, so readers see the old run or the new one. The same
+inputs give byte-identical files: rows are sorted, nothing depends on the clock.
+Memory stays bounded: only the needed columns are read, strings stay Arrow-backed, and
+invoice lines are flattened and filtered file by file. A one-page PNG chart of the
+findings by check and currency goes to `charts/findings-D.png`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from planshift.contract import Topic
+from planshift.domain import reconciliation as checks
+from planshift.lake import SCHEMAS, Lake
+from planshift.settings import Settings
+
+DATE_COLUMNS = {"effective_date", "due_by", "issued_on", "service_start", "service_end", "period_start",
+                "period_end", "prepaid_term_start", "prepaid_term_end"}
+LINE_COLUMNS = ["line_id", "subscription_id", "kind", "amount_minor", "service_start", "service_end", "credit_id"]
+
+
+@dataclass
+class ReconcileResult:
+    run_date: date
+    findings: pd.DataFrame
+    upgrades: pd.DataFrame
+    summary: pd.DataFrame
+    output_dir: Path
+    chart: Path | None
+    seconds: float
+
+    def describe(self) -> str:
+        counts = self.upgrades["status"].value_counts()
+        lines = [f"reconciliation for {self.run_date}: {len(self.upgrades)} completed upgrades — "
+                 f"{counts.get('MATCHED', 0)} matched, {counts.get('OPEN', 0)} open, {counts.get('PENDING', 0)} pending; "
+                 f"{len(self.findings)} findings in {self.seconds:.1f}s"]
+        for row in self.summary.itertuples(index=False):
+            lines.append(f"  {row.check_code:<18} {row.currency or '-':<4} {row.count:>8}  Δ {row.delta_minor:>14}")
+        lines.append(f"written under {self.output_dir}" + (f"; chart {self.chart}" if self.chart else ""))
+        return "\n".join(lines)
+
+
+def _frame(table: pa.Table) -> pd.DataFrame:
+    """Arrow → pandas: strings stay Arrow-backed, dates become datetime64, integers nullable."""
+    frame = table.to_pandas(types_mapper={pa.string(): pd.StringDtype("pyarrow"),
+                                          pa.int64(): pd.Int64Dtype()}.get)
+    for column in frame.columns:
+        if column in DATE_COLUMNS:
+            frame[column] = pd.to_datetime(frame[column].astype("object"), format="%Y-%m-%d", errors="coerce")
+    return frame
+
+
+def _read(lake: Lake, topic: str, columns: list[str], up_to: str) -> pd.DataFrame:
+    return _frame(lake.read(topic, columns, up_to))
+
+
+def read_lines(lake: Lake, up_to: str, subscriptions: set[str], progress: bool) -> pd.DataFrame:
+    """Invoice lines, one row per line, keeping credits and the charges of switched subscriptions."""
+    wanted = pa.array(sorted(subscriptions), pa.string())
+    parts = []
+    files = lake.files(Topic.INVOICE_ISSUED, up_to)
+    invoice_schema = pa.schema([SCHEMAS[Topic.INVOICE_ISSUED].field(c)
+                                for c in ("invoice_id", "tenant_id", "issued_on", "currency", "lines")])
+    for path in tqdm(files, desc="invoices", unit="file", disable=not progress or None, leave=False):
+        table = pq.read_table(path, columns=invoice_schema.names, schema=invoice_schema)
+        flat = pc.list_flatten(table["lines"])
+        parents = pc.list_parent_indices(table["lines"])
+        columns = {name: pc.take(table[name], parents) for name in ("invoice_id", "tenant_id", "issued_on", "currency")}
+        for name in LINE_COLUMNS:
+            columns[name] = pc.struct_field(flat, name)
+        lines = pa.table(columns)
+        keep = pc.or_(pc.equal(lines["kind"], "credit"), pc.is_in(lines["subscription_id"], value_set=wanted))
+        parts.append(lines.filter(keep))
+    if not parts:
+        empty = {**{n: pa.array([], pa.string()) for n in ("invoice_id", "tenant_id", "issued_on", "currency")},
+                 **{f.name: pa.array([], f.type) for f in SCHEMAS[Topic.INVOICE_ISSUED].field("lines").type.value_type}}
+        return _frame(pa.table(empty))
+    return _frame(pa.concat_tables(parts))
+
+
+def reconcile(settings: Settings, run_date: date, progress: bool = True, chart: bool = True) -> ReconcileResult:
+    began = time.perf_counter()
+    lake = Lake.for_settings(settings)
+    up_to = run_date.isoformat()
+    switches = _read(lake, Topic.BILLING_SWITCH, ["upgrade_id", "tenant_id", "old_subscription_id",
+                                                   "new_subscription_id", "effective_date", "currency",
+                                                   "new_total_cost_minor"], up_to)
+    switches = switches.drop_duplicates("upgrade_id")
+    credits = _read(lake, Topic.CREDIT_ISSUED, ["credit_id", "upgrade_id", "tenant_id", "subscription_id",
+                                                 "currency", "amount_minor", "forfeit_minor", "due_by"], up_to)
+    credits = credits.drop_duplicates("credit_id")  # a record archived twice is one credit
+    requests = _read(lake, Topic.UPGRADE_REQUESTED, ["upgrade_id", "period_start", "period_end", "billed_minor",
+                                                      "prepaid_term_start", "prepaid_term_end",
+                                                      "prepaid_paid_minor"], up_to).drop_duplicates("upgrade_id")
+    statuses = _read(lake, Topic.UPGRADE_STATUS, ["upgrade_id", "tenant_id", "status", "credit_minor",
+                                                   "forfeit_minor", "currency"], up_to)
+    completed = statuses[statuses["status"] == "completed"].drop_duplicates("upgrade_id")
+    subscriptions = set(switches["old_subscription_id"].dropna()) | set(switches["new_subscription_id"].dropna())
+    lines = read_lines(lake, up_to, subscriptions, progress)
+
+    findings = checks.findings_table(switches, credits, requests, completed, lines, run_date)
+    upgrades = checks.upgrades_table(completed, switches, credits, lines, findings, run_date)
+    summary = checks.summary_table(findings, run_date)
+
+    root = settings.data_dir / "reports" / "reconciliation"
+    for name, frame in (("findings", findings), ("upgrades", upgrades), ("summary", summary)):
+        write_partition(root / name, run_date, frame.drop(columns=["run_date"]))
+    chart_path = write_chart(root / "charts" / f"findings-{up_to}.png", summary, run_date) if chart else None
+    return ReconcileResult(run_date, findings, upgrades, summary, root, chart_path, time.perf_counter() - began)
+
+
+def write_partition(dataset: Path, run_date: date, frame: pd.DataFrame) -> Path:
+    """Write `run_date=D/part-0.parquet` atomically, replacing an earlier run of D."""
+    final = dataset / f"run_date={run_date.isoformat()}"
+    staging = dataset / f".run_date={run_date.isoformat()}.staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    pq.write_table(table, staging / "part-0.parquet", compression="zstd")
+    old = dataset / f".run_date={run_date.isoformat()}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    staging.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def write_chart(path: Path, summary: pd.DataFrame, run_date: date) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(11.7, 8.3))  # one A4 page, landscape
+    if len(summary):
+        pivot = summary.assign(currency=summary["currency"].fillna("—")).pivot_table(
+            index="check_code", columns="currency", values="count", aggfunc="sum", fill_value=0)
+        pivot = pivot.reindex([c for c in checks.CHECK_CODES if c in pivot.index])
+        pivot.plot.barh(ax=ax, stacked=True)
+        ax.invert_yaxis()
+        ax.set_xlabel("findings")
+        ax.legend(title="currency")
+    else:
+        ax.text(0.5, 0.5, "no findings", ha="center", va="center", fontsize=20)
+        ax.set_axis_off()
+    ax.set_title(f"planshift reconciliation {run_date.isoformat()}: findings by check and currency")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.partial")
+    fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
+    plt.close(fig)
+    tmp.replace(path)
+    return path

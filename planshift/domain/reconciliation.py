@@ -1,0 +1,252 @@
+"""Reconciliation checks (CONTRACT.md §6): pure functions over DataFrames.
+
+Inputs are the archived events as of the run date, as plain DataFrames (see
+`jobs/reconcile.py` for how they are read): `switches`, `credits`, `requests`,
+`completed` (completed statuses) and `lines` (invoice lines, one row per line, with
+their invoice's `invoice_id`, `tenant_id`, `issued_on` and `currency`). Dates are
+`datetime64[ns]` at midnight; amounts are int64 minor units. Every check returns rows
+of the findings table; `upgrades_table` and `summary_table` derive the other outputs.
+The expected credit is recomputed here from the archived request and switch with the
+contract's formula, independently of what settlement computed.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+import numpy as np
+import pandas as pd
+
+FINDING_COLUMNS = ["run_date", "tenant_id", "upgrade_id", "check_code", "severity", "currency", "expected_minor",
+                   "actual_minor", "delta_minor", "overlap_days", "credit_id", "invoice_id", "line_id",
+                   "effective_date", "due_by", "days_late", "details"]
+UPGRADE_COLUMNS = ["run_date", "tenant_id", "upgrade_id", "effective_date", "currency", "credit_minor",
+                   "forfeit_minor", "findings", "status"]
+SUMMARY_COLUMNS = ["run_date", "check_code", "currency", "count", "delta_minor"]
+CHECK_CODES = ("OVERLAP", "NEW_BILLING_GAP", "MISSING_CREDIT", "LATE_CREDIT", "AMOUNT_MISMATCH", "DUPLICATE_CREDIT",
+               "ORPHAN_CREDIT", "CURRENCY_MISMATCH", "PREPAID_FORFEIT")
+INFO_CODES = {"PREPAID_FORFEIT"}
+
+INT = "Int64"
+DAY = np.timedelta64(1, "D")
+
+
+def _days(later: pd.Series, earlier: pd.Series) -> pd.Series:
+    return ((later - earlier) / DAY).astype(INT)
+
+
+def round_half_up_div(numerator: pd.Series, denominator: pd.Series) -> pd.Series:
+    """round_half_up(numerator / denominator) for non-negative integers, exactly (no floats)."""
+    numerator = numerator.astype("int64")
+    denominator = denominator.astype("int64").where(denominator > 0, 1)
+    return ((2 * numerator + denominator) // (2 * denominator)).astype(INT)
+
+
+def _finding(frame: pd.DataFrame, code: str, **columns) -> pd.DataFrame:
+    out = pd.DataFrame(index=frame.index)
+    out["check_code"] = code
+    out["severity"] = "info" if code in INFO_CODES else "error"
+    for name, value in columns.items():
+        out[name] = value
+    return out
+
+
+def check_overlap(switches: pd.DataFrame, lines: pd.DataFrame) -> pd.DataFrame:
+    """The old subscription charged for service on or after the effective date."""
+    charges = lines[lines["kind"] == "charge"]
+    joined = charges.merge(switches, left_on="subscription_id", right_on="old_subscription_id",
+                           suffixes=("", "_switch"))
+    over = joined[joined["service_end"] > joined["effective_date"]]
+    start = over[["service_start", "effective_date"]].max(axis=1)
+    overlap_days = _days(over["service_end"], start)
+    line_days = _days(over["service_end"], over["service_start"])
+    actual = round_half_up_div(over["amount_minor"] * overlap_days, line_days)
+    return _finding(over, "OVERLAP", tenant_id=over["tenant_id"], upgrade_id=over["upgrade_id"],
+                    currency=over["currency"], expected_minor=0, actual_minor=actual, delta_minor=actual,
+                    overlap_days=overlap_days, invoice_id=over["invoice_id"], line_id=over["line_id"],
+                    effective_date=over["effective_date"],
+                    details="old plan charged through " + over["service_end"].dt.strftime("%Y-%m-%d")
+                            + " (exclusive), after the switch")
+
+
+def check_new_billing_gap(switches: pd.DataFrame, lines: pd.DataFrame) -> pd.DataFrame:
+    """The new subscription's first charge starts after the effective date."""
+    charges = lines[lines["kind"] == "charge"]
+    first = charges.sort_values(["service_start", "line_id"]).drop_duplicates("subscription_id")
+    joined = switches.merge(first, left_on="new_subscription_id", right_on="subscription_id",
+                            suffixes=("", "_line"))
+    gap = joined[joined["service_start"] > joined["effective_date"]]
+    gap_days = _days(gap["service_start"], gap["effective_date"])
+    line_days = _days(gap["service_end"], gap["service_start"])
+    unbilled = round_half_up_div(gap["amount_minor"] * gap_days, line_days)
+    return _finding(gap, "NEW_BILLING_GAP", tenant_id=gap["tenant_id"], upgrade_id=gap["upgrade_id"],
+                    currency=gap["currency"], expected_minor=unbilled, actual_minor=0, delta_minor=-unbilled,
+                    overlap_days=-gap_days, invoice_id=gap["invoice_id"], line_id=gap["line_id"],
+                    effective_date=gap["effective_date"],
+                    details="new plan first billed from " + gap["service_start"].dt.strftime("%Y-%m-%d"))
+
+
+def expected_credit(credits: pd.DataFrame, requests: pd.DataFrame, switches: pd.DataFrame) -> pd.DataFrame:
+    """The credit each upgrade should have had, recomputed from its request and switch."""
+    base = switches[["upgrade_id", "effective_date", "new_total_cost_minor"]].merge(
+        requests[["upgrade_id", "period_start", "period_end", "billed_minor", "prepaid_term_start",
+                  "prepaid_term_end", "prepaid_paid_minor"]], on="upgrade_id", how="inner")
+    prepaid = base["prepaid_term_start"].notna()
+    start = base["prepaid_term_start"].where(prepaid, base["period_start"])
+    end = base["prepaid_term_end"].where(prepaid, base["period_end"])
+    paid = base["prepaid_paid_minor"].where(prepaid, base["billed_minor"]).astype("int64")
+    whole = _days(end, start).clip(lower=0)
+    part = _days(end, base["effective_date"]).clip(lower=0)
+    part = part.where(part <= whole, whole)
+    remaining = round_half_up_div(paid * part, whole)
+    cost = base["new_total_cost_minor"].astype("int64")
+    credit = remaining.where(~prepaid, np.minimum(remaining, cost)).astype(INT)
+    return pd.DataFrame({"upgrade_id": base["upgrade_id"], "expected_credit": credit})
+
+
+def check_credits(credits: pd.DataFrame, lines: pd.DataFrame, recomputed: pd.DataFrame,
+                  run_date: date) -> pd.DataFrame:
+    run = pd.Timestamp(run_date)
+    credit_lines = lines[lines["kind"] == "credit"]
+    found = []
+    invoiced = credits.merge(credit_lines, on="credit_id", how="left", suffixes=("", "_invoice"),
+                             indicator=True)
+    has_line = invoiced["_merge"] == "both"
+    common = dict(credit_id=invoiced["credit_id"], effective_date=invoiced["due_by"] - 30 * DAY,
+                  due_by=invoiced["due_by"], tenant_id=invoiced["tenant_id"], upgrade_id=invoiced["upgrade_id"])
+
+    missing = invoiced[~has_line & (invoiced["due_by"] < run)]
+    found.append(_finding(missing, "MISSING_CREDIT", currency=missing["currency"],
+                          expected_minor=missing["amount_minor"], actual_minor=0,
+                          delta_minor=-missing["amount_minor"], days_late=_days(pd.Series(run, index=missing.index),
+                                                                                missing["due_by"]),
+                          details="credit past its due date on no invoice",
+                          **{k: v[~has_line & (invoiced["due_by"] < run)] for k, v in common.items()}))
+
+    on_invoice = invoiced[has_line]
+    sub = {k: v[has_line] for k, v in common.items()}
+    late = on_invoice["issued_on"] > on_invoice["due_by"]
+    found.append(_finding(on_invoice[late], "LATE_CREDIT", currency=on_invoice["currency"][late],
+                          expected_minor=on_invoice["amount_minor"][late],
+                          actual_minor=-on_invoice["amount_minor_invoice"][late], delta_minor=0,
+                          days_late=_days(on_invoice["issued_on"][late], on_invoice["due_by"][late]),
+                          invoice_id=on_invoice["invoice_id"][late], line_id=on_invoice["line_id"][late],
+                          details="credit invoiced " + on_invoice["issued_on"][late].dt.strftime("%Y-%m-%d"),
+                          **{k: v[late] for k, v in sub.items()}))
+
+    wrong = -on_invoice["amount_minor_invoice"] != on_invoice["amount_minor"]
+    found.append(_finding(on_invoice[wrong], "AMOUNT_MISMATCH", currency=on_invoice["currency"][wrong],
+                          expected_minor=on_invoice["amount_minor"][wrong],
+                          actual_minor=-on_invoice["amount_minor_invoice"][wrong],
+                          delta_minor=-on_invoice["amount_minor_invoice"][wrong] - on_invoice["amount_minor"][wrong],
+                          invoice_id=on_invoice["invoice_id"][wrong], line_id=on_invoice["line_id"][wrong],
+                          details="invoiced credit differs from the issued credit",
+                          **{k: v[wrong] for k, v in sub.items()}))
+
+    currency = on_invoice["currency_invoice"] != on_invoice["currency"]
+    found.append(_finding(on_invoice[currency], "CURRENCY_MISMATCH", currency=on_invoice["currency"][currency],
+                          expected_minor=on_invoice["amount_minor"][currency],
+                          actual_minor=-on_invoice["amount_minor_invoice"][currency], delta_minor=0,
+                          invoice_id=on_invoice["invoice_id"][currency], line_id=on_invoice["line_id"][currency],
+                          details="invoiced in " + on_invoice["currency_invoice"][currency],
+                          **{k: v[currency] for k, v in sub.items()}))
+
+    counts = on_invoice.groupby("credit_id", sort=False)["line_id"].transform("size")
+    later = on_invoice.sort_values(["credit_id", "issued_on", "line_id"]).duplicated("credit_id")
+    dup = later.reindex(on_invoice.index)
+    found.append(_finding(on_invoice[dup], "DUPLICATE_CREDIT", currency=on_invoice["currency"][dup],
+                          expected_minor=0, actual_minor=-on_invoice["amount_minor_invoice"][dup],
+                          delta_minor=-on_invoice["amount_minor_invoice"][dup],
+                          invoice_id=on_invoice["invoice_id"][dup], line_id=on_invoice["line_id"][dup],
+                          details="credit invoiced " + counts[dup].astype(str) + " times",
+                          **{k: v[dup] for k, v in sub.items()}))
+
+    per_upgrade = credits.groupby("upgrade_id", sort=False)["credit_id"].transform("nunique")
+    twice = credits[(per_upgrade > 1) & credits.duplicated("upgrade_id")]
+    found.append(_finding(twice, "DUPLICATE_CREDIT", tenant_id=twice["tenant_id"], upgrade_id=twice["upgrade_id"],
+                          currency=twice["currency"], expected_minor=0, actual_minor=twice["amount_minor"],
+                          delta_minor=twice["amount_minor"], credit_id=twice["credit_id"], due_by=twice["due_by"],
+                          details="more than one credit issued for the upgrade"))
+
+    issued = credits.merge(recomputed, on="upgrade_id", how="inner")
+    off = issued["amount_minor"] != issued["expected_credit"]
+    bad = issued[off]
+    found.append(_finding(bad, "AMOUNT_MISMATCH", tenant_id=bad["tenant_id"], upgrade_id=bad["upgrade_id"],
+                          currency=bad["currency"], expected_minor=bad["expected_credit"],
+                          actual_minor=bad["amount_minor"], delta_minor=bad["amount_minor"] - bad["expected_credit"],
+                          credit_id=bad["credit_id"], due_by=bad["due_by"],
+                          details="issued credit differs from the credit recomputed from the request"))
+    return pd.concat(found, ignore_index=True)
+
+
+def check_orphans(credits: pd.DataFrame, lines: pd.DataFrame) -> pd.DataFrame:
+    credit_lines = lines[lines["kind"] == "credit"]
+    orphans = credit_lines[~credit_lines["credit_id"].isin(credits["credit_id"]) | credit_lines["credit_id"].isna()]
+    return _finding(orphans, "ORPHAN_CREDIT", tenant_id=orphans["tenant_id"], currency=orphans["currency"],
+                    expected_minor=0, actual_minor=-orphans["amount_minor"], delta_minor=-orphans["amount_minor"],
+                    credit_id=orphans["credit_id"], invoice_id=orphans["invoice_id"], line_id=orphans["line_id"],
+                    details="credit line for a credit planshift never issued")
+
+
+def check_forfeits(completed: pd.DataFrame) -> pd.DataFrame:
+    forfeit = completed[completed["forfeit_minor"].fillna(0) > 0]
+    return _finding(forfeit, "PREPAID_FORFEIT", tenant_id=forfeit["tenant_id"], upgrade_id=forfeit["upgrade_id"],
+                    currency=forfeit["currency"], expected_minor=0, actual_minor=forfeit["forfeit_minor"],
+                    delta_minor=forfeit["forfeit_minor"], details="prepaid time forfeited at upgrade")
+
+
+def findings_table(switches, credits, requests, completed, lines, run_date: date) -> pd.DataFrame:
+    parts = [
+        check_overlap(switches, lines),
+        check_new_billing_gap(switches, lines),
+        check_credits(credits, lines, expected_credit(credits, requests, switches), run_date),
+        check_orphans(credits, lines),
+        check_forfeits(completed),
+    ]
+    table = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) \
+        else pd.DataFrame(columns=FINDING_COLUMNS)
+    table = table.reindex(columns=FINDING_COLUMNS)
+    table["run_date"] = pd.Timestamp(run_date)
+    for column in ("expected_minor", "actual_minor", "delta_minor", "overlap_days", "days_late"):
+        table[column] = table[column].astype(INT)
+    for column in ("effective_date", "due_by"):
+        table[column] = pd.to_datetime(table[column])
+    for column in ("tenant_id", "upgrade_id", "check_code", "severity", "currency", "credit_id", "invoice_id",
+                   "line_id", "details"):
+        table[column] = table[column].astype("string")
+    return table.sort_values(["check_code", "tenant_id", "upgrade_id", "credit_id", "invoice_id", "line_id"],
+                             na_position="first", kind="mergesort").reset_index(drop=True)
+
+
+def upgrades_table(completed: pd.DataFrame, switches: pd.DataFrame, credits: pd.DataFrame, lines: pd.DataFrame,
+                   findings: pd.DataFrame, run_date: date) -> pd.DataFrame:
+    """One row per completed upgrade: MATCHED, OPEN (an error finding) or PENDING (credit not yet invoiced)."""
+    table = completed[["tenant_id", "upgrade_id", "currency", "credit_minor", "forfeit_minor"]].drop_duplicates(
+        "upgrade_id").merge(switches[["upgrade_id", "effective_date"]].drop_duplicates("upgrade_id"),
+                            on="upgrade_id", how="left")
+    errors = findings.loc[findings["severity"] == "error"].groupby("upgrade_id").size()
+    table["findings"] = table["upgrade_id"].map(errors).fillna(0).astype("int64")
+    invoiced = set(lines.loc[lines["kind"] == "credit", "credit_id"].dropna())
+    credit_of = credits.drop_duplicates("upgrade_id").set_index("upgrade_id")["credit_id"]
+    needs_credit = table["credit_minor"].fillna(0) > 0
+    credited = table["upgrade_id"].map(credit_of).isin(invoiced)
+    table["status"] = np.where(table["findings"] > 0, "OPEN",
+                               np.where(~needs_credit | credited, "MATCHED", "PENDING"))
+    table.insert(0, "run_date", pd.Timestamp(run_date))
+    table = table.reindex(columns=UPGRADE_COLUMNS)
+    for column in ("tenant_id", "upgrade_id", "currency", "status"):
+        table[column] = table[column].astype("string")
+    for column in ("credit_minor", "forfeit_minor"):
+        table[column] = table[column].astype(INT)
+    return table.sort_values(["tenant_id", "upgrade_id"], kind="mergesort").reset_index(drop=True)
+
+
+def summary_table(findings: pd.DataFrame, run_date: date) -> pd.DataFrame:
+    grouped = findings.groupby(["check_code", "currency"], dropna=False, sort=True).agg(
+        count=("check_code", "size"), delta_minor=("delta_minor", "sum")).reset_index()
+    grouped.insert(0, "run_date", pd.Timestamp(run_date))
+    grouped["count"] = grouped["count"].astype("int64")
+    grouped["delta_minor"] = grouped["delta_minor"].astype(INT)
+    for column in ("check_code", "currency"):
+        grouped[column] = grouped[column].astype("string")
+    return grouped.reindex(columns=SUMMARY_COLUMNS)
