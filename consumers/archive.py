@@ -11,7 +11,8 @@ reader ever sees half a file. Offsets are also committed to the group after each
 for monitoring only.
 
 A record that is not JSON or breaks its schema is not archived; it goes to its
-dead-letter topic with the headers of CONTRACT.md §7.
+dead-letter topic with the headers of CONTRACT.md §7, once: at start the archiver reads
+which records it has dead-lettered before, and skips them if a crash makes it read them again.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ class Archiver:
             self.settings, self.settings.topic(GROUP_ID), group_instance_id=f"{self.settings.topic(GROUP_ID)}-{self.instance}",
             session_timeout_ms=15_000, max_poll_records=5000)
         self._dlq = kafka_clients.producer(self.settings)
+        self._dead = self._already_dead_lettered()
         self.consumer.subscribe(list(self._topics), listener=_Listener(self))
         try:
             while not self._stop.is_set():
@@ -95,7 +97,27 @@ class Archiver:
         self._buffers[tp].append(row)
         self._buffered += 1
 
+    def _already_dead_lettered(self) -> set[tuple[str, int, int]]:
+        """(topic, partition, offset) this archiver dead-lettered before: a record read
+        again after a crash (its flush never reached a manifest) is not sent twice."""
+        from planshift.topic_reader import iter_topic
+
+        group = self.settings.topic(GROUP_ID).encode()
+        seen = set()
+        for topic in self._topics.values():
+            try:
+                for r in iter_topic(self.settings, self.settings.topic(dlq(topic))):
+                    if r.headers.get("dlq.consumer.group") == group:
+                        seen.add((r.headers["dlq.source.topic"].decode(), int(r.headers["dlq.source.partition"]),
+                                  int(r.headers["dlq.source.offset"])))
+            except LookupError:
+                continue
+        return seen
+
     def _dead_letter(self, topic: str, record, exc: InvalidEvent) -> None:
+        if (record.topic, record.partition, record.offset) in self._dead:
+            return
+        self._dead.add((record.topic, record.partition, record.offset))
         headers = list(record.headers or []) + [
             ("dlq.source.topic", record.topic.encode()), ("dlq.source.partition", str(record.partition).encode()),
             ("dlq.source.offset", str(record.offset).encode()), ("dlq.source.timestamp", str(record.timestamp).encode()),
