@@ -20,6 +20,7 @@ findings by check and currency goes to `charts/findings-D.png`.
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -65,35 +66,48 @@ class ReconcileResult:
 
 def _frame(table: pa.Table) -> pd.DataFrame:
     """Arrow → pandas: strings stay Arrow-backed, dates become datetime64, integers nullable."""
-    frame = table.to_pandas(types_mapper={pa.string(): pd.StringDtype("pyarrow"),
-                                          pa.int64(): pd.Int64Dtype()}.get)
-    for column in frame.columns:
-        if column in DATE_COLUMNS:
-            frame[column] = pd.to_datetime(frame[column].astype("object"), format="%Y-%m-%d", errors="coerce")
-    return frame
+    for name in table.column_names:
+        if name in DATE_COLUMNS:
+            dates = pc.cast(table[name], pa.date32(), safe=False)
+            table = table.set_column(table.schema.get_field_index(name), name,
+                                     pc.cast(dates, pa.timestamp("ns")))
+    return table.to_pandas(types_mapper={pa.string(): pd.StringDtype("pyarrow"),
+                                         pa.int64(): pd.Int64Dtype()}.get)
 
 
 def _read(lake: Lake, topic: str, columns: list[str], up_to: str) -> pd.DataFrame:
     return _frame(lake.read(topic, columns, up_to))
 
 
+def _lines_of(path: Path, invoice_schema: pa.Schema, wanted: pa.Array) -> pa.Table:
+    """One invoice file flattened to lines; only credits and charges of switched subscriptions kept."""
+    table = pq.read_table(path, columns=invoice_schema.names, schema=invoice_schema)
+    flat = pc.list_flatten(table["lines"])
+    keep = pc.or_(pc.equal(pc.struct_field(flat, "kind"), "credit"),
+                  pc.is_in(pc.struct_field(flat, "subscription_id"), value_set=wanted))
+    kept = pc.indices_nonzero(keep)
+    # Filter first, then gather: the invoice columns are taken for the kept lines only.
+    flat = pc.take(flat, kept)
+    parents = pc.take(pc.list_parent_indices(table["lines"]), kept)
+    columns = {name: pc.take(table[name], parents) for name in ("invoice_id", "tenant_id", "issued_on", "currency")}
+    for name in LINE_COLUMNS:
+        columns[name] = pc.struct_field(flat, name)
+    return pa.table(columns)
+
+
 def read_lines(lake: Lake, up_to: str, subscriptions: set[str], progress: bool) -> pd.DataFrame:
-    """Invoice lines, one row per line, keeping credits and the charges of switched subscriptions."""
+    """Invoice lines, one row per line, keeping credits and the charges of switched subscriptions.
+
+    Files are read and flattened in a small thread pool: Arrow releases the GIL."""
+    from concurrent.futures import ThreadPoolExecutor
+
     wanted = pa.array(sorted(subscriptions), pa.string())
-    parts = []
     files = lake.files(Topic.INVOICE_ISSUED, up_to)
     invoice_schema = pa.schema([SCHEMAS[Topic.INVOICE_ISSUED].field(c)
                                 for c in ("invoice_id", "tenant_id", "issued_on", "currency", "lines")])
-    for path in tqdm(files, desc="invoices", unit="file", disable=not progress or None, leave=False):
-        table = pq.read_table(path, columns=invoice_schema.names, schema=invoice_schema)
-        flat = pc.list_flatten(table["lines"])
-        parents = pc.list_parent_indices(table["lines"])
-        columns = {name: pc.take(table[name], parents) for name in ("invoice_id", "tenant_id", "issued_on", "currency")}
-        for name in LINE_COLUMNS:
-            columns[name] = pc.struct_field(flat, name)
-        lines = pa.table(columns)
-        keep = pc.or_(pc.equal(lines["kind"], "credit"), pc.is_in(lines["subscription_id"], value_set=wanted))
-        parts.append(lines.filter(keep))
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+        parts = list(tqdm(pool.map(lambda p: _lines_of(p, invoice_schema, wanted), files), total=len(files),
+                          desc="invoices", unit="file", disable=not progress or None, leave=False))
     if not parts:
         empty = {**{n: pa.array([], pa.string()) for n in ("invoice_id", "tenant_id", "issued_on", "currency")},
                  **{f.name: pa.array([], f.type) for f in SCHEMAS[Topic.INVOICE_ISSUED].field("lines").type.value_type}}
@@ -108,16 +122,17 @@ def reconcile(settings: Settings, run_date: date, progress: bool = True, chart: 
     switches = _read(lake, Topic.BILLING_SWITCH, ["upgrade_id", "tenant_id", "old_subscription_id",
                                                    "new_subscription_id", "effective_date", "currency",
                                                    "new_total_cost_minor"], up_to)
-    switches = switches.drop_duplicates("upgrade_id")
+    switches = checks.first_of(switches, "upgrade_id")
     credits = _read(lake, Topic.CREDIT_ISSUED, ["credit_id", "upgrade_id", "tenant_id", "subscription_id",
                                                  "currency", "amount_minor", "forfeit_minor", "due_by"], up_to)
-    credits = credits.drop_duplicates("credit_id")  # a record archived twice is one credit
+    credits = checks.first_of(credits, "credit_id")  # a record archived twice is one credit
     requests = _read(lake, Topic.UPGRADE_REQUESTED, ["upgrade_id", "period_start", "period_end", "billed_minor",
                                                       "prepaid_term_start", "prepaid_term_end",
-                                                      "prepaid_paid_minor"], up_to).drop_duplicates("upgrade_id")
+                                                      "prepaid_paid_minor"], up_to)
+    requests = checks.first_of(requests, "upgrade_id")
     statuses = _read(lake, Topic.UPGRADE_STATUS, ["upgrade_id", "tenant_id", "status", "credit_minor",
                                                    "forfeit_minor", "currency"], up_to)
-    completed = statuses[statuses["status"] == "completed"].drop_duplicates("upgrade_id")
+    completed = checks.first_of(statuses[statuses["status"] == "completed"], "upgrade_id")
     subscriptions = set(switches["old_subscription_id"].dropna()) | set(switches["new_subscription_id"].dropna())
     lines = read_lines(lake, up_to, subscriptions, progress)
 

@@ -16,6 +16,8 @@ from datetime import date
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 FINDING_COLUMNS = ["run_date", "tenant_id", "upgrade_id", "check_code", "severity", "currency", "expected_minor",
                    "actual_minor", "delta_minor", "overlap_days", "credit_id", "invoice_id", "line_id",
@@ -29,6 +31,73 @@ INFO_CODES = {"PREPAID_FORFEIT"}
 
 INT = "Int64"
 DAY = np.timedelta64(1, "D")
+
+
+def isin(values: pd.Series, candidates: pd.Series) -> pd.Series:
+    """values.isin(candidates) through Arrow's hash kernel: pandas' own `isin` turns
+    Arrow-backed strings into Python objects one by one."""
+    array = pa.array(values.array) if not isinstance(values.array, pd.arrays.ArrowExtensionArray) \
+        else values.array._pa_array
+    value_set = pa.array(candidates.dropna().astype("string[pyarrow]").array).cast(pa.string())
+    mask = pc.is_in(array.cast(pa.string()), value_set=value_set)
+    return pd.Series(mask.to_numpy(zero_copy_only=False), index=values.index, dtype=bool)
+
+
+ARROW_TYPES = {pa.string(): pd.StringDtype("pyarrow"), pa.int64(): pd.Int64Dtype()}.get
+
+
+def _codes(*columns: pd.Series) -> list[np.ndarray]:
+    """Integer codes for string columns over one shared dictionary (Arrow's C++ hashing);
+    nulls get -1. Joining and deduplicating on these is far cheaper than on strings."""
+    arrays = [pa.array(c.array).cast(pa.string()) if not isinstance(c.array, pd.arrays.ArrowExtensionArray)
+              else c.array._pa_array.cast(pa.string()) for c in columns]
+    encoded = pa.chunked_array([chunk for a in arrays for chunk in (a.chunks if isinstance(a, pa.ChunkedArray)
+                                                                     else [a])], pa.string()).dictionary_encode()
+    codes = np.concatenate([chunk.indices.to_numpy(zero_copy_only=False).astype(np.float64)
+                            if chunk.indices.null_count else chunk.indices.to_numpy().astype(np.float64)
+                            for chunk in encoded.chunks]) if encoded.num_chunks else np.array([], np.float64)
+    codes = np.nan_to_num(codes, nan=-1).astype(np.int64)
+    out, at = [], 0
+    for column in columns:
+        out.append(codes[at:at + len(column)])
+        at += len(column)
+    return out
+
+
+def join(left: pd.DataFrame, right: pd.DataFrame, left_on: str, right_on: str | None = None, how: str = "inner",
+         suffix: str = "_right") -> pd.DataFrame:
+    """left.merge(right) on a string key, joined on shared integer codes of the key."""
+    right_on = right_on or left_on
+    lcodes, rcodes = _codes(left[left_on], right[right_on])
+    lkeys = pd.DataFrame({"__key": lcodes, "__left": np.arange(len(left))})
+    rkeys = pd.DataFrame({"__key": rcodes, "__right": np.arange(len(right))})
+    if how == "inner":
+        lkeys, rkeys = lkeys[lkeys["__key"] >= 0], rkeys[rkeys["__key"] >= 0]
+    else:
+        rkeys = rkeys[rkeys["__key"] >= 0]
+    pairs = lkeys.merge(rkeys, on="__key", how=how)
+    left_part = left.take(pairs["__left"].to_numpy()).reset_index(drop=True)
+    matched = pairs["__right"].notna().to_numpy()
+    drop = [right_on] if right_on == left_on else []
+    right_cols = right.drop(columns=drop)
+    if len(right_cols) == 0:  # nothing to take from: every right column is missing
+        right_part = right_cols.reset_index(drop=True).reindex(range(len(pairs)))
+    else:
+        right_rows = pairs["__right"].fillna(0).astype(np.int64).to_numpy()
+        right_part = right_cols.take(right_rows).reset_index(drop=True)
+        if not matched.all():
+            right_part = right_part.where(pd.Series(matched), other=pd.NA)
+    right_part.columns = [f"{c}{suffix}" if c in left.columns else c for c in right_part.columns]
+    return pd.concat([left_part, right_part], axis=1)
+
+
+def first_of(frame: pd.DataFrame, key: str, order: list[str] | None = None) -> pd.DataFrame:
+    """One row per `key`, the first in `order` (else in the frame order): drop_duplicates on codes."""
+    ordered = frame.sort_values(order, kind="mergesort") if order else frame
+    (codes,) = _codes(ordered[key])
+    _, first = np.unique(codes, return_index=True)
+    first = np.sort(first)
+    return ordered.iloc[first]
 
 
 def _days(later: pd.Series, earlier: pd.Series) -> pd.Series:
@@ -54,8 +123,7 @@ def _finding(frame: pd.DataFrame, code: str, **columns) -> pd.DataFrame:
 def check_overlap(switches: pd.DataFrame, lines: pd.DataFrame) -> pd.DataFrame:
     """The old subscription charged for service on or after the effective date."""
     charges = lines[lines["kind"] == "charge"]
-    joined = charges.merge(switches, left_on="subscription_id", right_on="old_subscription_id",
-                           suffixes=("", "_switch"))
+    joined = join(charges, switches, "subscription_id", "old_subscription_id", suffix="_switch")
     over = joined[joined["service_end"] > joined["effective_date"]]
     start = over[["service_start", "effective_date"]].max(axis=1)
     overlap_days = _days(over["service_end"], start)
@@ -72,9 +140,8 @@ def check_overlap(switches: pd.DataFrame, lines: pd.DataFrame) -> pd.DataFrame:
 def check_new_billing_gap(switches: pd.DataFrame, lines: pd.DataFrame) -> pd.DataFrame:
     """The new subscription's first charge starts after the effective date."""
     charges = lines[lines["kind"] == "charge"]
-    first = charges.sort_values(["service_start", "line_id"]).drop_duplicates("subscription_id")
-    joined = switches.merge(first, left_on="new_subscription_id", right_on="subscription_id",
-                            suffixes=("", "_line"))
+    first = first_of(charges, "subscription_id", ["service_start", "line_id"])
+    joined = join(switches, first, "new_subscription_id", "subscription_id", suffix="_line")
     gap = joined[joined["service_start"] > joined["effective_date"]]
     gap_days = _days(gap["service_start"], gap["effective_date"])
     line_days = _days(gap["service_end"], gap["service_start"])
@@ -88,9 +155,9 @@ def check_new_billing_gap(switches: pd.DataFrame, lines: pd.DataFrame) -> pd.Dat
 
 def expected_credit(credits: pd.DataFrame, requests: pd.DataFrame, switches: pd.DataFrame) -> pd.DataFrame:
     """The credit each upgrade should have had, recomputed from its request and switch."""
-    base = switches[["upgrade_id", "effective_date", "new_total_cost_minor"]].merge(
-        requests[["upgrade_id", "period_start", "period_end", "billed_minor", "prepaid_term_start",
-                  "prepaid_term_end", "prepaid_paid_minor"]], on="upgrade_id", how="inner")
+    base = join(switches[["upgrade_id", "effective_date", "new_total_cost_minor"]],
+                requests[["upgrade_id", "period_start", "period_end", "billed_minor", "prepaid_term_start",
+                          "prepaid_term_end", "prepaid_paid_minor"]], "upgrade_id")
     prepaid = base["prepaid_term_start"].notna()
     start = base["prepaid_term_start"].where(prepaid, base["period_start"])
     end = base["prepaid_term_end"].where(prepaid, base["period_end"])
@@ -109,9 +176,8 @@ def check_credits(credits: pd.DataFrame, lines: pd.DataFrame, recomputed: pd.Dat
     run = pd.Timestamp(run_date)
     credit_lines = lines[lines["kind"] == "credit"]
     found = []
-    invoiced = credits.merge(credit_lines, on="credit_id", how="left", suffixes=("", "_invoice"),
-                             indicator=True)
-    has_line = invoiced["_merge"] == "both"
+    invoiced = join(credits, credit_lines, "credit_id", how="left", suffix="_invoice")
+    has_line = invoiced["line_id"].notna().to_numpy(dtype=bool)
     common = dict(credit_id=invoiced["credit_id"], effective_date=invoiced["due_by"] - 30 * DAY,
                   due_by=invoiced["due_by"], tenant_id=invoiced["tenant_id"], upgrade_id=invoiced["upgrade_id"])
 
@@ -151,9 +217,16 @@ def check_credits(credits: pd.DataFrame, lines: pd.DataFrame, recomputed: pd.Dat
                           details="invoiced in " + on_invoice["currency_invoice"][currency],
                           **{k: v[currency] for k, v in sub.items()}))
 
-    counts = on_invoice.groupby("credit_id", sort=False)["line_id"].transform("size")
-    later = on_invoice.sort_values(["credit_id", "issued_on", "line_id"]).duplicated("credit_id")
-    dup = later.reindex(on_invoice.index)
+    # Duplicates are rare: count in Arrow, then look only at credits invoiced more than once.
+    per_credit = pa.Table.from_pandas(on_invoice[["credit_id"]], preserve_index=False) \
+        .group_by("credit_id").aggregate([("credit_id", "count")])
+    repeated = per_credit.filter(pc.greater(per_credit["credit_id_count"], 1))
+    several = on_invoice[isin(on_invoice["credit_id"], repeated.to_pandas(types_mapper=ARROW_TYPES)["credit_id"])]
+    counts = several.groupby("credit_id", sort=False)["line_id"].transform("size")
+    later = several.sort_values(["credit_id", "issued_on", "line_id"]).duplicated("credit_id")
+    dup = later.reindex(several.index)
+    on_invoice, sub = several, {k: v[has_line][isin(invoiced["credit_id"][has_line], several["credit_id"])]
+                                for k, v in common.items()}
     found.append(_finding(on_invoice[dup], "DUPLICATE_CREDIT", currency=on_invoice["currency"][dup],
                           expected_minor=0, actual_minor=-on_invoice["amount_minor_invoice"][dup],
                           delta_minor=-on_invoice["amount_minor_invoice"][dup],
@@ -161,14 +234,17 @@ def check_credits(credits: pd.DataFrame, lines: pd.DataFrame, recomputed: pd.Dat
                           details="credit invoiced " + counts[dup].astype(str) + " times",
                           **{k: v[dup] for k, v in sub.items()}))
 
-    per_upgrade = credits.groupby("upgrade_id", sort=False)["credit_id"].transform("nunique")
-    twice = credits[(per_upgrade > 1) & credits.duplicated("upgrade_id")]
+    per_upgrade = pa.Table.from_pandas(credits[["upgrade_id"]], preserve_index=False) \
+        .group_by("upgrade_id").aggregate([("upgrade_id", "count")])
+    multiple = per_upgrade.filter(pc.greater(per_upgrade["upgrade_id_count"], 1))
+    candidates = credits[isin(credits["upgrade_id"], multiple.to_pandas(types_mapper=ARROW_TYPES)["upgrade_id"])]
+    twice = candidates[candidates.duplicated("upgrade_id")]
     found.append(_finding(twice, "DUPLICATE_CREDIT", tenant_id=twice["tenant_id"], upgrade_id=twice["upgrade_id"],
                           currency=twice["currency"], expected_minor=0, actual_minor=twice["amount_minor"],
                           delta_minor=twice["amount_minor"], credit_id=twice["credit_id"], due_by=twice["due_by"],
                           details="more than one credit issued for the upgrade"))
 
-    issued = credits.merge(recomputed, on="upgrade_id", how="inner")
+    issued = join(credits, recomputed, "upgrade_id")
     off = issued["amount_minor"] != issued["expected_credit"]
     bad = issued[off]
     found.append(_finding(bad, "AMOUNT_MISMATCH", tenant_id=bad["tenant_id"], upgrade_id=bad["upgrade_id"],
@@ -181,7 +257,7 @@ def check_credits(credits: pd.DataFrame, lines: pd.DataFrame, recomputed: pd.Dat
 
 def check_orphans(credits: pd.DataFrame, lines: pd.DataFrame) -> pd.DataFrame:
     credit_lines = lines[lines["kind"] == "credit"]
-    orphans = credit_lines[~credit_lines["credit_id"].isin(credits["credit_id"]) | credit_lines["credit_id"].isna()]
+    orphans = credit_lines[~isin(credit_lines["credit_id"], credits["credit_id"]) | credit_lines["credit_id"].isna()]
     return _finding(orphans, "ORPHAN_CREDIT", tenant_id=orphans["tenant_id"], currency=orphans["currency"],
                     expected_minor=0, actual_minor=-orphans["amount_minor"], delta_minor=-orphans["amount_minor"],
                     credit_id=orphans["credit_id"], invoice_id=orphans["invoice_id"], line_id=orphans["line_id"],
@@ -221,15 +297,16 @@ def findings_table(switches, credits, requests, completed, lines, run_date: date
 def upgrades_table(completed: pd.DataFrame, switches: pd.DataFrame, credits: pd.DataFrame, lines: pd.DataFrame,
                    findings: pd.DataFrame, run_date: date) -> pd.DataFrame:
     """One row per completed upgrade: MATCHED, OPEN (an error finding) or PENDING (credit not yet invoiced)."""
-    table = completed[["tenant_id", "upgrade_id", "currency", "credit_minor", "forfeit_minor"]].drop_duplicates(
-        "upgrade_id").merge(switches[["upgrade_id", "effective_date"]].drop_duplicates("upgrade_id"),
-                            on="upgrade_id", how="left")
-    errors = findings.loc[findings["severity"] == "error"].groupby("upgrade_id").size()
-    table["findings"] = table["upgrade_id"].map(errors).fillna(0).astype("int64")
-    invoiced = set(lines.loc[lines["kind"] == "credit", "credit_id"].dropna())
-    credit_of = credits.drop_duplicates("upgrade_id").set_index("upgrade_id")["credit_id"]
+    table = join(first_of(completed[["tenant_id", "upgrade_id", "currency", "credit_minor", "forfeit_minor"]],
+                          "upgrade_id"),
+                 first_of(switches[["upgrade_id", "effective_date"]], "upgrade_id"), "upgrade_id", how="left")
+    errors = findings.loc[findings["severity"] == "error"].groupby("upgrade_id").size().rename("findings") \
+        .reset_index().astype({"upgrade_id": "string[pyarrow]"})
+    table = join(table, errors, "upgrade_id", how="left")
+    table["findings"] = table["findings"].fillna(0).astype("int64")
+    invoiced_credits = credits[isin(credits["credit_id"], lines.loc[lines["kind"] == "credit", "credit_id"])]
     needs_credit = table["credit_minor"].fillna(0) > 0
-    credited = table["upgrade_id"].map(credit_of).isin(invoiced)
+    credited = isin(table["upgrade_id"], invoiced_credits["upgrade_id"])
     table["status"] = np.where(table["findings"] > 0, "OPEN",
                                np.where(~needs_credit | credited, "MATCHED", "PENDING"))
     table.insert(0, "run_date", pd.Timestamp(run_date))
