@@ -169,6 +169,7 @@ def write_chart(path: Path, summary: pd.DataFrame, run_date: date) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(11.7, 8.3))  # one A4 page, landscape
@@ -176,10 +177,20 @@ def write_chart(path: Path, summary: pd.DataFrame, run_date: date) -> Path:
         pivot = summary.assign(currency=summary["currency"].fillna("—")).pivot_table(
             index="check_code", columns="currency", values="count", aggfunc="sum", fill_value=0)
         pivot = pivot.reindex([c for c in checks.CHECK_CODES if c in pivot.index])
-        pivot.plot.barh(ax=ax, stacked=True)
+        pivot.plot.barh(ax=ax, stacked=True, width=0.6)
         ax.invert_yaxis()
         ax.set_xlabel("findings")
+        ax.set_ylabel("")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(title="currency")
+        ax.set_xlim(0, max(1, pivot.sum(axis=1).max()) * 1.12)
+        for position, total in enumerate(pivot.sum(axis=1)):
+            ax.annotate(f"{int(total):,}", (total, position), xytext=(4, 0), textcoords="offset points",
+                        va="center")
+        deltas = summary.groupby("currency", dropna=False)["delta_minor"].sum()
+        fig.text(0.01, 0.01, "summed Δ (minor units): " + ", ".join(
+            f"{currency if isinstance(currency, str) else '—'} {int(delta):+,}" for currency, delta in deltas.items()),
+                 fontsize=9)
     else:
         ax.text(0.5, 0.5, "no findings", ha="center", va="center", fontsize=20)
         ax.set_axis_off()

@@ -2,9 +2,11 @@
 
 Start the local broker, create the topics, fill the embedded licence directory with the
 sample tenants' users, publish the shipped sample upgrade requests (one breaks its
-schema on purpose, one is not JSON), run intake, two migration workers and settlement
-over them, and show what came out: each upgrade's statuses with their reasons, the
-licence-migration batches, the billing switches and credits, and the dead letters. Running it again publishes the same requests again: intake recognises every
+schema on purpose, one is not JSON), approve the credit check one of them needs, run
+intake, two migration workers, settlement, a simulated billing system (which makes a
+few mistakes on purpose) and the archiver, then finance's reconciliation. It shows each
+upgrade's statuses with their reasons, the licence-migration batches, the billing
+switches and credits, the dead letters and the reconciliation's findings. Running it again publishes the same requests again: intake recognises every
 upgrade id and starts nothing twice.
 """
 
@@ -13,12 +15,14 @@ from __future__ import annotations
 import json
 import threading
 import time
+from datetime import datetime, timedelta, timezone
 from collections import Counter, defaultdict
 from pathlib import Path
 
 from planshift.broker import LocalBroker
 from planshift.contract import Topic, dlq
 from planshift.directory import Licence, SqliteDirectory
+from planshift.lake import Lake
 from planshift.settings import Settings
 from planshift.topic_reader import end_offsets, read_topic
 from planshift.topics import create_topics
@@ -50,7 +54,10 @@ def seed_directory(settings: Settings, file: Path) -> int:
 
 def run(settings: Settings, file: Path | None = None) -> int:
     from consumers import intake, migrate, settle
+    from consumers.archive import archiver
+    from jobs.reconcile import reconcile
     from planshift.cli.commands import _publish_with_progress
+    from producers import billing
 
     file = file or SAMPLES
     step(f"1. local Apache Kafka at {settings.bootstrap_servers}")
@@ -79,24 +86,35 @@ def run(settings: Settings, file: Path | None = None) -> int:
                       headers=kafka_clients.event_headers(Topic.UPGRADE_REQUESTED))
     print("and a schema-breaking request (ord-broken-0001) sent without the publisher's check")
 
-    step("5. intake → migration workers → settlement, exactly once")
+    step("5. intake → migration workers → settlement → billing system → archive")
     ends = end_offsets(settings, settings.topic(Topic.UPGRADE_REQUESTED))
     processors = [intake.processor(settings), migrate.processor(settings, instance="0"),
-                  migrate.processor(settings, instance="1"), settle.processor(settings)]
-    threads = [threading.Thread(target=p.run, daemon=True) for p in processors]
+                  migrate.processor(settings, instance="1"), settle.processor(settings),
+                  billing.processor(settings, rates=DEMO_FAULTS, seed=DEMO_SEED)]
+    names = ("intake", "migrate-0", "migrate-1", "settle", "billing (simulated)")
+    lake_writer = archiver(settings, flush_interval_s=0.5)
+    threads = [threading.Thread(target=p.run, daemon=True) for p in [*processors, lake_writer]]
     for thread in threads:
         thread.start()
-    deadline = time.monotonic() + 120
+    approved: set[str] = set()
+    deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
-        if processors[0].caught_up(Topic.UPGRADE_REQUESTED, ends) and _all_settled(settings):
+        for check in read_topic(settings, settings.topic(Topic.CREDIT_CHECK_REQUESTED)):
+            if check.value["upgrade_id"] not in approved:
+                _approve(settings, check.value)
+                approved.add(check.value["upgrade_id"])
+                print(f"the credit system approves the check of {check.value['upgrade_id']}")
+        if processors[0].caught_up(Topic.UPGRADE_REQUESTED, ends) and _all_settled(settings) \
+                and _invoices_archived(settings):
             break
-        time.sleep(0.3)
-    for p in processors:
+        time.sleep(0.5)
+    for p in [*processors, lake_writer]:
         p.stop()
     for thread in threads:
         thread.join(60)
-    for name, p in zip(("intake", "migrate-0", "migrate-1", "settle"), processors):
-        print(f"{name:<10} handled {p.metrics.records:>4} records in {p.metrics.commits} transactions")
+    for name, p in zip(names, processors):
+        print(f"{name:<20} handled {p.metrics.records:>4} records in {p.metrics.commits} transactions")
+    print(f"{'archive':<20} wrote {lake_writer.archived:>4} events to {Lake.for_settings(settings).root}")
 
     step("6. what the admins see on upgrade.status")
     statuses = defaultdict(list)
@@ -125,17 +143,56 @@ def run(settings: Settings, file: Path | None = None) -> int:
     dead = read_topic(settings, settings.topic(dlq(Topic.UPGRADE_REQUESTED)))
     step(f"8. dead letters on {dlq(Topic.UPGRADE_REQUESTED)}: {len(dead)}")
     for record in dead:
-        print(f"offset {record.headers.get('dlq.source.offset', b'?').decode()}: "
-              f"{record.headers.get('dlq.error.message', b'').decode()[:110]}")
+        print(f"{record.headers.get('dlq.consumer.group', b'?').decode()} dead-lettered offset "
+              f"{record.headers.get('dlq.source.offset', b'?').decode()}: "
+              f"{record.headers.get('dlq.error.message', b'').decode()[:90]}")
+    run_date = datetime.now(timezone.utc).date() + timedelta(days=45)
+    step(f"9. finance's nightly reconciliation, as of {run_date} (every credit due by then)")
+    print(f"(the simulated billing system makes these mistakes: {', '.join(DEMO_FAULTS)}, "
+          f"each on some of the upgrades)")
+    print(reconcile(settings, run_date, progress=False).describe())
     print(f"\nReset reports (who had services switched off): {settings.data_dir / 'reports' / 'resets'}")
     print("Try 'planshift status ord-20261117-0042'. Stop the broker with 'planshift broker stop';")
     print("run the demo again to see replays ignored.")
     return 0
 
 
+DEMO_FAULTS = {"late-credit": 0.4, "overlap": 0.4, "wrong-amount": 0.4}
+DEMO_SEED = "demo-7"  # with the sample upgrades: one credit short, one late, one right
+
+
+def _approve(settings: Settings, check: dict) -> None:
+    from planshift import kafka_clients
+    from planshift.events import event
+
+    decision = event(Topic.CREDIT_CHECK_DECIDED, check["tenant_id"], f"{check['upgrade_id']}:decision",
+                     upgrade_id=check["upgrade_id"], approved=True,
+                     decided_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    with kafka_clients.producer(settings) as producer:
+        producer.send(settings.topic(Topic.CREDIT_CHECK_DECIDED), key=check["tenant_id"].encode(),
+                      value=kafka_clients.encode_json(decision),
+                      headers=kafka_clients.event_headers(Topic.CREDIT_CHECK_DECIDED))
+
+
+def _invoices_archived(settings: Settings) -> bool:
+    """Every switch and credit has its invoice in the lake."""
+    import pyarrow.parquet as pq
+
+    lake = Lake.for_settings(settings)
+
+    def rows(topic: str) -> int:
+        return sum(pq.read_metadata(path).num_rows for path in lake.files(topic))
+
+    switches = len(read_topic(settings, settings.topic(Topic.BILLING_SWITCH)))
+    credits = len(read_topic(settings, settings.topic(Topic.CREDIT_ISSUED)))
+    statuses = len(read_topic(settings, settings.topic(Topic.UPGRADE_STATUS)))
+    return (rows(Topic.INVOICE_ISSUED) >= switches + credits and rows(Topic.BILLING_SWITCH) >= switches
+            and rows(Topic.CREDIT_ISSUED) >= credits and rows(Topic.UPGRADE_STATUS) >= statuses)
+
+
 def _all_settled(settings: Settings) -> bool:
-    """Every upgrade that started migrating has completed or failed."""
+    """Every upgrade has ended: rejected, completed or failed (the demo approves every credit check)."""
     seen: dict[str, set[str]] = defaultdict(set)
     for record in read_topic(settings, settings.topic(Topic.UPGRADE_STATUS)):
         seen[record.value["upgrade_id"]].add(record.value["status"])
-    return all({"completed", "failed"} & names for names in seen.values() if "migrating" in names)
+    return bool(seen) and all({"rejected", "completed", "failed"} & names for names in seen.values())
