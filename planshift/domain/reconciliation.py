@@ -171,88 +171,69 @@ def expected_credit(credits: pd.DataFrame, requests: pd.DataFrame, switches: pd.
     return pd.DataFrame({"upgrade_id": base["upgrade_id"], "expected_credit": credit})
 
 
+def repeated(keys: pd.Series) -> pd.Series:
+    """Rows whose key occurs more than once (nulls never count)."""
+    (codes,) = _codes(keys)
+    valid = codes >= 0
+    counts = np.bincount(codes[valid], minlength=1) if valid.any() else np.zeros(1, np.int64)
+    return pd.Series(valid & (counts[np.where(valid, codes, 0)] > 1), index=keys.index)
+
+
 def check_credits(credits: pd.DataFrame, lines: pd.DataFrame, recomputed: pd.DataFrame,
                   run_date: date) -> pd.DataFrame:
+    """MISSING, LATE, AMOUNT_MISMATCH, CURRENCY_MISMATCH and DUPLICATE_CREDIT, per issued credit."""
     run = pd.Timestamp(run_date)
-    credit_lines = lines[lines["kind"] == "credit"]
-    found = []
-    invoiced = join(credits, credit_lines, "credit_id", how="left", suffix="_invoice")
-    has_line = invoiced["line_id"].notna().to_numpy(dtype=bool)
-    common = dict(credit_id=invoiced["credit_id"], effective_date=invoiced["due_by"] - 30 * DAY,
-                  due_by=invoiced["due_by"], tenant_id=invoiced["tenant_id"], upgrade_id=invoiced["upgrade_id"])
+    invoiced = join(credits, lines[lines["kind"] == "credit"], "credit_id", how="left", suffix="_invoice")
+    invoiced["effective_date"] = invoiced["due_by"] - 30 * DAY
+    ids = ["tenant_id", "upgrade_id", "credit_id", "effective_date", "due_by"]
+    on_line = ids + ["invoice_id", "line_id"]
 
+    def finding(rows: pd.DataFrame, code: str, columns: list[str], **values) -> pd.DataFrame:
+        return _finding(rows, code, currency=rows["currency"], **{c: rows[c] for c in columns}, **values)
+
+    has_line = invoiced["line_id"].notna()
     missing = invoiced[~has_line & (invoiced["due_by"] < run)]
-    found.append(_finding(missing, "MISSING_CREDIT", currency=missing["currency"],
-                          expected_minor=missing["amount_minor"], actual_minor=0,
-                          delta_minor=-missing["amount_minor"], days_late=_days(pd.Series(run, index=missing.index),
-                                                                                missing["due_by"]),
-                          details="credit past its due date on no invoice",
-                          **{k: v[~has_line & (invoiced["due_by"] < run)] for k, v in common.items()}))
-
     on_invoice = invoiced[has_line]
-    sub = {k: v[has_line] for k, v in common.items()}
-    late = on_invoice["issued_on"] > on_invoice["due_by"]
-    found.append(_finding(on_invoice[late], "LATE_CREDIT", currency=on_invoice["currency"][late],
-                          expected_minor=on_invoice["amount_minor"][late],
-                          actual_minor=-on_invoice["amount_minor_invoice"][late], delta_minor=0,
-                          days_late=_days(on_invoice["issued_on"][late], on_invoice["due_by"][late]),
-                          invoice_id=on_invoice["invoice_id"][late], line_id=on_invoice["line_id"][late],
-                          details="credit invoiced " + on_invoice["issued_on"][late].dt.strftime("%Y-%m-%d"),
-                          **{k: v[late] for k, v in sub.items()}))
-
-    wrong = -on_invoice["amount_minor_invoice"] != on_invoice["amount_minor"]
-    found.append(_finding(on_invoice[wrong], "AMOUNT_MISMATCH", currency=on_invoice["currency"][wrong],
-                          expected_minor=on_invoice["amount_minor"][wrong],
-                          actual_minor=-on_invoice["amount_minor_invoice"][wrong],
-                          delta_minor=-on_invoice["amount_minor_invoice"][wrong] - on_invoice["amount_minor"][wrong],
-                          invoice_id=on_invoice["invoice_id"][wrong], line_id=on_invoice["line_id"][wrong],
-                          details="invoiced credit differs from the issued credit",
-                          **{k: v[wrong] for k, v in sub.items()}))
-
-    currency = on_invoice["currency_invoice"] != on_invoice["currency"]
-    found.append(_finding(on_invoice[currency], "CURRENCY_MISMATCH", currency=on_invoice["currency"][currency],
-                          expected_minor=on_invoice["amount_minor"][currency],
-                          actual_minor=-on_invoice["amount_minor_invoice"][currency], delta_minor=0,
-                          invoice_id=on_invoice["invoice_id"][currency], line_id=on_invoice["line_id"][currency],
-                          details="invoiced in " + on_invoice["currency_invoice"][currency],
-                          **{k: v[currency] for k, v in sub.items()}))
-
-    # Duplicates are rare: count in Arrow, then look only at credits invoiced more than once.
-    per_credit = pa.Table.from_pandas(on_invoice[["credit_id"]], preserve_index=False) \
-        .group_by("credit_id").aggregate([("credit_id", "count")])
-    repeated = per_credit.filter(pc.greater(per_credit["credit_id_count"], 1))
-    several = on_invoice[isin(on_invoice["credit_id"], repeated.to_pandas(types_mapper=ARROW_TYPES)["credit_id"])]
-    counts = several.groupby("credit_id", sort=False)["line_id"].transform("size")
-    later = several.sort_values(["credit_id", "issued_on", "line_id"]).duplicated("credit_id")
-    dup = later.reindex(several.index)
-    on_invoice, sub = several, {k: v[has_line][isin(invoiced["credit_id"][has_line], several["credit_id"])]
-                                for k, v in common.items()}
-    found.append(_finding(on_invoice[dup], "DUPLICATE_CREDIT", currency=on_invoice["currency"][dup],
-                          expected_minor=0, actual_minor=-on_invoice["amount_minor_invoice"][dup],
-                          delta_minor=-on_invoice["amount_minor_invoice"][dup],
-                          invoice_id=on_invoice["invoice_id"][dup], line_id=on_invoice["line_id"][dup],
-                          details="credit invoiced " + counts[dup].astype(str) + " times",
-                          **{k: v[dup] for k, v in sub.items()}))
-
-    per_upgrade = pa.Table.from_pandas(credits[["upgrade_id"]], preserve_index=False) \
-        .group_by("upgrade_id").aggregate([("upgrade_id", "count")])
-    multiple = per_upgrade.filter(pc.greater(per_upgrade["upgrade_id_count"], 1))
-    candidates = credits[isin(credits["upgrade_id"], multiple.to_pandas(types_mapper=ARROW_TYPES)["upgrade_id"])]
-    twice = candidates[candidates.duplicated("upgrade_id")]
-    found.append(_finding(twice, "DUPLICATE_CREDIT", tenant_id=twice["tenant_id"], upgrade_id=twice["upgrade_id"],
-                          currency=twice["currency"], expected_minor=0, actual_minor=twice["amount_minor"],
-                          delta_minor=twice["amount_minor"], credit_id=twice["credit_id"], due_by=twice["due_by"],
-                          details="more than one credit issued for the upgrade"))
-
+    invoiced_amount = -on_invoice["amount_minor_invoice"]
+    late = on_invoice[on_invoice["issued_on"] > on_invoice["due_by"]]
+    wrong = on_invoice[invoiced_amount != on_invoice["amount_minor"]]
+    currency = on_invoice[on_invoice["currency_invoice"] != on_invoice["currency"]]
+    several = on_invoice[repeated(on_invoice["credit_id"])]
+    extra = several[several.sort_values(["credit_id", "issued_on", "line_id"]).duplicated("credit_id")
+                    .reindex(several.index)]
+    times = several.groupby("credit_id")["line_id"].size()
+    twice_issued = credits[repeated(credits["upgrade_id"])]
+    twice_issued = twice_issued[twice_issued.duplicated("upgrade_id")]
     issued = join(credits, recomputed, "upgrade_id")
-    off = issued["amount_minor"] != issued["expected_credit"]
-    bad = issued[off]
-    found.append(_finding(bad, "AMOUNT_MISMATCH", tenant_id=bad["tenant_id"], upgrade_id=bad["upgrade_id"],
-                          currency=bad["currency"], expected_minor=bad["expected_credit"],
-                          actual_minor=bad["amount_minor"], delta_minor=bad["amount_minor"] - bad["expected_credit"],
-                          credit_id=bad["credit_id"], due_by=bad["due_by"],
-                          details="issued credit differs from the credit recomputed from the request"))
-    return pd.concat(found, ignore_index=True)
+    off = issued[issued["amount_minor"] != issued["expected_credit"]]
+
+    return pd.concat([
+        finding(missing, "MISSING_CREDIT", ids, expected_minor=missing["amount_minor"], actual_minor=0,
+                delta_minor=-missing["amount_minor"], days_late=_days(pd.Series(run, index=missing.index),
+                                                                      missing["due_by"]),
+                details="credit past its due date on no invoice"),
+        finding(late, "LATE_CREDIT", on_line, expected_minor=late["amount_minor"],
+                actual_minor=-late["amount_minor_invoice"], delta_minor=0,
+                days_late=_days(late["issued_on"], late["due_by"]),
+                details="credit invoiced " + late["issued_on"].dt.strftime("%Y-%m-%d")),
+        finding(wrong, "AMOUNT_MISMATCH", on_line, expected_minor=wrong["amount_minor"],
+                actual_minor=-wrong["amount_minor_invoice"],
+                delta_minor=-wrong["amount_minor_invoice"] - wrong["amount_minor"],
+                details="invoiced credit differs from the issued credit"),
+        finding(currency, "CURRENCY_MISMATCH", on_line, expected_minor=currency["amount_minor"],
+                actual_minor=-currency["amount_minor_invoice"], delta_minor=0,
+                details="invoiced in " + currency["currency_invoice"]),
+        finding(extra, "DUPLICATE_CREDIT", on_line, expected_minor=0, actual_minor=-extra["amount_minor_invoice"],
+                delta_minor=-extra["amount_minor_invoice"],
+                details="credit invoiced " + extra["credit_id"].map(times).astype(str) + " times"),
+        finding(twice_issued, "DUPLICATE_CREDIT", ["tenant_id", "upgrade_id", "credit_id", "due_by"],
+                expected_minor=0, actual_minor=twice_issued["amount_minor"], delta_minor=twice_issued["amount_minor"],
+                details="more than one credit issued for the upgrade"),
+        finding(off, "AMOUNT_MISMATCH", ["tenant_id", "upgrade_id", "credit_id", "due_by"],
+                expected_minor=off["expected_credit"], actual_minor=off["amount_minor"],
+                delta_minor=off["amount_minor"] - off["expected_credit"],
+                details="issued credit differs from the credit recomputed from the request"),
+    ], ignore_index=True)
 
 
 def check_orphans(credits: pd.DataFrame, lines: pd.DataFrame) -> pd.DataFrame:
