@@ -33,24 +33,68 @@ INT = "Int64"
 DAY = np.timedelta64(1, "D")
 
 
-def isin(values: pd.Series, candidates: pd.Series) -> pd.Series:
-    """values.isin(candidates) through Arrow's hash kernel: pandas' own `isin` turns
-    Arrow-backed strings into Python objects one by one."""
-    array = pa.array(values.array) if not isinstance(values.array, pd.arrays.ArrowExtensionArray) \
-        else values.array._pa_array
-    value_set = pa.array(candidates.dropna().astype("string[pyarrow]").array).cast(pa.string())
-    mask = pc.is_in(array.cast(pa.string()), value_set=value_set)
-    return pd.Series(mask.to_numpy(zero_copy_only=False), index=values.index, dtype=bool)
+def isin(frame: pd.DataFrame, column: str, other: pd.DataFrame, other_column: str) -> pd.Series:
+    """frame[column].isin(other[other_column]), on integer codes (pandas' own `isin` turns
+    Arrow-backed strings into Python objects one by one)."""
+    mine, theirs = keys((frame, column), (other, other_column))
+    return pd.Series(np.isin(mine, theirs[theirs >= 0]) & (mine >= 0), index=frame.index)
+
+
+def columns(frame: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+    """frame[names], keeping the integer companions of those that have one."""
+    return frame[[c for n in names for c in (n, CODE.format(n)) if c in frame.columns]]
 
 
 ARROW_TYPES = {pa.string(): pd.StringDtype("pyarrow"), pa.int64(): pd.Int64Dtype()}.get
 
 
+ARROW_TYPES = {pa.string(): pd.StringDtype("pyarrow"), pa.int64(): pd.Int64Dtype()}.get
+
+
+CODE = "{}#code"  # the integer companion of a key column, set by `share_codes`
+
+
+def share_codes(*columns: tuple[pd.DataFrame, str]) -> None:
+    """Give key columns of several frames integer companions (`<column>#code`) over one
+    dictionary, in one hashing pass (Arrow's): joins, dedupes and lookups then run on
+    integers. Nulls are -1."""
+    arrays = [frame[column].array._pa_array.cast(pa.string())
+              if isinstance(frame[column].array, pd.arrays.ArrowExtensionArray)
+              else pa.array(frame[column].astype("string[pyarrow]").array).cast(pa.string())
+              for frame, column in columns]
+    chunks = [chunk for a in arrays for chunk in (a.chunks if isinstance(a, pa.ChunkedArray) else [a])]
+    # Encoding a chunked array shares one dictionary across its chunks: the indices agree.
+    encoded = pa.chunked_array(chunks, pa.string()).dictionary_encode()
+    codes = np.concatenate([c.indices.fill_null(-1).to_numpy().astype(np.int64) for c in encoded.chunks]) \
+        if encoded.num_chunks else np.array([], np.int64)
+    at = 0
+    for frame, column in columns:
+        frame[CODE.format(column)] = codes[at:at + len(frame)]
+        at += len(frame)
+
+
+def _key(frame: pd.DataFrame, column: str) -> np.ndarray | None:
+    code = CODE.format(column)
+    return frame[code].to_numpy() if code in frame.columns else None
+
+
+def keys(*pairs: tuple[pd.DataFrame, str]) -> list[np.ndarray]:
+    """Integer codes of key columns: their shared companions if all have them, else encoded now."""
+    found = [_key(frame, column) for frame, column in pairs]
+    if all(k is not None for k in found):
+        return found
+    return _codes(*(frame[column] for frame, column in pairs))
+
+
 def _codes(*columns: pd.Series) -> list[np.ndarray]:
     """Integer codes for string columns over one shared dictionary (Arrow's C++ hashing);
-    nulls get -1. Joining and deduplicating on these is far cheaper than on strings."""
-    arrays = [pa.array(c.array).cast(pa.string()) if not isinstance(c.array, pd.arrays.ArrowExtensionArray)
-              else c.array._pa_array.cast(pa.string()) for c in columns]
+    nulls get -1. Joining and deduplicating on these is far cheaper than on strings.
+    Categoricals that already share one dictionary (`share_categories`) give theirs for free."""
+    dtypes = [c.dtype for c in columns]
+    if all(isinstance(d, pd.CategoricalDtype) for d in dtypes) and all(d is dtypes[0] for d in dtypes):
+        return [c.cat.codes.to_numpy().astype(np.int64) for c in columns]
+    arrays = [c.array._pa_array.cast(pa.string()) if isinstance(c.array, pd.arrays.ArrowExtensionArray)
+              else pa.array(c.astype("string[pyarrow]").array).cast(pa.string()) for c in columns]
     encoded = pa.chunked_array([chunk for a in arrays for chunk in (a.chunks if isinstance(a, pa.ChunkedArray)
                                                                      else [a])], pa.string()).dictionary_encode()
     codes = np.concatenate([chunk.indices.to_numpy(zero_copy_only=False).astype(np.float64)
@@ -68,7 +112,7 @@ def join(left: pd.DataFrame, right: pd.DataFrame, left_on: str, right_on: str | 
          suffix: str = "_right") -> pd.DataFrame:
     """left.merge(right) on a string key, joined on shared integer codes of the key."""
     right_on = right_on or left_on
-    lcodes, rcodes = _codes(left[left_on], right[right_on])
+    lcodes, rcodes = keys((left, left_on), (right, right_on))
     lkeys = pd.DataFrame({"__key": lcodes, "__left": np.arange(len(left))})
     rkeys = pd.DataFrame({"__key": rcodes, "__right": np.arange(len(right))})
     if how == "inner":
@@ -78,7 +122,8 @@ def join(left: pd.DataFrame, right: pd.DataFrame, left_on: str, right_on: str | 
     pairs = lkeys.merge(rkeys, on="__key", how=how)
     left_part = left.take(pairs["__left"].to_numpy()).reset_index(drop=True)
     matched = pairs["__right"].notna().to_numpy()
-    drop = [right_on] if right_on == left_on else []
+    drop = [right_on, CODE.format(right_on)] if right_on == left_on else []
+    drop = [c for c in drop if c in right.columns]
     right_cols = right.drop(columns=drop)
     if len(right_cols) == 0:  # nothing to take from: every right column is missing
         right_part = right_cols.reset_index(drop=True).reindex(range(len(pairs)))
@@ -94,7 +139,7 @@ def join(left: pd.DataFrame, right: pd.DataFrame, left_on: str, right_on: str | 
 def first_of(frame: pd.DataFrame, key: str, order: list[str] | None = None) -> pd.DataFrame:
     """One row per `key`, the first in `order` (else in the frame order): drop_duplicates on codes."""
     ordered = frame.sort_values(order, kind="mergesort") if order else frame
-    (codes,) = _codes(ordered[key])
+    (codes,) = keys((ordered, key))
     _, first = np.unique(codes, return_index=True)
     first = np.sort(first)
     return ordered.iloc[first]
@@ -140,7 +185,7 @@ def check_overlap(switches: pd.DataFrame, lines: pd.DataFrame) -> pd.DataFrame:
 def check_new_billing_gap(switches: pd.DataFrame, lines: pd.DataFrame) -> pd.DataFrame:
     """The new subscription's first charge starts after the effective date."""
     charges = lines[lines["kind"] == "charge"]
-    first = first_of(charges, "subscription_id", ["service_start", "line_id"])
+    first = first_of(charges, "subscription_id", ["service_start"])  # stable: ties keep archive order
     joined = join(switches, first, "new_subscription_id", "subscription_id", suffix="_line")
     gap = joined[joined["service_start"] > joined["effective_date"]]
     gap_days = _days(gap["service_start"], gap["effective_date"])
@@ -155,9 +200,9 @@ def check_new_billing_gap(switches: pd.DataFrame, lines: pd.DataFrame) -> pd.Dat
 
 def expected_credit(credits: pd.DataFrame, requests: pd.DataFrame, switches: pd.DataFrame) -> pd.DataFrame:
     """The credit each upgrade should have had, recomputed from its request and switch."""
-    base = join(switches[["upgrade_id", "effective_date", "new_total_cost_minor"]],
-                requests[["upgrade_id", "period_start", "period_end", "billed_minor", "prepaid_term_start",
-                          "prepaid_term_end", "prepaid_paid_minor"]], "upgrade_id")
+    base = join(columns(switches, ["upgrade_id", "effective_date", "new_total_cost_minor"]),
+                columns(requests, ["upgrade_id", "period_start", "period_end", "billed_minor", "prepaid_term_start",
+                                   "prepaid_term_end", "prepaid_paid_minor"]), "upgrade_id")
     prepaid = base["prepaid_term_start"].notna()
     start = base["prepaid_term_start"].where(prepaid, base["period_start"])
     end = base["prepaid_term_end"].where(prepaid, base["period_end"])
@@ -168,15 +213,17 @@ def expected_credit(credits: pd.DataFrame, requests: pd.DataFrame, switches: pd.
     remaining = round_half_up_div(paid * part, whole)
     cost = base["new_total_cost_minor"].astype("int64")
     credit = remaining.where(~prepaid, np.minimum(remaining, cost)).astype(INT)
-    return pd.DataFrame({"upgrade_id": base["upgrade_id"], "expected_credit": credit})
+    out = columns(base, ["upgrade_id"]).copy()
+    out["expected_credit"] = credit
+    return out
 
 
-def repeated(keys: pd.Series) -> pd.Series:
-    """Rows whose key occurs more than once (nulls never count)."""
-    (codes,) = _codes(keys)
+def repeated(frame: pd.DataFrame, key: str) -> pd.Series:
+    """Rows whose key occurs more than once in the frame (nulls never count)."""
+    (codes,) = keys((frame, key))
     valid = codes >= 0
     counts = np.bincount(codes[valid], minlength=1) if valid.any() else np.zeros(1, np.int64)
-    return pd.Series(valid & (counts[np.where(valid, codes, 0)] > 1), index=keys.index)
+    return pd.Series(valid & (counts[np.where(valid, codes, 0)] > 1), index=frame.index)
 
 
 def check_credits(credits: pd.DataFrame, lines: pd.DataFrame, recomputed: pd.DataFrame,
@@ -198,11 +245,11 @@ def check_credits(credits: pd.DataFrame, lines: pd.DataFrame, recomputed: pd.Dat
     late = on_invoice[on_invoice["issued_on"] > on_invoice["due_by"]]
     wrong = on_invoice[invoiced_amount != on_invoice["amount_minor"]]
     currency = on_invoice[on_invoice["currency_invoice"] != on_invoice["currency"]]
-    several = on_invoice[repeated(on_invoice["credit_id"])]
+    several = on_invoice[repeated(on_invoice, "credit_id")]
     extra = several[several.sort_values(["credit_id", "issued_on", "line_id"]).duplicated("credit_id")
                     .reindex(several.index)]
     times = several.groupby("credit_id")["line_id"].size()
-    twice_issued = credits[repeated(credits["upgrade_id"])]
+    twice_issued = credits[repeated(credits, "upgrade_id")]
     twice_issued = twice_issued[twice_issued.duplicated("upgrade_id")]
     issued = join(credits, recomputed, "upgrade_id")
     off = issued[issued["amount_minor"] != issued["expected_credit"]]
@@ -238,7 +285,7 @@ def check_credits(credits: pd.DataFrame, lines: pd.DataFrame, recomputed: pd.Dat
 
 def check_orphans(credits: pd.DataFrame, lines: pd.DataFrame) -> pd.DataFrame:
     credit_lines = lines[lines["kind"] == "credit"]
-    orphans = credit_lines[~isin(credit_lines["credit_id"], credits["credit_id"]) | credit_lines["credit_id"].isna()]
+    orphans = credit_lines[~isin(credit_lines, "credit_id", credits, "credit_id") | credit_lines["credit_id"].isna()]
     return _finding(orphans, "ORPHAN_CREDIT", tenant_id=orphans["tenant_id"], currency=orphans["currency"],
                     expected_minor=0, actual_minor=-orphans["amount_minor"], delta_minor=-orphans["amount_minor"],
                     credit_id=orphans["credit_id"], invoice_id=orphans["invoice_id"], line_id=orphans["line_id"],
@@ -278,16 +325,16 @@ def findings_table(switches, credits, requests, completed, lines, run_date: date
 def upgrades_table(completed: pd.DataFrame, switches: pd.DataFrame, credits: pd.DataFrame, lines: pd.DataFrame,
                    findings: pd.DataFrame, run_date: date) -> pd.DataFrame:
     """One row per completed upgrade: MATCHED, OPEN (an error finding) or PENDING (credit not yet invoiced)."""
-    table = join(first_of(completed[["tenant_id", "upgrade_id", "currency", "credit_minor", "forfeit_minor"]],
+    table = join(first_of(columns(completed, ["tenant_id", "upgrade_id", "currency", "credit_minor", "forfeit_minor"]),
                           "upgrade_id"),
-                 first_of(switches[["upgrade_id", "effective_date"]], "upgrade_id"), "upgrade_id", how="left")
+                 first_of(columns(switches, ["upgrade_id", "effective_date"]), "upgrade_id"), "upgrade_id", how="left")
     errors = findings.loc[findings["severity"] == "error"].groupby("upgrade_id").size().rename("findings") \
         .reset_index().astype({"upgrade_id": "string[pyarrow]"})
     table = join(table, errors, "upgrade_id", how="left")
     table["findings"] = table["findings"].fillna(0).astype("int64")
-    invoiced_credits = credits[isin(credits["credit_id"], lines.loc[lines["kind"] == "credit", "credit_id"])]
+    invoiced_credits = credits[isin(credits, "credit_id", lines[lines["kind"] == "credit"], "credit_id")]
     needs_credit = table["credit_minor"].fillna(0) > 0
-    credited = isin(table["upgrade_id"], invoiced_credits["upgrade_id"])
+    credited = isin(table, "upgrade_id", invoiced_credits, "upgrade_id")
     table["status"] = np.where(table["findings"] > 0, "OPEN",
                                np.where(~needs_credit | credited, "MATCHED", "PENDING"))
     table.insert(0, "run_date", pd.Timestamp(run_date))
