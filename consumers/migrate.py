@@ -6,8 +6,10 @@ directory transaction, every user gets the target licence with all services enab
 before losing the source licence, and what they had switched off is recorded; then
 `license.batch.completed` goes out in the runtime's Kafka transaction.
 
-The directory is outside Kafka's transaction, so a batch can be applied and then, after
-a crash, handled again. That is why the directory's migration is idempotent: a repeat
+Each completed batch is remembered in the worker's state store (changelog-backed, in
+the same transaction as the completion), so a replay of `license.batches` emits no
+second completion. The directory is outside Kafka's transaction, though, so a batch can
+be applied and then, after a crash, handled again. That is why the directory's migration is idempotent: a repeat
 finds its users already migrated, reports them so, and returns the same recorded resets,
 and the completion that is finally committed counts every user once either way.
 
@@ -39,6 +41,10 @@ class Migration:
 
     def on_batch(self, ctx: Context, batch: dict[str, Any]) -> None:
         upgrade_id, batch_no = batch["upgrade_id"], batch["batch_no"]
+        done_key = f"done:{upgrade_id}:{batch_no}"
+        if ctx.get(done_key):
+            log.info("batch already completed; replay ignored", batch_no=batch_no)
+            return
         result = self.directory.migrate(batch["tenant_id"], upgrade_id, batch["user_ids"],
                                         batch["source_subscription_id"], batch["target_subscription_id"],
                                         batch["target_sku"])
@@ -53,6 +59,7 @@ class Migration:
             source_subscription_id=batch["source_subscription_id"], source_sku=batch["source_sku"],
             target_subscription_id=batch["target_subscription_id"], target_sku=batch["target_sku"],
             terms=batch["terms"]))
+        ctx.put(done_key, True)
 
     def on_failed_batch(self, ctx: Context, batch: dict[str, Any], error: BaseException) -> None:
         """The batch is being dead-lettered: the upgrade cannot complete; say so."""
@@ -72,7 +79,6 @@ def processor(settings: Settings, instance: str = "0", directory: LicenceDirecto
     return StreamProcessor(settings, ProcessorConfig(
         group_id=GROUP_ID,
         sources=(Source(Topic.LICENSE_BATCHES, migration.on_batch, on_failure=migration.on_failed_batch),),
-        stateful=False,
         instance=instance,
         **config,
     ))

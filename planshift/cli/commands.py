@@ -130,6 +130,38 @@ def register(sub: argparse._SubParsersAction) -> None:
     reconcile.add_argument("--no-chart", action="store_true", help="skip the PNG chart")
     reconcile.set_defaults(handler=run_reconcile, needs_broker=False)
 
+    # dlq ------------------------------------------------------------------------
+    dlq_cmd = sub.add_parser("dlq", help="list, inspect and re-drive dead letters")
+    qsub = dlq_cmd.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=type(dlq_cmd))
+    qsub.add_parser("list", help="every dead-letter topic: how many records, by consumer group and error") \
+        .set_defaults(handler=dlq_list)
+    show = qsub.add_parser("show", help="print a dead-letter topic's records with their headers (JSON lines)")
+    show.add_argument("topic", help="a dead-letter topic, e.g. upgrade.requested.dlq")
+    show.add_argument("--limit", type=_positive_int, default=None, help="print at most this many")
+    show.set_defaults(handler=dlq_show)
+    redrive = qsub.add_parser("redrive", help="publish dead letters back to their source topic, each once",
+                              description="Re-drives the records of a dead-letter topic not re-driven before "
+                                          "(exactly once: the group planshift-redrive commits their offsets in "
+                                          "the same transaction). Every consumer of the source topic sees them "
+                                          "again; planshift's consumers are idempotent.")
+    redrive.add_argument("topic", help="a dead-letter topic, e.g. upgrade.requested.dlq")
+    redrive.add_argument("--group", default=None,
+                         help="only dead letters of this consumer group (e.g. planshift-intake); the rest are passed")
+    redrive.set_defaults(handler=dlq_redrive)
+
+    # replay -----------------------------------------------------------------------
+    replay = sub.add_parser("replay", help="move a stopped consumer group's offsets: to the start, an offset or a time",
+                            description="Stop the group's consumers first. Replaying any topic produces no second "
+                                        "billing switch, credit or migration: every planshift consumer is idempotent.")
+    replay.add_argument("group", help="the consumer group, e.g. planshift-settle")
+    where = replay.add_mutually_exclusive_group(required=True)
+    where.add_argument("--to-start", action="store_true", help="the earliest offsets")
+    where.add_argument("--to-offset", type=int, metavar="N", help="this offset on every partition")
+    where.add_argument("--to-time", type=_timestamp, metavar="ISO", help="the first offsets at or after this time")
+    replay.add_argument("--topic", action="append", default=None,
+                        help="only this topic (repeatable); default: every topic the group has committed")
+    replay.set_defaults(handler=run_replay)
+
     # status -----------------------------------------------------------------
     status = sub.add_parser("status", help="an upgrade's state, reasons and progress (the admin's 'Check upgrade status')")
     status.add_argument("upgrade_id", metavar="UPGRADE_ID")
@@ -179,6 +211,16 @@ def _fault(text: str) -> tuple[str, float]:
     return name, value
 
 
+def _timestamp(text: str):
+    from datetime import datetime, timezone
+
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
 def _run_date(text: str):
     from datetime import date, datetime, timedelta, timezone
 
@@ -220,6 +262,7 @@ def dispatch(args: argparse.Namespace) -> int:
     from planshift.catalogue import CatalogueError
     from planshift.directory import DirectoryError
     from planshift.kafka_clients import BrokerUnreachable
+    from planshift.operations import OperationError
 
     try:
         if getattr(args, "needs_broker", True):
@@ -230,7 +273,7 @@ def dispatch(args: argparse.Namespace) -> int:
     except (KafkaConnectionError, KafkaTimeoutError):
         return _fail(f"no Kafka broker answers at {settings.bootstrap_servers} "
                      "(start one with 'planshift broker start')")
-    except (BrokerError, BrokerUnreachable, CatalogueError, DirectoryError, LookupError, TimeoutError, KafkaError) as exc:
+    except (BrokerError, BrokerUnreachable, CatalogueError, DirectoryError, OperationError, LookupError, TimeoutError, KafkaError) as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:
         return 130
@@ -362,6 +405,55 @@ def run_reconcile(args: argparse.Namespace, settings: Settings) -> int:
 
     result = reconcile(settings, args.date, progress=sys.stderr.isatty(), chart=not args.no_chart)
     print(result.describe())
+    return 0
+
+
+def dlq_list(args: argparse.Namespace, settings: Settings) -> int:
+    from collections import Counter
+
+    from planshift.operations import dead_letter_topics, dead_letters
+
+    for topic in dead_letter_topics():
+        records = dead_letters(settings, topic)
+        causes = Counter((r.headers.get("dlq.consumer.group", b"?").decode(),
+                          r.headers.get("dlq.error.class", b"?").decode()) for r in records)
+        detail = ", ".join(f"{n} from {group} ({error})" for (group, error), n in sorted(causes.items()))
+        print(f"{settings.topic(topic):<36} {len(records):>6}" + (f"  {detail}" if detail else ""))
+    return 0
+
+
+def dlq_show(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+
+    from planshift.operations import dead_letters
+
+    if not args.topic.endswith(".dlq"):
+        return _fail(f"{args.topic} is not a dead-letter topic (they end in .dlq)", 2)
+    for shown, record in enumerate(dead_letters(settings, args.topic)):
+        if args.limit is not None and shown >= args.limit:
+            break
+        value = record.value if record.raw_json else (record.value or b"").decode("utf-8", "replace")
+        print(json.dumps({"offset": record.offset, "key": record.key,
+                          "headers": {k: v.decode("utf-8", "replace") for k, v in record.headers.items()},
+                          "value": value}, ensure_ascii=False))
+    return 0
+
+
+def dlq_redrive(args: argparse.Namespace, settings: Settings) -> int:
+    from planshift.operations import redrive
+
+    print(redrive(settings, args.topic, group=args.group).describe())
+    return 0
+
+
+def run_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from planshift.operations import reset_offsets
+
+    moved = reset_offsets(settings, args.group, args.topic, to_start=args.to_start, to_offset=args.to_offset,
+                          to_time=args.to_time)
+    for tp, offset in sorted(moved.items(), key=lambda item: (item[0].topic, item[0].partition)):
+        print(f"{tp.topic}[{tp.partition}] → {offset}")
+    print(f"moved {len(moved)} partitions of group {settings.topic(args.group)}")
     return 0
 
 

@@ -1,0 +1,115 @@
+"""Operators after an incident: replays and re-driven dead letters never produce a second
+billing switch, credit or migration (CONTRACT.md §7)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from datetime import date
+
+from consumers import intake, migrate, settle
+from planshift.cli import main
+from planshift.contract import Topic
+from planshift.directory import SqliteDirectory
+from planshift.events import with_envelope
+from planshift.operations import dead_letters, redrive, reset_offsets
+from planshift.topic_reader import end_offsets
+from producers.samples import upgrade_request
+from tests.conftest import produce, running, seed_users, values, wait_for
+
+
+def request(tenant, upgrade, users):
+    return with_envelope(upgrade_request(tenant, upgrade, today=date.today(), licenses=users), "upgrade.requested")
+
+
+@contextlib.contextmanager
+def pipeline(settings):
+    procs = [intake.processor(settings, commit_interval_ms=50), migrate.processor(settings, commit_interval_ms=50),
+             settle.processor(settings, commit_interval_ms=50)]
+    with contextlib.ExitStack() as stack:
+        for p in procs:
+            stack.enter_context(running(p, timeout=60))
+        yield procs
+
+
+def counts(settings):
+    return (Counter(v["status"] for v in values(settings, Topic.UPGRADE_STATUS)),
+            len(values(settings, Topic.LICENSE_BATCHES)), len(values(settings, Topic.LICENSE_BATCH_COMPLETED)),
+            len(values(settings, Topic.BILLING_SWITCH)), len(values(settings, Topic.CREDIT_ISSUED)))
+
+
+def test_replaying_every_group_from_the_start_produces_nothing_twice(settings):
+    settings = settings.with_(batch_size=5)
+    for n in range(3):
+        seed_users(settings, f"t{n}", f"t{n}-sub-m365_business_standard", "M365_BUSINESS_STANDARD", 12)
+    produce(settings, Topic.UPGRADE_REQUESTED, [(f"t{n}", request(f"t{n}", f"ord-{n}", 12)) for n in range(3)])
+    with pipeline(settings):
+        wait_for(lambda: Counter(v["status"] for v in values(settings, Topic.UPGRADE_STATUS))["completed"] == 3,
+                 120, interval=0.5, message="three completed upgrades")
+    before = counts(settings)
+    assert before[3] == before[4] == 3
+
+    for group in ("planshift-intake", "planshift-migrate", "planshift-settle"):
+        moved = reset_offsets(settings, group, to_start=True)
+        assert moved and set(moved.values()) == {0}
+    with pipeline(settings) as procs:
+        ends = {t: end_offsets(settings, settings.topic(t)) for t in (Topic.UPGRADE_REQUESTED,
+                                                                      Topic.LICENSE_BATCHES,
+                                                                      Topic.LICENSE_BATCH_COMPLETED)}
+        wait_for(lambda: procs[0].caught_up(Topic.UPGRADE_REQUESTED, ends[Topic.UPGRADE_REQUESTED])
+                 and procs[1].caught_up(Topic.LICENSE_BATCHES, ends[Topic.LICENSE_BATCHES])
+                 and procs[2].caught_up(Topic.LICENSE_BATCH_COMPLETED, ends[Topic.LICENSE_BATCH_COMPLETED]),
+                 120, interval=0.3, message="every group to replay to the end")
+        replayed = sum(p.metrics.records for p in procs)
+    assert replayed >= 3 + 9 + 9  # requests, batches and completions were all read again
+    assert counts(settings) == before
+    directory = SqliteDirectory.for_settings(settings)
+    assert directory.count_holders("t0", "t0-sub-m365_business_standard") == 0
+    assert len(directory.holders("t0", request("t0", "ord-0", 12)["target_subscription_id"])) == 12
+
+
+class BrokenDirectory:
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def holders(self, *args):
+        raise ConnectionError("directory down")
+
+    def holders_many(self, pairs):
+        raise ConnectionError("directory down")
+
+
+def test_a_dead_letter_is_redriven_once_after_the_incident(settings, capsys, monkeypatch):
+    seed_users(settings, "contoso", "contoso-sub-m365_business_standard", "M365_BUSINESS_STANDARD", 3)
+    produce(settings, Topic.UPGRADE_REQUESTED, [("contoso", request("contoso", "ord-r", 3))])
+    broken = intake.processor(settings, directory=BrokenDirectory(SqliteDirectory.for_settings(settings)),
+                              retry_backoff_s=0.01, commit_interval_ms=50)
+    with running(broken):
+        wait_for(lambda: dead_letters(settings, "upgrade.requested.dlq"), 30, message="the dead letter")
+    assert values(settings, Topic.UPGRADE_STATUS) == []
+
+    monkeypatch.setenv("PLANSHIFT_BOOTSTRAP_SERVERS", settings.bootstrap_servers)
+    monkeypatch.setenv("PLANSHIFT_TOPIC_PREFIX", settings.topic_prefix)
+    assert main(["dlq", "list"]) == 0
+    listing = capsys.readouterr().out
+    assert "upgrade.requested.dlq" in listing and "1 from " in listing and "ConnectionError" in listing
+
+    with running(intake.processor(settings, commit_interval_ms=50)):  # the directory is back
+        assert main(["dlq", "redrive", "upgrade.requested.dlq", "--group", "planshift-intake"]) == 0
+        assert "re-drove 1 dead letters" in capsys.readouterr().out
+        wait_for(lambda: any(v["status"] == "migrating" for v in values(settings, Topic.UPGRADE_STATUS)), 30,
+                 message="the re-driven request to be handled")
+        assert redrive(settings, "upgrade.requested.dlq").redriven == 0  # once only
+    statuses = [v["status"] for v in values(settings, Topic.UPGRADE_STATUS)]
+    assert statuses == ["accepted", "migrating"]
+    redriven = [r for r in values(settings, Topic.UPGRADE_REQUESTED)]
+    assert len(redriven) == 2  # the original and its re-drive; intake started one upgrade
+
+
+def test_replay_refuses_a_bad_choice(settings, capsys, monkeypatch):
+    monkeypatch.setenv("PLANSHIFT_BOOTSTRAP_SERVERS", settings.bootstrap_servers)
+    assert main(["replay", "planshift-nobody", "--to-start"]) == 1
+    assert "no committed offsets" in capsys.readouterr().err
