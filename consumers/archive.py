@@ -28,6 +28,7 @@ from kafka.structs import OffsetAndMetadata
 
 from planshift import kafka_clients
 from planshift.contract import dlq
+from planshift.deadletters import dead_letter_headers
 from planshift.lake import ARCHIVED_TOPICS, Lake, event_date, to_row
 from planshift.logs import get_logger
 from planshift.schema import InvalidEvent, parse
@@ -118,13 +119,7 @@ class Archiver:
         if (record.topic, record.partition, record.offset) in self._dead:
             return
         self._dead.add((record.topic, record.partition, record.offset))
-        headers = list(record.headers or []) + [
-            ("dlq.source.topic", record.topic.encode()), ("dlq.source.partition", str(record.partition).encode()),
-            ("dlq.source.offset", str(record.offset).encode()), ("dlq.source.timestamp", str(record.timestamp).encode()),
-            ("dlq.consumer.group", self.settings.topic(GROUP_ID).encode()),
-            ("dlq.error.class", b"InvalidEvent"), ("dlq.error.message", "; ".join(map(str, exc.violations)).encode()),
-            ("dlq.attempts", b"1"),
-        ]
+        headers = dead_letter_headers(record, self.settings.topic(GROUP_ID), exc, attempts=1)
         self._dlq.send(self.settings.topic(dlq(topic)), key=record.key, value=record.value, headers=headers)
         self.dead_letters += 1
 

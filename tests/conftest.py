@@ -155,3 +155,14 @@ def seed_users(settings: Settings, tenant_id: str, subscription_id: str, sku: st
     directory.put(Licence(tenant_id, u, subscription_id, sku, disabled) for u in users)
     directory.close()
     return users
+
+
+def spawn(settings: Settings, log_path: Path, *args: str, **env: str):
+    """`python -m planshift ARGS` as a child process on the test's broker, topics and data."""
+    import subprocess
+    import sys
+
+    environment = {**os.environ, "PLANSHIFT_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+                   "PLANSHIFT_TOPIC_PREFIX": settings.topic_prefix, "PLANSHIFT_DATA_DIR": str(settings.data_dir), **env}
+    with open(log_path, "ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "planshift", *args], env=environment, stdout=log, stderr=log)

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 from collections import Counter
 
 import pyarrow.parquet as pq
@@ -14,7 +11,7 @@ from planshift.contract import Topic
 from planshift.events import event
 from planshift.lake import Lake
 from planshift.topic_reader import read_topic
-from tests.conftest import produce, wait_for
+from tests.conftest import spawn, produce, wait_for
 
 STATUSES = 4000
 
@@ -33,11 +30,7 @@ def archived(lake: Lake, topic: str) -> Counter:
 
 
 def start_archiver(settings, log_path, flush_every=300):
-    env = {**os.environ, "PLANSHIFT_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-           "PLANSHIFT_TOPIC_PREFIX": settings.topic_prefix, "PLANSHIFT_DATA_DIR": str(settings.data_dir)}
-    log = open(log_path, "ab")
-    return subprocess.Popen([sys.executable, "-m", "planshift", "run", "archive", "--flush-every", str(flush_every),
-                             "--flush-interval-s", "0.2"], env=env, stdout=log, stderr=log)
+    return spawn(settings, log_path, "run", "archive", "--flush-every", str(flush_every), "--flush-interval-s", "0.2")
 
 
 def test_archiver_killed_mid_write_and_restarted_keeps_every_event_once(settings, tmp_path):

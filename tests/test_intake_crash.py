@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 from collections import Counter
 from datetime import date
 
@@ -14,20 +11,14 @@ from planshift.directory import Licence, SqliteDirectory
 from planshift.events import with_envelope
 from planshift.topic_reader import read_topic, stable_end_offsets
 from producers.samples import upgrade_request
-from tests.conftest import produce, wait_for
+from tests.conftest import spawn, produce, wait_for
 
 TENANTS = 3000
 
 
 def start_intake(settings, log_path):
-    env = {**os.environ,
-           "PLANSHIFT_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-           "PLANSHIFT_TOPIC_PREFIX": settings.topic_prefix,
-           "PLANSHIFT_DATA_DIR": str(settings.data_dir),
-           "PLANSHIFT_BATCH_SIZE": "2"}
-    log = open(log_path, "ab")
-    return subprocess.Popen([sys.executable, "-m", "planshift", "run", "intake", "--commit-every", "25",
-                             "--commit-interval-ms", "50"], env=env, stdout=log, stderr=log)
+    return spawn(settings, log_path, "run", "intake", "--commit-every", "25", "--commit-interval-ms", "50",
+                 PLANSHIFT_BATCH_SIZE="2")
 
 
 def test_sigkill_mid_stream_then_restart_leaves_no_duplicates(settings, tmp_path):

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
-import subprocess
-import sys
 from collections import Counter
 from datetime import date, datetime, timezone
 
 import pyarrow.parquet as pq
-import pytest
 
 from consumers import intake, migrate, settle
 from planshift.contract import Topic
@@ -21,7 +17,7 @@ from planshift.events import with_envelope
 from planshift.reports import reset_report_path
 from planshift.topic_reader import read_topic, stable_end_offsets
 from producers.samples import month_period, upgrade_request
-from tests.conftest import produce, running, values, wait_for
+from tests.conftest import spawn, produce, running, values, wait_for
 
 SOURCE_SKU, TARGET_SKU = "M365_BUSINESS_STANDARD", "M365_BUSINESS_PREMIUM"
 
@@ -171,11 +167,7 @@ def test_a_batch_that_keeps_failing_fails_the_upgrade_and_frees_the_tenant(setti
 
 
 def start_worker(settings, log_path):
-    env = {**os.environ, "PLANSHIFT_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-           "PLANSHIFT_TOPIC_PREFIX": settings.topic_prefix, "PLANSHIFT_DATA_DIR": str(settings.data_dir)}
-    log = open(log_path, "ab")
-    return subprocess.Popen([sys.executable, "-m", "planshift", "run", "migrate", "--commit-every", "3",
-                             "--commit-interval-ms", "50"], env=env, stdout=log, stderr=log)
+    return spawn(settings, log_path, "run", "migrate", "--commit-every", "3", "--commit-interval-ms", "50")
 
 
 def test_a_worker_killed_mid_tenant_leaves_every_user_migrated_once(settings, tmp_path):

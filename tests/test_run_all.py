@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 from planshift.cli import main
 from planshift.contract import Topic

@@ -326,8 +326,6 @@ def topics_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def publish_upgrade_requests(args: argparse.Namespace, settings: Settings) -> int:
-    from producers.order_system import publish_file
-
     if not args.file.is_file():
         return _fail(f"{args.file}: no such file", 2)
     report = _publish_with_progress(settings, args.file)

@@ -17,7 +17,6 @@ from datetime import date
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
 FINDING_COLUMNS = ["run_date", "tenant_id", "upgrade_id", "check_code", "severity", "currency", "expected_minor",
                    "actual_minor", "delta_minor", "overlap_days", "credit_id", "invoice_id", "line_id",

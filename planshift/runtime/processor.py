@@ -40,7 +40,6 @@ from __future__ import annotations
 import signal
 import threading
 import time
-import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -59,6 +58,7 @@ from kafka.structs import OffsetAndMetadata
 
 from planshift import kafka_clients
 from planshift.contract import dlq
+from planshift.deadletters import dead_letter_headers
 from planshift.logs import get_logger
 from planshift.runtime.assignor import CopartitionedCooperativeStickyAssignor
 from planshift.runtime.context import Context
@@ -351,21 +351,7 @@ class StreamProcessor:
                                    value=None if value is None else kafka_clients.encode_json(value))
 
     def _dead_letter(self, record, exc: BaseException, attempts: int) -> None:
-        message = str(exc)
-        if isinstance(exc, InvalidEvent):
-            message = "; ".join(map(str, exc.violations))
-        elif not isinstance(exc, KafkaError):
-            message = f"{exc}\n{''.join(traceback.format_exception_only(type(exc), exc)).strip()}"
-        headers = list(record.headers or []) + [
-            ("dlq.source.topic", record.topic.encode()),
-            ("dlq.source.partition", str(record.partition).encode()),
-            ("dlq.source.offset", str(record.offset).encode()),
-            ("dlq.source.timestamp", str(record.timestamp).encode()),
-            ("dlq.consumer.group", self.settings.topic(self.config.group_id).encode()),
-            ("dlq.error.class", type(exc).__name__.encode()),
-            ("dlq.error.message", message[:8000].encode()),
-            ("dlq.attempts", str(attempts).encode()),
-        ]
+        headers = dead_letter_headers(record, self.settings.topic(self.config.group_id), exc, attempts)
         source_topic = self._sources[record.topic].topic
         self.producer.send(self.settings.topic(dlq(source_topic)), key=record.key, value=record.value,
                            headers=headers)

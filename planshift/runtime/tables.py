@@ -7,7 +7,6 @@ start, then takes in updates between polls of the main loop.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 

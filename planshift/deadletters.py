@@ -1,0 +1,30 @@
+"""The headers of a dead letter (CONTRACT.md §7), written once for every consumer."""
+
+from __future__ import annotations
+
+import traceback
+
+from planshift.schema import InvalidEvent
+
+MAX_MESSAGE = 8000
+
+
+def error_message(exc: BaseException) -> str:
+    if isinstance(exc, InvalidEvent):
+        return "; ".join(map(str, exc.violations))
+    detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    return detail if str(exc) in detail else f"{exc}\n{detail}"
+
+
+def dead_letter_headers(record, group: str, exc: BaseException, attempts: int) -> list[tuple[str, bytes]]:
+    """The record's own headers, then where it came from, who gave up on it, and why."""
+    return list(record.headers or []) + [
+        ("dlq.source.topic", record.topic.encode()),
+        ("dlq.source.partition", str(record.partition).encode()),
+        ("dlq.source.offset", str(record.offset).encode()),
+        ("dlq.source.timestamp", str(record.timestamp).encode()),
+        ("dlq.consumer.group", group.encode()),
+        ("dlq.error.class", type(exc).__name__.encode()),
+        ("dlq.error.message", error_message(exc)[:MAX_MESSAGE].encode()),
+        ("dlq.attempts", str(attempts).encode()),
+    ]
