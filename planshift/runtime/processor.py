@@ -254,6 +254,8 @@ class StreamProcessor:
         except KafkaError as exc:
             log.error("transaction failed; aborting and resetting to the committed offsets", error=repr(exc))
             self._recover(fenced=False)
+        finally:
+            structlog.contextvars.clear_contextvars()  # the last record's context ends with its batch
 
     def _commit_due(self, idle: bool = False) -> bool:
         return self._in_txn and (idle or self._stop.is_set()
