@@ -39,72 +39,47 @@ def isin(frame: pd.DataFrame, column: str, other: pd.DataFrame, other_column: st
     return pd.Series(np.isin(mine, theirs[theirs >= 0]) & (mine >= 0), index=frame.index)
 
 
-def columns(frame: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+def keyed(frame: pd.DataFrame, names: list[str]) -> pd.DataFrame:
     """frame[names], keeping the integer companions of those that have one."""
     return frame[[c for n in names for c in (n, CODE.format(n)) if c in frame.columns]]
 
 
 ARROW_TYPES = {pa.string(): pd.StringDtype("pyarrow"), pa.int64(): pd.Int64Dtype()}.get
-
-
-ARROW_TYPES = {pa.string(): pd.StringDtype("pyarrow"), pa.int64(): pd.Int64Dtype()}.get
-
-
 CODE = "{}#code"  # the integer companion of a key column, set by `share_codes`
 
 
-def share_codes(*columns: tuple[pd.DataFrame, str]) -> None:
-    """Give key columns of several frames integer companions (`<column>#code`) over one
-    dictionary, in one hashing pass (Arrow's): joins, dedupes and lookups then run on
-    integers. Nulls are -1."""
-    arrays = [frame[column].array._pa_array.cast(pa.string())
-              if isinstance(frame[column].array, pd.arrays.ArrowExtensionArray)
-              else pa.array(frame[column].astype("string[pyarrow]").array).cast(pa.string())
-              for frame, column in columns]
-    chunks = [chunk for a in arrays for chunk in (a.chunks if isinstance(a, pa.ChunkedArray) else [a])]
+def _encode(columns: list[pd.Series]) -> list[np.ndarray]:
+    """Integer codes of string columns over one dictionary, in one hashing pass (Arrow's
+    C++); nulls are -1. Joining, deduplicating and looking up integers is far cheaper
+    than doing it on strings in pandas."""
+    arrays = [c.array._pa_array if isinstance(c.array, pd.arrays.ArrowExtensionArray)
+              else pa.array(c.astype("string[pyarrow]").array) for c in columns]
+    chunks = [chunk.cast(pa.string()) for a in arrays
+              for chunk in (a.chunks if isinstance(a, pa.ChunkedArray) else [a])]
     # Encoding a chunked array shares one dictionary across its chunks: the indices agree.
     encoded = pa.chunked_array(chunks, pa.string()).dictionary_encode()
     codes = np.concatenate([c.indices.fill_null(-1).to_numpy().astype(np.int64) for c in encoded.chunks]) \
         if encoded.num_chunks else np.array([], np.int64)
-    at = 0
-    for frame, column in columns:
-        frame[CODE.format(column)] = codes[at:at + len(frame)]
-        at += len(frame)
-
-
-def _key(frame: pd.DataFrame, column: str) -> np.ndarray | None:
-    code = CODE.format(column)
-    return frame[code].to_numpy() if code in frame.columns else None
-
-
-def keys(*pairs: tuple[pd.DataFrame, str]) -> list[np.ndarray]:
-    """Integer codes of key columns: their shared companions if all have them, else encoded now."""
-    found = [_key(frame, column) for frame, column in pairs]
-    if all(k is not None for k in found):
-        return found
-    return _codes(*(frame[column] for frame, column in pairs))
-
-
-def _codes(*columns: pd.Series) -> list[np.ndarray]:
-    """Integer codes for string columns over one shared dictionary (Arrow's C++ hashing);
-    nulls get -1. Joining and deduplicating on these is far cheaper than on strings.
-    Categoricals that already share one dictionary (`share_categories`) give theirs for free."""
-    dtypes = [c.dtype for c in columns]
-    if all(isinstance(d, pd.CategoricalDtype) for d in dtypes) and all(d is dtypes[0] for d in dtypes):
-        return [c.cat.codes.to_numpy().astype(np.int64) for c in columns]
-    arrays = [c.array._pa_array.cast(pa.string()) if isinstance(c.array, pd.arrays.ArrowExtensionArray)
-              else pa.array(c.astype("string[pyarrow]").array).cast(pa.string()) for c in columns]
-    encoded = pa.chunked_array([chunk for a in arrays for chunk in (a.chunks if isinstance(a, pa.ChunkedArray)
-                                                                     else [a])], pa.string()).dictionary_encode()
-    codes = np.concatenate([chunk.indices.to_numpy(zero_copy_only=False).astype(np.float64)
-                            if chunk.indices.null_count else chunk.indices.to_numpy().astype(np.float64)
-                            for chunk in encoded.chunks]) if encoded.num_chunks else np.array([], np.float64)
-    codes = np.nan_to_num(codes, nan=-1).astype(np.int64)
     out, at = [], 0
     for column in columns:
         out.append(codes[at:at + len(column)])
         at += len(column)
     return out
+
+
+def share_codes(*pairs: tuple[pd.DataFrame, str]) -> None:
+    """Give key columns of several frames integer companions (`<column>#code`) over one
+    dictionary, so every later join, dedupe and lookup on them runs on integers."""
+    for (frame, column), codes in zip(pairs, _encode([frame[column] for frame, column in pairs])):
+        frame[CODE.format(column)] = codes
+
+
+def keys(*pairs: tuple[pd.DataFrame, str]) -> list[np.ndarray]:
+    """Integer codes of key columns: their shared companions if all have them, else encoded now."""
+    names = [CODE.format(column) for _, column in pairs]
+    if all(name in frame.columns for (frame, _), name in zip(pairs, names)):
+        return [frame[name].to_numpy() for (frame, _), name in zip(pairs, names)]
+    return _encode([frame[column] for frame, column in pairs])
 
 
 def join(left: pd.DataFrame, right: pd.DataFrame, left_on: str, right_on: str | None = None, how: str = "inner",
@@ -199,8 +174,8 @@ def check_new_billing_gap(switches: pd.DataFrame, lines: pd.DataFrame) -> pd.Dat
 
 def expected_credit(credits: pd.DataFrame, requests: pd.DataFrame, switches: pd.DataFrame) -> pd.DataFrame:
     """The credit each upgrade should have had, recomputed from its request and switch."""
-    base = join(columns(switches, ["upgrade_id", "effective_date", "new_total_cost_minor"]),
-                columns(requests, ["upgrade_id", "period_start", "period_end", "billed_minor", "prepaid_term_start",
+    base = join(keyed(switches, ["upgrade_id", "effective_date", "new_total_cost_minor"]),
+                keyed(requests, ["upgrade_id", "period_start", "period_end", "billed_minor", "prepaid_term_start",
                                    "prepaid_term_end", "prepaid_paid_minor"]), "upgrade_id")
     prepaid = base["prepaid_term_start"].notna()
     start = base["prepaid_term_start"].where(prepaid, base["period_start"])
@@ -212,7 +187,7 @@ def expected_credit(credits: pd.DataFrame, requests: pd.DataFrame, switches: pd.
     remaining = round_half_up_div(paid * part, whole)
     cost = base["new_total_cost_minor"].astype("int64")
     credit = remaining.where(~prepaid, np.minimum(remaining, cost)).astype(INT)
-    out = columns(base, ["upgrade_id"]).copy()
+    out = keyed(base, ["upgrade_id"]).copy()
     out["expected_credit"] = credit
     return out
 
@@ -324,9 +299,9 @@ def findings_table(switches, credits, requests, completed, lines, run_date: date
 def upgrades_table(completed: pd.DataFrame, switches: pd.DataFrame, credits: pd.DataFrame, lines: pd.DataFrame,
                    findings: pd.DataFrame, run_date: date) -> pd.DataFrame:
     """One row per completed upgrade: MATCHED, OPEN (an error finding) or PENDING (credit not yet invoiced)."""
-    table = join(first_of(columns(completed, ["tenant_id", "upgrade_id", "currency", "credit_minor", "forfeit_minor"]),
+    table = join(first_of(keyed(completed, ["tenant_id", "upgrade_id", "currency", "credit_minor", "forfeit_minor"]),
                           "upgrade_id"),
-                 first_of(columns(switches, ["upgrade_id", "effective_date"]), "upgrade_id"), "upgrade_id", how="left")
+                 first_of(keyed(switches, ["upgrade_id", "effective_date"]), "upgrade_id"), "upgrade_id", how="left")
     errors = findings.loc[findings["severity"] == "error"].groupby("upgrade_id").size().rename("findings") \
         .reset_index().astype({"upgrade_id": "string[pyarrow]"})
     table = join(table, errors, "upgrade_id", how="left")
