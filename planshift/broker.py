@@ -245,13 +245,6 @@ class LocalBroker:
         self.pid_file.unlink(missing_ok=True)
         return True
 
-    def kill(self) -> None:
-        """SIGKILL the broker (tests of crash recovery)."""
-        if (pid := self.pid()) is not None:
-            os.kill(pid, signal.SIGKILL)
-            _wait_gone(pid, 10)
-            self.pid_file.unlink(missing_ok=True)
-
     def log_tail(self, lines: int = 30) -> str:
         try:
             text = self.log_file.read_text(errors="replace")

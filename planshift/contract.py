@@ -32,18 +32,6 @@ def dlq(topic: str) -> str:
     return f"{topic}.dlq"
 
 
-# Headers a dead letter carries besides the original ones (CONTRACT.md §7).
-DLQ_HEADERS = (
-    "dlq.source.topic",
-    "dlq.source.partition",
-    "dlq.source.offset",
-    "dlq.source.timestamp",
-    "dlq.consumer.group",
-    "dlq.error.class",
-    "dlq.error.message",
-    "dlq.attempts",
-)
-
 DAY_MS = 24 * 60 * 60 * 1000
 
 

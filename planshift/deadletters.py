@@ -1,4 +1,9 @@
-"""The headers of a dead letter (CONTRACT.md §7), written once for every consumer."""
+"""The headers of a dead letter (CONTRACT.md §7), written once for every consumer.
+
+Besides the record's own headers: dlq.source.topic, dlq.source.partition,
+dlq.source.offset, dlq.source.timestamp, dlq.consumer.group, dlq.error.class,
+dlq.error.message and dlq.attempts.
+"""
 
 from __future__ import annotations
 
