@@ -166,3 +166,16 @@ def spawn(settings: Settings, log_path: Path, *args: str, **env: str):
                    "PLANSHIFT_TOPIC_PREFIX": settings.topic_prefix, "PLANSHIFT_DATA_DIR": str(settings.data_dir), **env}
     with open(log_path, "ab") as log:
         return subprocess.Popen([sys.executable, "-m", "planshift", *args], env=environment, stdout=log, stderr=log)
+
+
+def kill_when(process, condition: Callable[[], object], message: str, timeout: float = 60.0) -> None:
+    """SIGKILL `process` as soon as `condition` holds: a crash in mid-work."""
+    import signal
+
+    try:
+        wait_for(condition, timeout, interval=0.02, message=message)
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+    finally:
+        if process.poll() is None:
+            process.kill()

@@ -11,7 +11,7 @@ from planshift.contract import Topic
 from planshift.events import event
 from planshift.lake import Lake
 from planshift.topic_reader import read_topic
-from tests.conftest import spawn, produce, wait_for
+from tests.conftest import kill_when, spawn, produce, wait_for
 
 STATUSES = 4000
 
@@ -40,15 +40,8 @@ def test_archiver_killed_mid_write_and_restarted_keeps_every_event_once(settings
                 if isinstance(r.value, dict)}
     lake = Lake.for_settings(settings)
 
-    first = start_archiver(settings, tmp_path / "archive.log")
-    try:
-        wait_for(lambda: len(lake.manifests(Topic.UPGRADE_STATUS)) >= 2, 60, interval=0.02,
-                 message="the archiver to have flushed")
-        first.send_signal(signal.SIGKILL)
-        first.wait(10)
-    finally:
-        if first.poll() is None:
-            first.kill()
+    kill_when(start_archiver(settings, tmp_path / "archive.log"),
+              lambda: len(lake.manifests(Topic.UPGRADE_STATUS)) >= 2, "the archiver to have flushed")
     assert sum(archived(lake, Topic.UPGRADE_STATUS).values()) < len(expected), "finished before the kill"
 
     # A flush that died between its files and its manifest leaves a file no manifest names.

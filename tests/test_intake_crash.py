@@ -11,7 +11,7 @@ from planshift.directory import Licence, SqliteDirectory
 from planshift.events import with_envelope
 from planshift.topic_reader import read_topic, stable_end_offsets
 from producers.samples import upgrade_request
-from tests.conftest import spawn, produce, wait_for
+from tests.conftest import kill_when, spawn, produce, wait_for
 
 TENANTS = 3000
 
@@ -31,15 +31,8 @@ def test_sigkill_mid_stream_then_restart_leaves_no_duplicates(settings, tmp_path
     produce(settings, Topic.UPGRADE_REQUESTED, [(r["tenant_id"], r) for r in requests])
 
     status_topic = settings.topic(Topic.UPGRADE_STATUS)
-    first = start_intake(settings, tmp_path / "intake.log")
-    try:
-        wait_for(lambda: stable_end_offsets(settings, status_topic) > 0, 60, interval=0.02,
-                 message="intake to be under way")
-        first.send_signal(signal.SIGKILL)
-        first.wait(10)
-    finally:
-        if first.poll() is None:
-            first.kill()
+    kill_when(start_intake(settings, tmp_path / "intake.log"),
+              lambda: stable_end_offsets(settings, status_topic) > 0, "intake to be under way")
     seen_at_kill = len(read_topic(settings, status_topic))
     assert seen_at_kill < 2 * TENANTS, "intake finished before the kill; the test proves nothing"
 

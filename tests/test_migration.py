@@ -17,7 +17,7 @@ from planshift.events import with_envelope
 from planshift.reports import reset_report_path
 from planshift.topic_reader import read_topic, stable_end_offsets
 from producers.samples import month_period, upgrade_request
-from tests.conftest import spawn, produce, running, values, wait_for
+from tests.conftest import kill_when, spawn, produce, running, values, wait_for
 
 SOURCE_SKU, TARGET_SKU = "M365_BUSINESS_STANDARD", "M365_BUSINESS_PREMIUM"
 
@@ -178,15 +178,9 @@ def test_a_worker_killed_mid_tenant_leaves_every_user_migrated_once(settings, tm
     produce(settings, Topic.UPGRADE_REQUESTED, [("northwind", req)])
     with running(intake.processor(settings, commit_interval_ms=50)) as _:
         wait_status(settings, "ord-kill", "migrating")
-    worker = start_worker(settings, tmp_path / "worker.log")
-    try:
-        wait_for(lambda: stable_end_offsets(settings, settings.topic(Topic.LICENSE_BATCH_COMPLETED)) > 0, 60,
-                 interval=0.02, message="the worker to be under way")
-        worker.send_signal(signal.SIGKILL)
-        worker.wait(10)
-    finally:
-        if worker.poll() is None:
-            worker.kill()
+    kill_when(start_worker(settings, tmp_path / "worker.log"),
+              lambda: stable_end_offsets(settings, settings.topic(Topic.LICENSE_BATCH_COMPLETED)) > 0,
+              "the worker to be under way")
     done_at_kill = len(values(settings, Topic.LICENSE_BATCH_COMPLETED))
     assert done_at_kill < 120, "the worker finished before the kill; the test proves nothing"
 
