@@ -61,31 +61,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     # run ------------------------------------------------------------------
     run = sub.add_parser("run", help="run a planshift consumer until stopped (SIGTERM/Ctrl-C drain and exit)")
     rsub = run.add_subparsers(dest="consumer", required=True, metavar="CONSUMER", parser_class=type(run))
-    intake = rsub.add_parser("intake", help="validate requests, check eligibility and credit, plan batches",
-                             description="Consumes upgrade.requested, credit.check.decided and upgrade.status "
-                                         "with the service.health table; emits upgrade.status, "
-                                         "credit.check.requested and license.batches, exactly once.")
-    intake.add_argument("--instance", default="0",
-                        help="a stable name for this instance (its transactional id); default 0")
-    _commit_options(intake)
-    intake.set_defaults(handler=run_consumer, consumer_module="intake", long_running=True)
-
-    migrate = rsub.add_parser("migrate", help="migration workers: move each batch's users to the new plan",
-                              description="A consumer group over license.batches; emits license.batch.completed "
-                                          "(and upgrade.status failed for a batch that keeps failing).")
+    _consumer_parser(rsub, "intake", "validate requests, check eligibility and credit, plan batches",
+                     "Consumes upgrade.requested, credit.check.decided and upgrade.status with the service.health "
+                     "table; emits upgrade.status, credit.check.requested and license.batches, exactly once.")
+    migrate = _consumer_parser(rsub, "migrate", "migration workers: move each batch's users to the new plan",
+                               "A consumer group over license.batches; emits license.batch.completed (and "
+                               "upgrade.status failed for a batch that keeps failing).")
     migrate.add_argument("--instances", type=_positive_int, default=1, metavar="N",
                          help="run N worker processes under a supervisor (default 1, in this process)")
-    migrate.add_argument("--instance", default="0", help="this instance's stable name (with --instances 1)")
-    _commit_options(migrate)
-    migrate.set_defaults(handler=run_consumer, consumer_module="migrate", long_running=True)
-
-    settle = rsub.add_parser("settle", help="settlement: billing switch and prorated credit, once per upgrade",
-                             description="Consumes license.batch.completed; when an upgrade's last batch is in, "
-                                         "emits billing.switch, credit.issued and upgrade.status completed in one "
-                                         "transaction and writes the reset report.")
-    settle.add_argument("--instance", default="0", help="this instance's stable name")
-    _commit_options(settle)
-    settle.set_defaults(handler=run_consumer, consumer_module="settle", long_running=True)
+    _consumer_parser(rsub, "settle", "settlement: billing switch and prorated credit, once per upgrade",
+                     "Consumes license.batch.completed; when an upgrade's last batch is in, emits billing.switch, "
+                     "credit.issued and upgrade.status completed in one transaction and writes the reset report.")
 
     archive = rsub.add_parser("archive", help="archive business events into the Parquet lake, exactly once",
                               description="Sinks upgrade.requested, upgrade.status, billing.switch, credit.issued "
@@ -233,6 +219,16 @@ def _run_date(text: str):
         return date.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD, today, yesterday)") from None
+
+
+def _consumer_parser(rsub, name: str, help: str, description: str) -> argparse.ArgumentParser:
+    """`planshift run NAME`: a consumer of `consumers/NAME.py` on the transactional runtime."""
+    parser = rsub.add_parser(name, help=help, description=description)
+    parser.add_argument("--instance", default="0",
+                        help="this instance's stable name, used as its transactional id (default 0)")
+    _commit_options(parser)
+    parser.set_defaults(handler=run_consumer, consumer_module=name, long_running=True)
+    return parser
 
 
 def _commit_options(parser: argparse.ArgumentParser) -> None:
