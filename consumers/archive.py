@@ -17,7 +17,6 @@ which records it has dead-lettered before, and skips them if a crash makes it re
 
 from __future__ import annotations
 
-import signal
 import threading
 import time
 from collections import defaultdict
@@ -31,6 +30,7 @@ from planshift.contract import dlq
 from planshift.deadletters import dead_letter_headers
 from planshift.lake import ARCHIVED_TOPICS, Lake, event_date, to_row
 from planshift.logs import get_logger
+from planshift.runtime.processor import Stoppable
 from planshift.schema import InvalidEvent, parse
 from planshift.settings import Settings
 
@@ -39,7 +39,7 @@ log = get_logger(__name__)
 GROUP_ID = "planshift-archive"
 
 
-class Archiver:
+class Archiver(Stoppable):
     def __init__(self, settings: Settings, flush_every: int = 20_000, flush_interval_s: float = 5.0,
                  instance: str = "0"):
         self.settings = settings
@@ -56,13 +56,6 @@ class Archiver:
         self.dead_letters = 0
         self.consumer = None
         self._dlq = None
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def install_signal_handlers(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: self.stop())
 
     def run(self, until=None) -> None:
         self.consumer = kafka_clients.consumer(

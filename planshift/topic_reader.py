@@ -42,6 +42,24 @@ def _decode(value: bytes | None) -> Any:
         return value
 
 
+def read_to_end(consumer, tps: list[TopicPartition], timeout: float, what: str) -> Iterator:
+    """The raw records of `tps` from the consumer's positions up to the ends those
+    partitions have now (seek first to read from the start); the consumer stays open."""
+    end = consumer.end_offsets(tps)
+    remaining = {tp for tp in tps if consumer.position(tp) < end[tp]}
+    deadline = time.monotonic() + timeout
+    while remaining:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"reading {what} did not reach its end within {timeout:.0f}s")
+        for tp, records in consumer.poll(timeout_ms=200, max_records=10000).items():
+            for r in records:
+                if r.offset < end[tp]:
+                    yield r
+        # Under read_committed the position jumps over transaction markers and
+        # aborted records, so "done" is the position, not the last record seen.
+        remaining = {tp for tp in remaining if consumer.position(tp) < end[tp]}
+
+
 def iter_topic(settings: Settings, topic: str, timeout: float = 30.0,
                partitions: list[int] | None = None) -> Iterator[Record]:
     """Every committed record of `topic` up to its end as of now, partition by partition order."""
@@ -58,21 +76,9 @@ def iter_topic(settings: Settings, topic: str, timeout: float = 30.0,
         tps = [TopicPartition(topic, p) for p in sorted(available) if partitions is None or p in partitions]
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
-        end = consumer.end_offsets(tps)
-        remaining = {tp for tp in tps if end[tp] > consumer.position(tp)}
-        deadline = time.monotonic() + timeout
-        while remaining:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"reading {topic} did not reach its end within {timeout:.0f}s")
-            for tp, records in consumer.poll(timeout_ms=500, max_records=5000).items():
-                for r in records:
-                    if r.offset < end[tp]:
-                        yield Record(r.topic, r.partition, r.offset, r.timestamp,
-                                     r.key.decode() if r.key is not None else None,
-                                     _decode(r.value), dict(r.headers or []))
-            # Under read_committed the position jumps over transaction markers and
-            # aborted records, so "done" is the position, not the last record seen.
-            remaining = {tp for tp in remaining if consumer.position(tp) < end[tp]}
+        for r in read_to_end(consumer, tps, timeout, topic):
+            yield Record(r.topic, r.partition, r.offset, r.timestamp,
+                         r.key.decode() if r.key is not None else None, _decode(r.value), dict(r.headers or []))
     finally:
         consumer.close()
 

@@ -71,26 +71,32 @@ def existing_partitions(settings: Settings, names: list[str]) -> dict[str, int]:
         admin.close()
 
 
+def _create(settings: Settings, plans: list[TopicPlan]) -> list[str]:
+    """Create the planned topics; return those created here (one created meanwhile elsewhere is the same result)."""
+    if not plans:
+        return []
+    admin = kafka_clients.admin(settings)
+    try:
+        response = admin.create_topics(
+            {p.name: {"num_partitions": p.partitions, "replication_factor": settings.replication_factor,
+                      "configs": p.configs} for p in plans},
+            raise_errors=False, wait_for_metadata=True,
+        )
+    finally:
+        admin.close()
+    created = []
+    for row in response.get("topics", []):
+        if row["error_code"] == 0:
+            created.append(row["name"])
+        elif row["error_code"] != TopicAlreadyExistsError.errno:
+            raise TopicsError(f"creating {row['name']} failed: {row.get('error_message') or row['error_code']}")
+    return created
+
+
 def create_topics(settings: Settings) -> TopicsReport:
     plans = planned_topics(settings)
     have = existing_partitions(settings, [p.name for p in plans])
-    missing = [p for p in plans if p.name not in have]
-    created: list[str] = []
-    if missing:
-        admin = kafka_clients.admin(settings)
-        try:
-            response = admin.create_topics(
-                {p.name: {"num_partitions": p.partitions, "replication_factor": settings.replication_factor,
-                          "configs": p.configs} for p in missing},
-                raise_errors=False, wait_for_metadata=True,
-            )
-        finally:
-            admin.close()
-        for name, code, message in _topic_errors(response):
-            if code == 0:
-                created.append(name)
-            elif code != TopicAlreadyExistsError.errno:  # created meanwhile elsewhere: the same result
-                raise TopicsError(f"creating {name} failed: {message or code}")
+    created = _create(settings, [p for p in plans if p.name not in have])
     mismatched = [
         f"{p.name} has {have[p.name]} partitions, the configuration asks for {p.partitions}"
         for p in plans if p.name in have and have[p.name] != p.partitions
@@ -98,22 +104,9 @@ def create_topics(settings: Settings) -> TopicsReport:
     return TopicsReport(created, sorted(have), mismatched)
 
 
-def _topic_errors(response: dict) -> list[tuple[str, int, str | None]]:
-    return [(row["name"], row["error_code"], row.get("error_message")) for row in response.get("topics", [])]
-
-
 def ensure_topic(settings: Settings, name: str, partitions: int, configs: dict[str, str]) -> bool:
     """Create one topic if it is missing (internal topics such as changelogs). True if created."""
     if name in existing_partitions(settings, [name]):
         return False
-    admin = kafka_clients.admin(settings)
-    try:
-        response = admin.create_topics(
-            {name: {"num_partitions": partitions, "replication_factor": settings.replication_factor,
-                    "configs": configs}}, raise_errors=False, wait_for_metadata=True)
-    finally:
-        admin.close()
-    for topic, code, message in _topic_errors(response):
-        if code not in (0, TopicAlreadyExistsError.errno):
-            raise TopicsError(f"creating {topic} failed: {message or code}")
+    _create(settings, [TopicPlan(name, partitions, configs)])
     return True

@@ -131,7 +131,20 @@ class Metrics:
     finished_at: float | None = None
 
 
-class StreamProcessor:
+class Stoppable:
+    """A long-running loop that SIGTERM or Ctrl-C asks to finish what it holds and stop."""
+
+    _stop: threading.Event
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stop())
+
+
+class StreamProcessor(Stoppable):
     def __init__(self, settings: Settings, config: ProcessorConfig):
         self.settings = settings
         self.config = config
@@ -151,13 +164,6 @@ class StreamProcessor:
         self.producer = None
 
     # -- lifecycle ---------------------------------------------------------------
-    def stop(self) -> None:
-        self._stop.set()
-
-    def install_signal_handlers(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: self.stop())
-
     def run(self, until: Callable[["StreamProcessor"], bool] | None = None) -> None:
         """Process until stopped (or until `until(self)` is true, for tests and benchmarks)."""
         self._start()
@@ -390,7 +396,9 @@ class StreamProcessor:
             pass
         self.producer = self._new_producer()
 
-    def _recover(self, fenced: bool) -> None:
+    def _recover(self, fenced: bool, tps: list[TopicPartition] | None = None) -> None:
+        """Drop the open transaction (a fenced producer cannot abort: it is replaced) and
+        put `tps` (default: every assigned partition) back to their committed state."""
         if fenced:
             self._in_txn = False
             self._offsets.clear()
@@ -398,7 +406,7 @@ class StreamProcessor:
             self._replace_producer()
         else:
             self._abort()
-        self._reset_to_committed(list(self.consumer.assignment()))
+        self._reset_to_committed(list(self.consumer.assignment()) if tps is None else tps)
 
     def _reset_to_committed(self, tps: list[TopicPartition]) -> None:
         for tp in tps:
@@ -446,16 +454,8 @@ class StreamProcessor:
                 self._commit()
             except Exception as exc:  # noqa: BLE001 - bounded: abort and let the new owner redo it
                 log.warning("commit on revocation failed; aborting", error=repr(exc))
-                fenced = isinstance(exc, FENCED)
-                if fenced:
-                    self._in_txn = False
-                    self._offsets.clear()
-                    self._replace_producer()
-                else:
-                    self._abort()
-                # Partitions kept must go back to their committed offsets too.
-                kept = [tp for tp in self.consumer.assignment() if tp not in revoked]
-                self._reset_to_committed(kept)
+                # The partitions kept go back to their committed offsets too.
+                self._recover(isinstance(exc, FENCED), [tp for tp in self.consumer.assignment() if tp not in revoked])
         still_owned = {tp.partition for tp in self.consumer.assignment() if tp not in revoked}
         for partition in {tp.partition for tp in revoked} - still_owned:
             self._stores.pop(partition, None)

@@ -19,13 +19,13 @@ state matches the committed offsets just as logged state does.
 from __future__ import annotations
 
 import json
-import time
 from typing import Any, Callable, Iterator
 
 from kafka import TopicPartition
 
 from planshift import kafka_clients
 from planshift.settings import Settings
+from planshift.topic_reader import read_to_end
 
 
 def changelog_topic(settings: Settings, group_id: str, store: str = "state") -> str:
@@ -86,17 +86,7 @@ def _read_partitions(settings: Settings, topic: str, stores: dict[int, Partition
         tps = [TopicPartition(topic, p) for p in stores]
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
-        end = consumer.end_offsets(tps)
-        remaining = {tp for tp in tps if consumer.position(tp) < end[tp]}
-        deadline = time.monotonic() + timeout
-        while remaining:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"restoring state from {topic} did not finish within {timeout:.0f}s")
-            for tp, records in consumer.poll(timeout_ms=200, max_records=10000).items():
-                store = stores[tp.partition]
-                for r in records:
-                    if r.offset < end[tp]:
-                        apply(store, r)
-            remaining = {tp for tp in remaining if consumer.position(tp) < end[tp]}
+        for record in read_to_end(consumer, tps, timeout, f"state from {topic}"):
+            apply(stores[record.partition], record)
     finally:
         consumer.close()

@@ -7,7 +7,6 @@ start, then takes in updates between polls of the main loop.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from kafka import TopicPartition
@@ -16,6 +15,7 @@ from planshift import kafka_clients
 from planshift.logs import get_logger
 from planshift.schema import InvalidEvent, parse
 from planshift.settings import Settings
+from planshift.topic_reader import read_to_end
 
 log = get_logger(__name__)
 
@@ -36,12 +36,8 @@ class GlobalTable:
         tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
         self._consumer.assign(tps)
         self._consumer.seek_to_beginning(*tps)
-        end = self._consumer.end_offsets(tps)
-        deadline = time.monotonic() + timeout
-        while any(self._consumer.position(tp) < end[tp] for tp in tps):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"reading the table {self.topic} did not finish within {timeout:.0f}s")
-            self._apply(self._consumer.poll(timeout_ms=200))
+        for record in read_to_end(self._consumer, tps, timeout, f"the table {self.topic}"):
+            self._take(record)
 
     def refresh(self) -> None:
         if self._consumer is not None:
@@ -49,17 +45,19 @@ class GlobalTable:
 
     def _apply(self, batches) -> None:
         for records in batches.values():
-            for r in records:
-                key = r.key.decode() if r.key is not None else None
-                if r.value is None:
-                    self.values.pop(key, None)
-                    continue
-                try:
-                    self.values[key] = parse(self.schema, r.value)
-                except InvalidEvent as exc:
-                    # The record stays on the compacted topic; it is skipped, not lost.
-                    log.warning("invalid table record skipped", topic=self.topic, offset=r.offset, key=key,
-                                error=str(exc))
+            for record in records:
+                self._take(record)
+
+    def _take(self, r) -> None:
+        key = r.key.decode() if r.key is not None else None
+        if r.value is None:
+            self.values.pop(key, None)
+            return
+        try:
+            self.values[key] = parse(self.schema, r.value)
+        except InvalidEvent as exc:
+            # The record stays on the compacted topic; it is skipped, not lost.
+            log.warning("invalid table record skipped", topic=self.topic, offset=r.offset, key=key, error=str(exc))
 
     def close(self) -> None:
         if self._consumer is not None:
