@@ -32,10 +32,13 @@ INT = "Int64"
 DAY = np.timedelta64(1, "D")
 
 
-def isin(frame: pd.DataFrame, column: str, other: pd.DataFrame, other_column: str) -> pd.Series:
-    """frame[column].isin(other[other_column]), on integer codes (pandas' own `isin` turns
-    Arrow-backed strings into Python objects one by one)."""
+def isin(frame: pd.DataFrame, column: str, other: pd.DataFrame, other_column: str,
+         other_rows: np.ndarray | None = None) -> pd.Series:
+    """frame[column].isin(other[other_column]) (only `other_rows` of other, if given), on
+    integer codes (pandas' own `isin` turns Arrow-backed strings into Python objects one by one)."""
     mine, theirs = keys((frame, column), (other, other_column))
+    if other_rows is not None:
+        theirs = theirs[other_rows]
     return pd.Series(np.isin(mine, theirs[theirs >= 0]) & (mine >= 0), index=frame.index)
 
 
@@ -82,41 +85,88 @@ def keys(*pairs: tuple[pd.DataFrame, str]) -> list[np.ndarray]:
     return _encode([frame[column] for frame, column in pairs])
 
 
-def join(left: pd.DataFrame, right: pd.DataFrame, left_on: str, right_on: str | None = None, how: str = "inner",
-         suffix: str = "_right") -> pd.DataFrame:
-    """left.merge(right) on a string key, joined on shared integer codes of the key."""
+def pairs(left: pd.DataFrame, right: pd.DataFrame, left_on: str, right_on: str | None = None, how: str = "inner",
+          left_rows: np.ndarray | None = None, right_rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The row pairs of left.merge(right) on a string key, as positions (`-1` on the right
+    for a left row without a match when `how="left"`), in the left rows' order and, within
+    one left row, in the right rows' order (as pandas' merge). `left_rows`/`right_rows`
+    restrict either side to those positions. Runs on the shared integer codes of the key:
+    a counting sort of the right side, no hashing and no copy of any other column."""
     right_on = right_on or left_on
     lcodes, rcodes = keys((left, left_on), (right, right_on))
-    lkeys = pd.DataFrame({"__key": lcodes, "__left": np.arange(len(left))})
-    rkeys = pd.DataFrame({"__key": rcodes, "__right": np.arange(len(right))})
-    if how == "inner":
-        lkeys, rkeys = lkeys[lkeys["__key"] >= 0], rkeys[rkeys["__key"] >= 0]
-    else:
-        rkeys = rkeys[rkeys["__key"] >= 0]
-    pairs = lkeys.merge(rkeys, on="__key", how=how)
-    left_part = left.take(pairs["__left"].to_numpy()).reset_index(drop=True)
-    matched = pairs["__right"].notna().to_numpy()
-    drop = [right_on, CODE.format(right_on)] if right_on == left_on else []
-    drop = [c for c in drop if c in right.columns]
-    right_cols = right.drop(columns=drop)
+    lrows = np.arange(len(left)) if left_rows is None else np.asarray(left_rows, np.int64)
+    rrows = np.arange(len(right)) if right_rows is None else np.asarray(right_rows, np.int64)
+    lcodes, rcodes = lcodes[lrows], rcodes[rrows]
+    valid = rcodes >= 0
+    rrows, rcodes = rrows[valid], rcodes[valid]
+    size = int(max(lcodes.max(initial=-1), rcodes.max(initial=-1))) + 1
+    order = rrows[np.argsort(rcodes, kind="stable")]
+    counts = np.bincount(rcodes, minlength=size)
+    starts = np.cumsum(counts) - counts
+    matches = np.where(lcodes >= 0, counts[np.maximum(lcodes, 0)] if size else 0, 0)
+    wanted = np.maximum(matches, 1) if how == "left" else matches
+    li = np.repeat(lrows, wanted)
+    first = np.repeat(np.cumsum(wanted) - wanted, wanted)
+    within = np.arange(len(li)) - first
+    found = np.repeat(matches > 0, wanted)
+    at = np.repeat(starts[np.maximum(lcodes, 0)] if size else np.zeros(len(lcodes), np.int64), wanted) + within
+    ri = np.where(found, order[np.where(found, at, 0)] if len(order) else -1, -1)
+    return li.astype(np.int64), ri.astype(np.int64)
+
+
+def combine(left: pd.DataFrame, right: pd.DataFrame, li: np.ndarray, ri: np.ndarray, right_on: str | None = None,
+            left_on: str | None = None, suffix: str = "_right") -> pd.DataFrame:
+    """The joined rows of `pairs`: left's columns, then right's (a clashing name gets
+    `suffix`; the right key is dropped when both keys share a name). Only these rows
+    are copied, so a join that is filtered before `combine` copies little."""
+    left_part = left.take(li).reset_index(drop=True)
+    drop = [right_on, CODE.format(right_on)] if right_on and right_on == left_on else []
+    right_cols = right.drop(columns=[c for c in drop if c in right.columns])
+    matched = ri >= 0
     if len(right_cols) == 0:  # nothing to take from: every right column is missing
-        right_part = right_cols.reset_index(drop=True).reindex(range(len(pairs)))
+        right_part = right_cols.reset_index(drop=True).reindex(range(len(li)))
     else:
-        right_rows = pairs["__right"].fillna(0).astype(np.int64).to_numpy()
-        right_part = right_cols.take(right_rows).reset_index(drop=True)
+        right_part = right_cols.take(np.where(matched, ri, 0)).reset_index(drop=True)
         if not matched.all():
             right_part = right_part.where(pd.Series(matched), other=pd.NA)
     right_part.columns = [f"{c}{suffix}" if c in left.columns else c for c in right_part.columns]
     return pd.concat([left_part, right_part], axis=1)
 
 
+def join(left: pd.DataFrame, right: pd.DataFrame, left_on: str, right_on: str | None = None, how: str = "inner",
+         suffix: str = "_right") -> pd.DataFrame:
+    """left.merge(right) on a string key, joined on shared integer codes of the key."""
+    right_on = right_on or left_on
+    li, ri = pairs(left, right, left_on, right_on, how)
+    return combine(left, right, li, ri, right_on, left_on, suffix)
+
+
+def rows_where(mask) -> np.ndarray:
+    """Positions where a (possibly nullable) boolean mask is true; NA counts as false."""
+    if isinstance(mask, pd.Series):
+        mask = mask.to_numpy(dtype=bool, na_value=False)
+    return np.flatnonzero(mask)
+
+
+def values(frame: pd.DataFrame, column: str, rows: np.ndarray) -> np.ndarray:
+    """A column's values at `rows` as numpy (dates as datetime64, integers as float with
+    NaN for a missing value), for comparisons before any row is copied."""
+    series = frame[column]
+    if isinstance(series.dtype, pd.Int64Dtype):
+        array = series.to_numpy(dtype="float64", na_value=np.nan)
+    else:
+        array = series.to_numpy()
+    return array[rows]
+
+
 def first_of(frame: pd.DataFrame, key: str, order: list[str] | None = None) -> pd.DataFrame:
     """One row per `key`, the first in `order` (else in the frame order): drop_duplicates on codes."""
     ordered = frame.sort_values(order, kind="mergesort") if order else frame
     (codes,) = keys((ordered, key))
+    if len(codes) == 0 or np.bincount(codes + 1).max() <= 1:
+        return ordered  # already one row per key: nothing to copy
     _, first = np.unique(codes, return_index=True)
-    first = np.sort(first)
-    return ordered.iloc[first]
+    return ordered.iloc[np.sort(first)]
 
 
 def _days(later: pd.Series, earlier: pd.Series) -> pd.Series:
@@ -141,9 +191,10 @@ def _finding(frame: pd.DataFrame, code: str, **columns) -> pd.DataFrame:
 
 def check_overlap(switches: pd.DataFrame, lines: pd.DataFrame) -> pd.DataFrame:
     """The old subscription charged for service on or after the effective date."""
-    charges = lines[lines["kind"] == "charge"]
-    joined = join(charges, switches, "subscription_id", "old_subscription_id", suffix="_switch")
-    over = joined[joined["service_end"] > joined["effective_date"]]
+    charges = rows_where(lines["kind"] == "charge")
+    li, ri = pairs(lines, switches, "subscription_id", "old_subscription_id", left_rows=charges)
+    after = values(lines, "service_end", li) > values(switches, "effective_date", ri)
+    over = combine(lines, switches, li[after], ri[after], suffix="_switch")
     start = over[["service_start", "effective_date"]].max(axis=1)
     overlap_days = _days(over["service_end"], start)
     line_days = _days(over["service_end"], over["service_start"])
@@ -156,12 +207,24 @@ def check_overlap(switches: pd.DataFrame, lines: pd.DataFrame) -> pd.DataFrame:
                             + " (exclusive), after the switch")
 
 
+def first_rows(frame: pd.DataFrame, key: str, by: str, rows: np.ndarray) -> np.ndarray:
+    """Among `rows`, the position of the first row per `key` in `by` order (ties keep the
+    frame order; a missing `by` sorts last), without copying any row."""
+    (codes,) = keys((frame, key))
+    codes = codes[rows]
+    order = np.lexsort((values(frame, by, rows), codes))  # stable: by key, then `by`, then position
+    codes = codes[order]
+    first = np.ones(len(order), bool)
+    first[1:] = codes[1:] != codes[:-1]
+    return np.sort(rows[order[first]])
+
+
 def check_new_billing_gap(switches: pd.DataFrame, lines: pd.DataFrame) -> pd.DataFrame:
     """The new subscription's first charge starts after the effective date."""
-    charges = lines[lines["kind"] == "charge"]
-    first = first_of(charges, "subscription_id", ["service_start"])  # stable: ties keep archive order
-    joined = join(switches, first, "new_subscription_id", "subscription_id", suffix="_line")
-    gap = joined[joined["service_start"] > joined["effective_date"]]
+    first = first_rows(lines, "subscription_id", "service_start", rows_where(lines["kind"] == "charge"))
+    li, ri = pairs(switches, lines, "new_subscription_id", "subscription_id", right_rows=first)
+    late = values(lines, "service_start", ri) > values(switches, "effective_date", li)
+    gap = combine(switches, lines, li[late], ri[late], suffix="_line")
     gap_days = _days(gap["service_start"], gap["effective_date"])
     line_days = _days(gap["service_end"], gap["service_start"])
     unbilled = round_half_up_div(gap["amount_minor"] * gap_days, line_days)
@@ -200,33 +263,53 @@ def repeated(frame: pd.DataFrame, key: str) -> pd.Series:
     return pd.Series(valid & (counts[np.where(valid, codes, 0)] > 1), index=frame.index)
 
 
+def differ(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a != b where both are known (a missing value compares as pandas' NA: never a finding)."""
+    return (a != b) & ~np.isnan(a) & ~np.isnan(b)
+
+
 def check_credits(credits: pd.DataFrame, lines: pd.DataFrame, recomputed: pd.DataFrame,
                   run_date: date) -> pd.DataFrame:
-    """MISSING, LATE, AMOUNT_MISMATCH, CURRENCY_MISMATCH and DUPLICATE_CREDIT, per issued credit."""
+    """MISSING, LATE, AMOUNT_MISMATCH, CURRENCY_MISMATCH and DUPLICATE_CREDIT, per issued credit.
+
+    Each issued credit is paired with its invoice lines on positions; the conditions are
+    evaluated on those positions, and only the rows that are findings are copied."""
     run = pd.Timestamp(run_date)
-    invoiced = join(credits, lines[lines["kind"] == "credit"], "credit_id", how="left", suffix="_invoice")
-    invoiced["effective_date"] = invoiced["due_by"] - 30 * DAY
+    li, ri = pairs(credits, lines, "credit_id", how="left", right_rows=rows_where(lines["kind"] == "credit"))
+    has_line = ri >= 0
+    due_by = values(credits, "due_by", li)
+    on_line = np.where(has_line, ri, 0)
+    invoiced_amount = -values(lines, "amount_minor", on_line)
+    ccodes, lcodes = keys((credits, "currency"), (lines, "currency"))
+    (credit_codes,) = keys((lines, "credit_id"))
+    several = has_line & (np.bincount(credit_codes[on_line][has_line], minlength=1)[
+        np.where(has_line, credit_codes[on_line], 0)] > 1)
+    conditions = {
+        "missing": ~has_line & (due_by < run.to_datetime64()),
+        "late": has_line & (values(lines, "issued_on", on_line) > due_by),
+        "wrong": has_line & differ(invoiced_amount, values(credits, "amount_minor", li)),
+        "currency": has_line & (lcodes[on_line] >= 0) & (ccodes[li] >= 0) & (lcodes[on_line] != ccodes[li]),
+        "several": several,
+    }
+    rows = {name: combine(credits, lines, li[mask], ri[mask], "credit_id", "credit_id", suffix="_invoice")
+            for name, mask in conditions.items()}
+    for frame in rows.values():
+        frame["effective_date"] = frame["due_by"] - 30 * DAY
+    missing, late, wrong, currency, several = (rows[n] for n in conditions)
     ids = ["tenant_id", "upgrade_id", "credit_id", "effective_date", "due_by"]
     on_line = ids + ["invoice_id", "line_id"]
 
     def finding(rows: pd.DataFrame, code: str, columns: list[str], **values) -> pd.DataFrame:
         return _finding(rows, code, currency=rows["currency"], **{c: rows[c] for c in columns}, **values)
 
-    has_line = invoiced["line_id"].notna()
-    missing = invoiced[~has_line & (invoiced["due_by"] < run)]
-    on_invoice = invoiced[has_line]
-    invoiced_amount = -on_invoice["amount_minor_invoice"]
-    late = on_invoice[on_invoice["issued_on"] > on_invoice["due_by"]]
-    wrong = on_invoice[invoiced_amount != on_invoice["amount_minor"]]
-    currency = on_invoice[on_invoice["currency_invoice"] != on_invoice["currency"]]
-    several = on_invoice[repeated(on_invoice, "credit_id")]
     extra = several[several.sort_values(["credit_id", "issued_on", "line_id"]).duplicated("credit_id")
                     .reindex(several.index)]
     times = several.groupby("credit_id")["line_id"].size()
     twice_issued = credits[repeated(credits, "upgrade_id")]
     twice_issued = twice_issued[twice_issued.duplicated("upgrade_id")]
-    issued = join(credits, recomputed, "upgrade_id")
-    off = issued[issued["amount_minor"] != issued["expected_credit"]]
+    ci, ei = pairs(credits, recomputed, "upgrade_id")
+    differs = differ(values(credits, "amount_minor", ci), values(recomputed, "expected_credit", ei))
+    off = combine(credits, recomputed, ci[differs], ei[differs], "upgrade_id", "upgrade_id")
 
     return pd.concat([
         finding(missing, "MISSING_CREDIT", ids, expected_minor=missing["amount_minor"], actual_minor=0,
@@ -258,8 +341,9 @@ def check_credits(credits: pd.DataFrame, lines: pd.DataFrame, recomputed: pd.Dat
 
 
 def check_orphans(credits: pd.DataFrame, lines: pd.DataFrame) -> pd.DataFrame:
-    credit_lines = lines[lines["kind"] == "credit"]
-    orphans = credit_lines[~isin(credit_lines, "credit_id", credits, "credit_id") | credit_lines["credit_id"].isna()]
+    credit_lines = rows_where(lines["kind"] == "credit")
+    issued = isin(lines, "credit_id", credits, "credit_id").to_numpy()  # a missing credit_id is never issued
+    orphans = lines.take(credit_lines[~issued[credit_lines]])
     return _finding(orphans, "ORPHAN_CREDIT", tenant_id=orphans["tenant_id"], currency=orphans["currency"],
                     expected_minor=0, actual_minor=-orphans["amount_minor"], delta_minor=-orphans["amount_minor"],
                     credit_id=orphans["credit_id"], invoice_id=orphans["invoice_id"], line_id=orphans["line_id"],
@@ -306,7 +390,7 @@ def upgrades_table(completed: pd.DataFrame, switches: pd.DataFrame, credits: pd.
         .reset_index().astype({"upgrade_id": "string[pyarrow]"})
     table = join(table, errors, "upgrade_id", how="left")
     table["findings"] = table["findings"].fillna(0).astype("int64")
-    invoiced_credits = credits[isin(credits, "credit_id", lines[lines["kind"] == "credit"], "credit_id")]
+    invoiced_credits = credits[isin(credits, "credit_id", lines, "credit_id", rows_where(lines["kind"] == "credit"))]
     needs_credit = table["credit_minor"].fillna(0) > 0
     credited = isin(table, "upgrade_id", invoiced_credits, "upgrade_id")
     table["status"] = np.where(table["findings"] > 0, "OPEN",
