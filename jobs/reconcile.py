@@ -66,7 +66,11 @@ class ReconcileResult:
 
 
 def _frame(table: pa.Table) -> pd.DataFrame:
-    """Arrow → pandas: strings stay Arrow-backed, dates become datetime64, integers nullable."""
+    """Arrow → pandas: strings stay Arrow-backed, dates become datetime64, integers nullable.
+
+    Columns become one chunk each: Arrow's `take` on a chunked string column first joins
+    its chunks, so every later row selection would copy the whole column again."""
+    table = table.combine_chunks()
     for name in table.column_names:
         if name in DATE_COLUMNS:
             dates = pc.cast(table[name], pa.date32(), safe=False)
