@@ -240,6 +240,7 @@ def run_duckdb(lake: Path, out: Path) -> tuple[float, dict]:
     out.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
     con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")
     con.execute(DUCKDB_SQL.format(lake=lake, run=RUN_DATE, out=out))
     counts = dict(con.execute("SELECT code, count(*) FROM findings GROUP BY 1").fetchall())
     elapsed = time.perf_counter() - began

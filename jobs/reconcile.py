@@ -84,6 +84,10 @@ def _read(lake: Lake, topic: str, columns: list[str], up_to: str) -> pd.DataFram
     return _frame(lake.read(topic, columns, up_to))
 
 
+INVOICE_SCHEMA = pa.schema([SCHEMAS[Topic.INVOICE_ISSUED].field(c)
+                            for c in ("invoice_id", "tenant_id", "issued_on", "currency", "lines")])
+
+
 def _flatten(path: Path, invoice_schema: pa.Schema) -> tuple[pa.Table, pa.Array, pa.Array]:
     """One invoice file: its invoice columns, its lines (flattened) and each line's invoice row."""
     table = pq.read_table(path, columns=invoice_schema.names, schema=invoice_schema)
@@ -102,27 +106,29 @@ def _codes(indices) -> np.ndarray:
     return np.concatenate([c.fill_null(-1).to_numpy().astype(np.int64) for c in chunks])
 
 
-def read_lines(lake: Lake, up_to: str, subscriptions: pa.Array, progress: bool) -> tuple[pa.Table, np.ndarray]:
+def read_invoices(lake: Lake, up_to: str, progress: bool) -> list[tuple[pa.Table, pa.Array, pa.Array]]:
+    """Every invoice file up to `up_to`, read and flattened in a small thread pool (Arrow
+    releases the GIL): per file its invoice columns, its lines and each line's invoice row."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    files = lake.files(Topic.INVOICE_ISSUED, up_to)
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+        return list(tqdm(pool.map(lambda p: _flatten(p, INVOICE_SCHEMA), files), total=len(files),
+                         desc="invoices", unit="file", disable=not progress or None, leave=False))
+
+
+def select_lines(parts: list[tuple[pa.Table, pa.Array, pa.Array]],
+                 subscriptions: pa.Array) -> tuple[pa.Table, np.ndarray]:
     """Invoice lines, one row per line, keeping credits and the charges of `subscriptions`
     (the switches' old and new subscriptions, distinct); with each kept line's index into
     `subscriptions` (-1 if none), which is the integer code `share_codes` would give it.
 
-    Files are read and flattened in a small thread pool (Arrow releases the GIL). One
-    hash lookup of every line's subscription against `subscriptions` both filters the
-    lines and encodes them; only the kept lines are copied."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    files = lake.files(Topic.INVOICE_ISSUED, up_to)
-    invoice_schema = pa.schema([SCHEMAS[Topic.INVOICE_ISSUED].field(c)
-                                for c in ("invoice_id", "tenant_id", "issued_on", "currency", "lines")])
-    line_type = invoice_schema.field("lines").type.value_type
-    if not files:
+    One hash lookup of every line's subscription against `subscriptions` both filters
+    the lines and encodes them; only the kept lines are copied."""
+    if not parts:
         empty = {**{n: pa.array([], pa.string()) for n in ("invoice_id", "tenant_id", "issued_on", "currency")},
-                 **{f.name: pa.array([], f.type) for f in line_type}}
+                 **{f.name: pa.array([], f.type) for f in INVOICE_SCHEMA.field("lines").type.value_type}}
         return pa.table(empty), np.array([], np.int64)
-    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
-        parts = list(tqdm(pool.map(lambda p: _flatten(p, invoice_schema), files), total=len(files),
-                          desc="invoices", unit="file", disable=not progress or None, leave=False))
     subs = pa.chunked_array([c for _, flat, _ in parts for c in _chunks(pc.struct_field(flat, "subscription_id"))],
                             pa.string())
     kinds = pa.chunked_array([c for _, flat, _ in parts for c in _chunks(pc.struct_field(flat, "kind"))], pa.string())
@@ -171,24 +177,24 @@ def reconcile(settings: Settings, run_date: date, progress: bool = True, chart: 
     tune_memory()
     lake = Lake.for_settings(settings)
     up_to = run_date.isoformat()
-    switches = _read(lake, Topic.BILLING_SWITCH, ["upgrade_id", "tenant_id", "old_subscription_id",
-                                                   "new_subscription_id", "effective_date", "currency",
-                                                   "new_total_cost_minor"], up_to)
-    # The switches' subscriptions, one dictionary: the lines are filtered and encoded against it.
-    olds, news = (switches[c].array._pa_array.cast(pa.string()).combine_chunks()
-                  for c in ("old_subscription_id", "new_subscription_id"))
-    encoded = pa.chunked_array([olds, news], pa.string()).dictionary_encode()
-    switch_codes = _codes(pa.chunked_array([c.indices for c in encoded.chunks], pa.int32()))
-    subscriptions = encoded.chunks[-1].dictionary if encoded.num_chunks else pa.array([], pa.string())
-    switches[checks.CODE.format("old_subscription_id")] = switch_codes[:len(switches)]
-    switches[checks.CODE.format("new_subscription_id")] = switch_codes[len(switches):]
-
     # Invoice lines are the bulk of the input and mostly Arrow work, which releases the
     # GIL: they are read in the background while the other topics are read and prepared.
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=1) as background:
-        reading = background.submit(read_lines, lake, up_to, subscriptions, progress)
+        invoices = background.submit(read_invoices, lake, up_to, progress)
+        switches = _read(lake, Topic.BILLING_SWITCH, ["upgrade_id", "tenant_id", "old_subscription_id",
+                                                       "new_subscription_id", "effective_date", "currency",
+                                                       "new_total_cost_minor"], up_to)
+        # The switches' subscriptions, one dictionary: the lines are filtered and encoded against it.
+        olds, news = (switches[c].array._pa_array.cast(pa.string()).combine_chunks()
+                      for c in ("old_subscription_id", "new_subscription_id"))
+        encoded = pa.chunked_array([olds, news], pa.string()).dictionary_encode()
+        switch_codes = _codes(pa.chunked_array([c.indices for c in encoded.chunks], pa.int32()))
+        subscriptions = encoded.chunks[-1].dictionary if encoded.num_chunks else pa.array([], pa.string())
+        switches[checks.CODE.format("old_subscription_id")] = switch_codes[:len(switches)]
+        switches[checks.CODE.format("new_subscription_id")] = switch_codes[len(switches):]
+        reading = background.submit(lambda: select_lines(invoices.result(), subscriptions))
         credits = _read(lake, Topic.CREDIT_ISSUED, ["credit_id", "upgrade_id", "tenant_id", "subscription_id",
                                                      "currency", "amount_minor", "forfeit_minor", "due_by"], up_to)
         requests = _read(lake, Topic.UPGRADE_REQUESTED, ["upgrade_id", "period_start", "period_end", "billed_minor",

@@ -17,6 +17,7 @@ from datetime import date
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 
 FINDING_COLUMNS = ["run_date", "tenant_id", "upgrade_id", "check_code", "severity", "currency", "expected_minor",
                    "actual_minor", "delta_minor", "overlap_days", "credit_id", "invoice_id", "line_id",
@@ -376,8 +377,8 @@ def findings_table(switches, credits, requests, completed, lines, run_date: date
     for column in ("tenant_id", "upgrade_id", "check_code", "severity", "currency", "credit_id", "invoice_id",
                    "line_id", "details"):
         table[column] = table[column].astype("string")
-    return table.sort_values(["check_code", "tenant_id", "upgrade_id", "credit_id", "invoice_id", "line_id"],
-                             na_position="first", kind="mergesort").reset_index(drop=True)
+    return sort_rows(table, ["check_code", "tenant_id", "upgrade_id", "credit_id", "invoice_id", "line_id"],
+                     nulls_first=True)
 
 
 def upgrades_table(completed: pd.DataFrame, switches: pd.DataFrame, credits: pd.DataFrame, lines: pd.DataFrame,
@@ -386,11 +387,14 @@ def upgrades_table(completed: pd.DataFrame, switches: pd.DataFrame, credits: pd.
     table = join(first_of(keyed(completed, ["tenant_id", "upgrade_id", "currency", "credit_minor", "forfeit_minor"]),
                           "upgrade_id"),
                  first_of(keyed(switches, ["upgrade_id", "effective_date"]), "upgrade_id"), "upgrade_id", how="left")
-    errors = findings.loc[findings["severity"] == "error"].groupby("upgrade_id").size().rename("findings") \
-        .reset_index().astype({"upgrade_id": "string[pyarrow]"})
-    table = join(table, errors, "upgrade_id", how="left")
-    table["findings"] = table["findings"].fillna(0).astype("int64")
-    invoiced_credits = credits[isin(credits, "credit_id", lines, "credit_id", rows_where(lines["kind"] == "credit"))]
+    upgrade_codes, finding_codes = keys((table, "upgrade_id"), (findings, "upgrade_id"))
+    finding_codes = finding_codes[(findings["severity"] == "error").to_numpy(dtype=bool, na_value=False)
+                                  & (finding_codes >= 0)]
+    errors = np.bincount(finding_codes, minlength=int(upgrade_codes.max(initial=-1)) + 1)
+    table["findings"] = np.where(upgrade_codes >= 0, errors[np.maximum(upgrade_codes, 0)] if len(errors) else 0, 0)
+    table["findings"] = table["findings"].astype("int64")
+    invoiced_credits = credits.take(rows_where(
+        isin(credits, "credit_id", lines, "credit_id", rows_where(lines["kind"] == "credit"))))
     needs_credit = table["credit_minor"].fillna(0) > 0
     credited = isin(table, "upgrade_id", invoiced_credits, "upgrade_id")
     table["status"] = np.where(table["findings"] > 0, "OPEN",
@@ -401,7 +405,21 @@ def upgrades_table(completed: pd.DataFrame, switches: pd.DataFrame, credits: pd.
         table[column] = table[column].astype("string")
     for column in ("credit_minor", "forfeit_minor"):
         table[column] = table[column].astype(INT)
-    return table.sort_values(["tenant_id", "upgrade_id"], kind="mergesort").reset_index(drop=True)
+    return sort_rows(table, ["tenant_id", "upgrade_id"])
+
+
+def _arrow(column: pd.Series) -> pa.ChunkedArray | pa.Array:
+    array = column.array
+    return array._pa_array if isinstance(array, pd.arrays.ArrowExtensionArray) else pa.array(array)
+
+
+def sort_rows(frame: pd.DataFrame, by: list[str], nulls_first: bool = False) -> pd.DataFrame:
+    """frame.sort_values(by, kind="mergesort"), as one stable Arrow sort of the key columns
+    (pandas factorizes each Arrow-backed string key separately)."""
+    keys_table = pa.table({name: _arrow(frame[name]) for name in by})
+    nulls = "at_start" if nulls_first else "at_end"
+    order = pa.compute.sort_indices(keys_table, sort_keys=[(name, "ascending", nulls) for name in by])
+    return frame.take(order.to_numpy()).reset_index(drop=True)
 
 
 def summary_table(findings: pd.DataFrame, run_date: date) -> pd.DataFrame:
