@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -109,7 +110,6 @@ def _codes(indices) -> np.ndarray:
 def read_invoices(lake: Lake, up_to: str, progress: bool) -> list[tuple[pa.Table, pa.Array, pa.Array]]:
     """Every invoice file up to `up_to`, read and flattened in a small thread pool (Arrow
     releases the GIL): per file its invoice columns, its lines and each line's invoice row."""
-    from concurrent.futures import ThreadPoolExecutor
 
     files = lake.files(Topic.INVOICE_ISSUED, up_to)
     with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
@@ -159,7 +159,7 @@ def tune_memory() -> None:
 
     try:
         pa.set_memory_pool(pa.jemalloc_memory_pool())
-        pa.jemalloc_set_decay_ms(-1)
+        pa.jemalloc_set_decay_ms(1000)
     except (NotImplementedError, AttributeError):  # a pyarrow built without jemalloc
         pass
     try:
@@ -179,7 +179,7 @@ def reconcile(settings: Settings, run_date: date, progress: bool = True, chart: 
     up_to = run_date.isoformat()
     # Invoice lines are the bulk of the input and mostly Arrow work, which releases the
     # GIL: they are read in the background while the other topics are read and prepared.
-    from concurrent.futures import ThreadPoolExecutor
+
 
     with ThreadPoolExecutor(max_workers=1) as background:
         invoices = background.submit(read_invoices, lake, up_to, progress)
@@ -210,8 +210,12 @@ def reconcile(settings: Settings, run_date: date, progress: bool = True, chart: 
         credits = checks.first_of(credits, "credit_id")  # a record archived twice is one credit
         requests = checks.first_of(requests, "upgrade_id")
         completed = checks.first_of(completed, "upgrade_id")
+        if chart:
+            _pyplot()  # while the lines are still being read: the chart's import costs nothing then
         line_table, line_codes = reading.result()
+        invoices = reading = None  # let the flattened invoices go: only the kept lines are needed
     lines = _frame(line_table)
+    del line_table
     lines[checks.CODE.format("subscription_id")] = line_codes
     checks.share_codes((credits, "credit_id"), (lines, "credit_id"))
 
@@ -220,9 +224,12 @@ def reconcile(settings: Settings, run_date: date, progress: bool = True, chart: 
     summary = checks.summary_table(findings, run_date)
 
     root = settings.data_dir / "reports" / "reconciliation"
-    for name, frame in (("findings", findings), ("upgrades", upgrades), ("summary", summary)):
-        write_partition(root / name, run_date, frame.drop(columns=["run_date"]))
-    chart_path = write_chart(root / "charts" / f"findings-{up_to}.png", summary, run_date) if chart else None
+    with ThreadPoolExecutor(max_workers=1) as background:  # Parquet writing releases the GIL: chart meanwhile
+        written = background.submit(lambda: [write_partition(root / name, run_date, frame.drop(columns=["run_date"]))
+                                             for name, frame in (("findings", findings), ("upgrades", upgrades),
+                                                                 ("summary", summary))])
+        chart_path = write_chart(root / "charts" / f"findings-{up_to}.png", summary, run_date) if chart else None
+        written.result()
     return ReconcileResult(run_date, findings, upgrades, summary, root, chart_path, time.perf_counter() - began)
 
 
@@ -243,12 +250,19 @@ def write_partition(dataset: Path, run_date: date, frame: pd.DataFrame) -> Path:
     return final
 
 
-def write_chart(path: Path, summary: pd.DataFrame, run_date: date) -> Path:
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def write_chart(path: Path, summary: pd.DataFrame, run_date: date) -> Path:
     from matplotlib.ticker import MaxNLocator
+
+    plt = _pyplot()
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(11.7, 8.3))  # one A4 page, landscape
