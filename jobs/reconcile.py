@@ -66,6 +66,11 @@ class ReconcileResult:
         return "\n".join(lines)
 
 
+def _dates(column):
+    """ISO dates (strings in the lake) as date32; a date32 column as it is."""
+    return pc.cast(column, pa.date32(), safe=False)
+
+
 def _frame(table: pa.Table) -> pd.DataFrame:
     """Arrow → pandas: strings stay Arrow-backed, dates become datetime64, integers nullable.
 
@@ -74,9 +79,8 @@ def _frame(table: pa.Table) -> pd.DataFrame:
     table = table.combine_chunks()
     for name in table.column_names:
         if name in DATE_COLUMNS:
-            dates = pc.cast(table[name], pa.date32(), safe=False)
             table = table.set_column(table.schema.get_field_index(name), name,
-                                     pc.cast(dates, pa.timestamp("ns")))
+                                     pc.cast(_dates(table[name]), pa.timestamp("ns")))
     return table.to_pandas(types_mapper={pa.string(): pd.StringDtype("pyarrow"),
                                          pa.int64(): pd.Int64Dtype()}.get)
 
@@ -132,20 +136,31 @@ def select_lines(parts: list[tuple[pa.Table, pa.Array, pa.Array]],
     subs = pa.chunked_array([c for _, flat, _ in parts for c in _chunks(pc.struct_field(flat, "subscription_id"))],
                             pa.string())
     kinds = pa.chunked_array([c for _, flat, _ in parts for c in _chunks(pc.struct_field(flat, "kind"))], pa.string())
-    codes = _codes(pc.index_in(subs, value_set=subscriptions))
-    keep = pc.equal(kinds, "credit").to_numpy(zero_copy_only=False) | (codes >= 0)
-    tables = []
-    at = 0
-    for table, flat, parents in parts:
-        kept = pa.array(np.flatnonzero(keep[at:at + len(flat)]))
-        at += len(flat)
-        flat = pc.take(flat, kept)  # filter first, then gather the invoice columns for the kept lines only
-        rows = pc.take(parents, kept)
-        columns = {name: pc.take(table[name], rows) for name in ("invoice_id", "tenant_id", "issued_on", "currency")}
-        for name in LINE_COLUMNS:
-            columns[name] = pc.struct_field(flat, name)
-        tables.append(pa.table(columns))
-    return pa.concat_tables(tables), codes[keep]
+    # Two halves, two threads: each builds its own hash of `subscriptions`, a small
+    # price next to probing millions of lines on one core.
+    half = len(subs) // 2
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        halves = pool.map(lambda part: _codes(pc.index_in(part, value_set=subscriptions)),
+                          (subs.slice(0, half), subs.slice(half)))
+        codes = np.concatenate(list(halves))
+        keep = pc.equal(kinds, "credit").to_numpy(zero_copy_only=False) | (codes >= 0)
+        starts = np.cumsum([0] + [len(flat) for _, flat, _ in parts])
+        tables = pool.map(lambda i: _kept_lines(*parts[i], np.flatnonzero(keep[starts[i]:starts[i + 1]])),
+                          range(len(parts)))
+        return pa.concat_tables(list(tables)), codes[keep]
+
+
+def _kept_lines(table: pa.Table, flat: pa.Array, parents: pa.Array, kept: np.ndarray) -> pa.Table:
+    """One file's kept lines with their invoice's columns; dates parsed here, in the pool."""
+    kept = pa.array(kept)
+    flat = pc.take(flat, kept)  # filter first, then gather the invoice columns for the kept lines only
+    rows = pc.take(parents, kept)
+    columns = {name: pc.take(_dates(table[name]) if name in DATE_COLUMNS else table[name], rows)
+               for name in ("invoice_id", "tenant_id", "issued_on", "currency")}
+    for name in LINE_COLUMNS:
+        column = pc.struct_field(flat, name)
+        columns[name] = _dates(column) if name in DATE_COLUMNS else column
+    return pa.table(columns)
 
 
 def tune_memory() -> None:
@@ -207,7 +222,6 @@ def reconcile(settings: Settings, run_date: date, progress: bool = True, chart: 
         checks.share_codes((switches, "upgrade_id"), (credits, "upgrade_id"), (requests, "upgrade_id"),
                            (completed, "upgrade_id"))
         switches = checks.first_of(switches, "upgrade_id")
-        credits = checks.first_of(credits, "credit_id")  # a record archived twice is one credit
         requests = checks.first_of(requests, "upgrade_id")
         completed = checks.first_of(completed, "upgrade_id")
         if chart:
@@ -218,6 +232,7 @@ def reconcile(settings: Settings, run_date: date, progress: bool = True, chart: 
     del line_table
     lines[checks.CODE.format("subscription_id")] = line_codes
     checks.share_codes((credits, "credit_id"), (lines, "credit_id"))
+    credits = checks.first_of(credits, "credit_id")  # a record archived twice is one credit
 
     findings = checks.findings_table(switches, credits, requests, completed, lines, run_date)
     upgrades = checks.upgrades_table(completed, switches, credits, lines, findings, run_date)
