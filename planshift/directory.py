@@ -125,13 +125,14 @@ class SqliteDirectory:
         """`holders` for many (tenant_id, subscription_id) pairs in few queries."""
         wanted = list(dict.fromkeys(pairs))
         found: dict[tuple[str, str], list[str]] = {pair: [] for pair in wanted}
-        for i in range(0, len(wanted), 400):  # SQLite's default limit is 32766 variables
-            chunk = wanted[i:i + 400]
-            values = ",".join("(?,?)" for _ in chunk)
+        # The pairs go in as one JSON array joined on the primary key: one index lookup
+        # per pair (a row-value `IN (VALUES …)` would scan the whole table instead).
+        for i in range(0, len(wanted), 5000):
             rows = self._db.execute(
-                f"SELECT tenant_id, subscription_id, user_id FROM licences WHERE (tenant_id, subscription_id) "
-                f"IN (VALUES {values}) ORDER BY tenant_id, subscription_id, user_id",
-                [x for pair in chunk for x in pair]).fetchall()
+                "SELECT l.tenant_id, l.subscription_id, l.user_id FROM json_each(?) AS j JOIN licences AS l "
+                "ON l.tenant_id = json_extract(j.value, '$[0]') AND l.subscription_id = json_extract(j.value, '$[1]') "
+                "ORDER BY l.tenant_id, l.subscription_id, l.user_id",
+                (json.dumps(wanted[i:i + 5000]),)).fetchall()
             for tenant_id, subscription_id, user_id in rows:
                 found[(tenant_id, subscription_id)].append(user_id)
         return found

@@ -8,12 +8,14 @@ auto-commit off (offsets are committed inside the producer's transaction).
 
 from __future__ import annotations
 
+import functools
 import socket
-
-import orjson
+import time
 from typing import Any
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+import orjson
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.partitioner.default import murmur2
 from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 
 from planshift.settings import Settings
@@ -57,7 +59,9 @@ def encode_key(key: str | None) -> bytes | None:
     return None if key is None else key.encode()
 
 
+@functools.lru_cache(maxsize=256)
 def event_headers(event_type: str, schema_version: int = 1) -> list[tuple[str, bytes]]:
+    """The headers every event carries; one shared (never modified) list per event type."""
     return [("event_type", event_type.encode()), ("schema_version", str(schema_version).encode())]
 
 
@@ -113,3 +117,84 @@ def producer(settings: Settings, transactional_id: str | None = None, **override
     if transactional_id is not None:
         config["transactional_id"] = transactional_id
     return KafkaProducer(**config)
+
+
+class TransactionalSends:
+    """Sends into the open transaction of a transactional `KafkaProducer`, for the
+    runtime's hot path.
+
+    `KafkaProducer.send` does on every call what a transaction needs once: it checks
+    the topic's metadata, runs the partitioner, estimates the record size, formats a
+    debug line, asks the transaction manager about the partition, and creates a future
+    per record that its I/O thread must complete again. Here the partition of a key is
+    computed once (with the default partitioner's murmur2, so records land where every
+    other producer's do and co-partitioning holds), a partition joins the transaction
+    once, and the record is appended to the partition's open batch directly. No future
+    is kept per record: a record's fate is its transaction's, and a batch that fails
+    fails `commit_transaction()`, which the runtime handles by aborting.
+
+    Anything this path does not take — a topic whose metadata is not known yet, a record
+    without a key or partition, a record for which the open batch has no room — goes
+    through `KafkaProducer.send` (and its accumulator), unchanged. Uses kafka-python's
+    producer internals (pinned to 3.0.x in pyproject.toml; `tests/test_runtime.py`
+    checks the records against a `read_committed` reader).
+    """
+
+    def __init__(self, producer: KafkaProducer):
+        self._producer = producer
+        self._accumulator = producer._accumulator
+        self._transactions = producer._transaction_manager
+        self._metadata = producer._metadata
+        self._partitions: dict[tuple[str, bytes], int] = {}
+        self._counts: dict[str, int] = {}
+        self._joined: set = set()  # partitions already in the open transaction
+        self._max_size = producer.config["max_request_size"]
+
+    def begin(self) -> None:
+        """A new transaction: every partition must join it again."""
+        self._joined.clear()
+
+    def send(self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]],
+             partition: int | None = None) -> None:
+        if partition is None:
+            partition = self._partition(topic, key)
+            if partition is None:
+                self._producer.send(topic, key=key, value=value, headers=headers)
+                return
+        tp = TopicPartition(topic, partition)
+        if tp not in self._joined:
+            self._transactions.maybe_add_partition_to_transaction(tp)
+            self._joined.add(tp)
+        if value is not None and len(value) >= self._max_size:  # let send() refuse it properly
+            self._producer.send(topic, key=key, value=value, headers=headers, partition=partition)
+            return
+        timestamp = int(time.time() * 1000)
+        with self._accumulator._tp_lock(tp):
+            batches = self._accumulator._batches.get(tp)
+            if batches:
+                batch = batches[-1]
+                if batch.records.append(timestamp, key, value, headers) is not None:
+                    batch.last_append = time.monotonic()
+                    if not batch.records.is_full():
+                        return
+                    self._producer._sender.wakeup()
+                    return
+        self._producer.send(topic, key=key, value=value, headers=headers, partition=partition,
+                            timestamp_ms=timestamp)
+
+    def _partition(self, topic: str, key: bytes | None) -> int | None:
+        if key is None:
+            return None
+        partitions = self._metadata.partitions_for_topic(topic)
+        if partitions is None:
+            return None
+        if self._counts.get(topic) != len(partitions):  # new topic, or partitions were added
+            self._counts[topic] = len(partitions)
+            self._partitions = {k: v for k, v in self._partitions.items() if k[0] != topic}
+        found = self._partitions.get((topic, key))
+        if found is None:
+            if len(self._partitions) >= 100_000:  # keys of batches are unique: keep the cache bounded
+                self._partitions.clear()
+            ordered = sorted(partitions)
+            found = self._partitions[(topic, key)] = ordered[(murmur2(key) & 0x7FFFFFFF) % len(ordered)]
+        return found

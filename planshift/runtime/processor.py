@@ -162,6 +162,7 @@ class StreamProcessor(Stoppable):
         self.transactional_id = f"{settings.topic_prefix}{config.group_id}-{config.instance}"
         self.consumer = None
         self.producer = None
+        self._sends: kafka_clients.TransactionalSends | None = None
 
     # -- lifecycle ---------------------------------------------------------------
     def run(self, until: Callable[["StreamProcessor"], bool] | None = None) -> None:
@@ -203,6 +204,7 @@ class StreamProcessor(Stoppable):
             transaction_timeout_ms=self.config.transaction_timeout_ms, linger_ms=50, batch_size=256 * 1024,
         )
         producer.init_transactions()  # aborts what a previous incarnation left open
+        self._sends = kafka_clients.TransactionalSends(producer)
         return producer
 
     def _shutdown(self) -> None:
@@ -238,6 +240,7 @@ class StreamProcessor(Stoppable):
                 for record, event in zip(records, decoded):
                     if not self._in_txn:
                         self.producer.begin_transaction()
+                        self._sends.begin()
                         self._in_txn, self._txn_records, self._txn_started = True, 0, time.monotonic()
                     if event is not SKIP:
                         self._process(source, record, event)
@@ -343,10 +346,8 @@ class StreamProcessor(Stoppable):
 
     def _apply(self, ctx: Context) -> None:
         for output in ctx.outputs:
-            self.producer.send(
-                self.settings.topic(output.topic), key=kafka_clients.encode_key(output.key),
-                value=kafka_clients.encode_json(output.value), headers=kafka_clients.event_headers(output.event_type),
-            )
+            self._sends.send(self.settings.topic(output.topic), kafka_clients.encode_key(output.key),
+                             kafka_clients.encode_json(output.value), kafka_clients.event_headers(output.event_type))
         if ctx.writes:
             if self._changelog is None:
                 raise RuntimeError(f"{self.config.group_id} is stateless but its handler wrote state")
@@ -355,8 +356,8 @@ class StreamProcessor(Stoppable):
                 store.apply(key, value)
                 if not logged:
                     continue
-                self.producer.send(self._changelog, key=key.encode(), partition=ctx.partition,
-                                   value=None if value is None else kafka_clients.encode_json(value))
+                self._sends.send(self._changelog, key.encode(),
+                                 None if value is None else kafka_clients.encode_json(value), [], ctx.partition)
 
     def _dead_letter(self, record, exc: BaseException, attempts: int) -> None:
         headers = dead_letter_headers(record, self.settings.topic(self.config.group_id), exc, attempts)
