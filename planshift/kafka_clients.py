@@ -146,7 +146,7 @@ class TransactionalSends:
         self._transactions = producer._transaction_manager
         self._metadata = producer._metadata
         self._partitions: dict[tuple[str, bytes], int] = {}
-        self._counts: dict[str, int] = {}
+        self._ordered: dict[str, list[int]] = {}  # a topic's partitions, as the default partitioner sorts them
         self._joined: set = set()  # partitions already in the open transaction
         self._max_size = producer.config["max_request_size"]
 
@@ -173,8 +173,10 @@ class TransactionalSends:
             batches = self._accumulator._batches.get(tp)
             if batches:
                 batch = batches[-1]
-                if batch.records.append(timestamp, key, value, headers) is not None:
+                appended = batch.records.append(timestamp, key, value, headers)
+                if appended is not None:
                     batch.last_append = time.monotonic()
+                    batch.max_record_size = max(batch.max_record_size, appended.size)
                     if not batch.records.is_full():
                         return
                     self._producer._sender.wakeup()
@@ -188,13 +190,14 @@ class TransactionalSends:
         partitions = self._metadata.partitions_for_topic(topic)
         if partitions is None:
             return None
-        if self._counts.get(topic) != len(partitions):  # new topic, or partitions were added
-            self._counts[topic] = len(partitions)
-            self._partitions = {k: v for k, v in self._partitions.items() if k[0] != topic}
+        ordered = self._ordered.get(topic)
         found = self._partitions.get((topic, key))
-        if found is None:
-            if len(self._partitions) >= 100_000:  # keys of batches are unique: keep the cache bounded
-                self._partitions.clear()
-            ordered = sorted(partitions)
-            found = self._partitions[(topic, key)] = ordered[(murmur2(key) & 0x7FFFFFFF) % len(ordered)]
+        if found is not None and len(ordered) == len(partitions):
+            return found
+        if ordered is None or len(ordered) != len(partitions):  # new topic, or partitions were added
+            ordered = self._ordered[topic] = sorted(partitions)
+            self._partitions = {k: v for k, v in self._partitions.items() if k[0] != topic}
+        if len(self._partitions) >= 100_000:  # keys of batches are unique: keep the cache bounded
+            self._partitions.clear()
+        found = self._partitions[(topic, key)] = ordered[(murmur2(key) & 0x7FFFFFFF) % len(ordered)]
         return found

@@ -52,6 +52,10 @@ class Settings:
     # tests run with it on; in production the outputs are built from validated inputs,
     # and the checks cost a fifth of intake's time.
     validate_outputs: bool = False
+    # How long a consumer's transaction stays open under load before it commits (an
+    # idle consumer commits at once). Longer: fewer commits, more throughput; outputs
+    # become visible to read_committed readers up to this much later.
+    commit_interval_ms: int = 1000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -97,6 +101,7 @@ class Settings:
             kafka_version=get("PLANSHIFT_KAFKA_VERSION") or defaults.kafka_version,
             log_level=(get("PLANSHIFT_LOG_LEVEL") or defaults.log_level).upper(),
             validate_outputs=(get("PLANSHIFT_VALIDATE_OUTPUTS") or "0").lower() in ("1", "true", "yes"),
+            commit_interval_ms=get_int("PLANSHIFT_COMMIT_INTERVAL_MS", defaults.commit_interval_ms),
         )
         settings.validate()
         return settings

@@ -7,7 +7,7 @@ import json
 from kafka import TopicPartition
 
 from planshift import kafka_clients
-from planshift.topic_reader import read_values
+from planshift.topic_reader import read_topic, read_values
 from tests.conftest import wait_for
 
 
@@ -80,3 +80,47 @@ def test_consumers_read_committed_with_the_cooperative_assignor(settings):
         assert consumer.config["partition_assignment_strategy"] == [CooperativeStickyAssignor]
     finally:
         consumer.close()
+
+
+def test_the_runtimes_sends_land_where_send_puts_them_and_live_or_die_with_the_transaction(settings, topic_factory,
+                                                                                          unique_name):
+    """`TransactionalSends` bypasses `KafkaProducer.send`: its records must still go to the
+    default partitioner's partition (co-partitioning with every other producer), keep
+    their order and headers, and be committed or aborted with the transaction."""
+    from kafka.partitioner.default import murmur2
+
+    topic = topic_factory(partitions=6)
+    producer = kafka_clients.producer(settings, transactional_id=unique_name("tx"), batch_size=16 * 1024)
+    sends = kafka_clients.TransactionalSends(producer)
+    keys = [f"tenant-{i % 25}".encode() for i in range(400)]  # repeated keys; batches fill and roll over
+    try:
+        producer.init_transactions()
+        producer.begin_transaction()
+        sends.begin()
+        for n, key in enumerate(keys):
+            sends.send(topic, key, kafka_clients.encode_json({"n": n}), kafka_clients.event_headers("test.event"))
+        sends.send(topic, b"pinned", kafka_clients.encode_json({"n": "pinned"}), [], partition=5)
+        sends.send(topic, None, kafka_clients.encode_json({"n": "keyless"}), [])
+        sends.send(topic, b"large", kafka_clients.encode_json({"n": "large", "pad": "x" * 40_000}), [])
+        producer.commit_transaction()
+
+        producer.begin_transaction()
+        sends.begin()
+        sends.send(topic, keys[0], kafka_clients.encode_json({"n": "aborted"}), [])
+        producer.flush()
+        producer.abort_transaction()
+    finally:
+        producer.close()
+
+    records = read_topic(settings, topic)
+    by_value = {r.value["n"]: r for r in records}
+    assert len(records) == len(by_value) == 403 and "aborted" not in by_value
+    for n, key in enumerate(keys):
+        record = by_value[n]
+        assert record.partition == (murmur2(key) & 0x7FFFFFFF) % 6, key
+        assert record.headers == {"event_type": b"test.event", "schema_version": b"1"}
+    assert by_value["pinned"].partition == 5
+    assert by_value["large"].partition == (murmur2(b"large") & 0x7FFFFFFF) % 6
+    for partition in range(6):  # each partition keeps the order of the sends
+        numbers = [r.value["n"] for r in records if r.partition == partition and isinstance(r.value["n"], int)]
+        assert numbers == sorted(numbers)

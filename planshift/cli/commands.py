@@ -234,8 +234,9 @@ def _consumer_parser(rsub, name: str, help: str, description: str) -> argparse.A
 def _commit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--commit-every", type=_positive_int, default=5000, metavar="N",
                         help="commit the transaction after N records (default 5000)")
-    parser.add_argument("--commit-interval-ms", type=_positive_int, default=200, metavar="MS",
-                        help="… or after MS milliseconds, whichever comes first (default 200)")
+    parser.add_argument("--commit-interval-ms", type=_positive_int, default=None, metavar="MS",
+                        help="… or after MS milliseconds under load, whichever comes first "
+                             "(default PLANSHIFT_COMMIT_INTERVAL_MS, 1000)")
 
 
 def dispatch(args: argparse.Namespace) -> int:
@@ -364,7 +365,9 @@ def run_consumer(args: argparse.Namespace, settings: Settings) -> int:
     if getattr(args, "instances", 1) > 1:
         from planshift.cli.supervise import Child, supervise
 
-        common = ["--commit-every", str(args.commit_every), "--commit-interval-ms", str(args.commit_interval_ms)]
+        common = ["--commit-every", str(args.commit_every)]
+        if args.commit_interval_ms is not None:
+            common += ["--commit-interval-ms", str(args.commit_interval_ms)]
         return supervise([Child(f"{args.consumer_module}-{i}", ["run", args.consumer_module, "--instance", str(i),
                                                                  *common]) for i in range(args.instances)])
     module = importlib.import_module(f"consumers.{args.consumer_module}")

@@ -37,6 +37,7 @@ handled. SIGTERM and SIGINT finish the record in hand, commit, and leave the gro
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import threading
 import time
@@ -107,7 +108,7 @@ class ProcessorConfig:
     # store p. Writes of such state use `ctx.put(..., logged=False)`.
     derived_from: tuple[tuple[str, Callable[[PartitionStore, dict[str, Any]], None]], ...] = ()
     commit_every: int = 5000
-    commit_interval_ms: int = 200
+    commit_interval_ms: int | None = None  # None: PLANSHIFT_COMMIT_INTERVAL_MS
     max_attempts: int = 3
     retry_backoff_s: float = 0.05
     instance: str = "0"  # stable per instance: a restart fences its own zombie at once
@@ -147,6 +148,8 @@ class Stoppable:
 class StreamProcessor(Stoppable):
     def __init__(self, settings: Settings, config: ProcessorConfig):
         self.settings = settings
+        if config.commit_interval_ms is None:
+            config = dataclasses.replace(config, commit_interval_ms=settings.commit_interval_ms)
         self.config = config
         self.metrics = Metrics()
         self._sources = {settings.topic(s.topic): s for s in config.sources}
