@@ -25,7 +25,7 @@ from typing import Any
 from planshift.contract import Status, Topic, status_id
 from planshift.directory import LicenceDirectory, SqliteDirectory
 from planshift.domain.eligibility import reason
-from planshift.events import event
+from planshift.events import event, upgrade_ended
 from planshift.logs import get_logger
 from planshift.runtime import Context, ProcessorConfig, Source, StreamProcessor
 from planshift.settings import Settings
@@ -69,6 +69,7 @@ class Migration:
             Topic.UPGRADE_STATUS, tenant_id, status_id(upgrade_id, Status.FAILED), upgrade_id=upgrade_id,
             status=Status.FAILED, reasons=[reason("MIGRATION_FAILED", detail[:500]).as_dict()],
             admin_locked_until=None))
+        ctx.emit(Topic.UPGRADE_ENDED, tenant_id, upgrade_ended(tenant_id, upgrade_id, Status.FAILED))
 
 
 def processor(settings: Settings, instance: str = "0", directory: LicenceDirectory | None = None,

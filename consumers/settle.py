@@ -24,7 +24,7 @@ from typing import Any
 from planshift.contract import Status, Topic, billing_switch_id, credit_id, status_id
 from planshift.directory import LicenceDirectory, SqliteDirectory
 from planshift.domain.money import subscription_credit
-from planshift.events import event
+from planshift.events import event, upgrade_ended
 from planshift.logs import get_logger
 from planshift.reports import write_reset_report
 from planshift.runtime import Context, ProcessorConfig, Source, StreamProcessor
@@ -103,6 +103,7 @@ class Settlement:
             status=Status.COMPLETED, reasons=[], progress=_progress(done, state), admin_locked_until=None,
             new_subscription_id=done["target_subscription_id"], credit_minor=credit.amount_minor,
             forfeit_minor=credit.forfeit_minor, currency=terms["currency"], service_plan_resets=state["resets"]))
+        ctx.emit(Topic.UPGRADE_ENDED, tenant_id, upgrade_ended(tenant_id, upgrade_id, Status.COMPLETED))
         # A file beside the transaction: rewritten whole and identically if this is redone.
         path = write_reset_report(self.settings, upgrade_id, self.directory.resets(upgrade_id))
         log.info("upgrade settled", credit_minor=credit.amount_minor, effective_date=effective.isoformat(),

@@ -25,6 +25,7 @@ class Topic(StrEnum):
     LICENSE_BATCH_COMPLETED = "license.batch.completed"
     BILLING_SWITCH = "billing.switch"
     CREDIT_ISSUED = "credit.issued"
+    UPGRADE_ENDED = "upgrade.ended"
 
 
 def dlq(topic: str) -> str:
@@ -61,6 +62,10 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(Topic.LICENSE_BATCH_COMPLETED, "upgrade_id", 6, 7 * DAY_MS),
     TopicSpec(Topic.BILLING_SWITCH, "tenant_id", 6, 90 * DAY_MS),
     TopicSpec(Topic.CREDIT_ISSUED, "tenant_id", 6, 90 * DAY_MS),
+    # Beyond §2 (docs/CONTRACT.md, refinement 17): internal, written beside the
+    # `completed`/`failed` status so intake learns an upgrade ended without reading
+    # every status back.
+    TopicSpec(Topic.UPGRADE_ENDED, "tenant_id", 6, 30 * DAY_MS, copartitioned=True),
 )
 
 DLQ_PARTITIONS = 1
@@ -77,6 +82,7 @@ CONSUMED_TOPICS: tuple[str, ...] = (
     Topic.BILLING_SWITCH,
     Topic.CREDIT_ISSUED,
     Topic.UPGRADE_STATUS,
+    Topic.UPGRADE_ENDED,
 )
 
 

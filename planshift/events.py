@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any
 
-from planshift.contract import SCHEMA_VERSION
+from planshift.contract import SCHEMA_VERSION, Topic
 
 
 def utc_now() -> datetime:
@@ -40,3 +40,9 @@ def with_envelope(value: dict[str, Any], event_type: str) -> dict[str, Any]:
         "occurred_at": rfc3339(utc_now()),
         **value,
     }
+
+
+def upgrade_ended(tenant_id: str, upgrade_id: str, status: str) -> dict[str, Any]:
+    """The internal `upgrade.ended` event, written in the same transaction as the
+    upgrade's `completed` or `failed` status: intake's signal to free the tenant."""
+    return event(Topic.UPGRADE_ENDED, tenant_id, f"{upgrade_id}:ended", upgrade_id=upgrade_id, status=status)

@@ -137,12 +137,27 @@ def test_another_upgrade_of_the_tenant_waits_for_the_first(settings, make_intake
         second = wait_status(settings, "ord-2", "rejected")
         assert [r["code"] for r in second["reasons"]] == ["CHANGE_IN_PROGRESS_OR_CREDIT_CHECK_PENDING"]
         # Settlement reports the first upgrade completed: the tenant is free again.
-        from planshift.events import event
+        from planshift.events import event, upgrade_ended
         produce(settings, Topic.UPGRADE_STATUS, [("contoso", event(
             "upgrade.status", "contoso", "ord-1:status:completed", upgrade_id="ord-1", status="completed",
             reasons=[]))])
         produce(settings, Topic.UPGRADE_REQUESTED, [("contoso", request(upgrade="ord-3"))])
-        wait_status(settings, "ord-3", "migrating")
+        assert wait_status(settings, "ord-3", "rejected")["reasons"][0]["code"] == \
+            "CHANGE_IN_PROGRESS_OR_CREDIT_CHECK_PENDING"  # the status alone is not intake's signal
+        produce(settings, Topic.UPGRADE_ENDED, [("contoso", upgrade_ended("contoso", "ord-1", "completed"))])
+        produce(settings, Topic.UPGRADE_REQUESTED, [("contoso", request(upgrade="ord-4"))])
+        wait_status(settings, "ord-4", "migrating")
+
+
+def test_a_failed_upgrade_frees_the_tenant_too(settings, make_intake):
+    seed_users(settings, "contoso", "contoso-sub-m365_business_standard", "M365_BUSINESS_STANDARD", 4)
+    produce(settings, Topic.UPGRADE_REQUESTED, [("contoso", request(upgrade="ord-1"))])
+    from planshift.events import upgrade_ended
+    with running(make_intake()):
+        wait_status(settings, "ord-1", "migrating")
+        produce(settings, Topic.UPGRADE_ENDED, [("contoso", upgrade_ended("contoso", "ord-1", "failed"))])
+        produce(settings, Topic.UPGRADE_REQUESTED, [("contoso", request(upgrade="ord-2"))])
+        wait_status(settings, "ord-2", "migrating")
 
 
 def test_credit_check_approved_continues(settings, make_intake):

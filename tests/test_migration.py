@@ -99,6 +99,8 @@ def test_a_20000_user_tenant_migrates_over_all_partitions_and_settles_once(setti
     assert credits[0]["amount_minor"] == expected == completed["credit_minor"]
     assert credits[0]["event_id"] == credits[0]["credit_id"] == "ord-big:credit"
     assert switches[0]["event_id"] == "ord-big:billing-switch"
+    ended = values(settings, Topic.UPGRADE_ENDED)  # intake's signal, beside the completed status
+    assert [(e["upgrade_id"], e["status"], e["event_id"]) for e in ended] == [("ord-big", "completed", "ord-big:ended")]
     assert switches[0]["old_subscription_id"] == source_sub("contoso")
     assert credits[0]["due_by"] == date.fromordinal(effective.toordinal() + 30).isoformat()
 
