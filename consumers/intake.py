@@ -163,7 +163,7 @@ class Intake:
         ctx.emit(Topic.UPGRADE_STATUS, tenant_id, status_event(
             tenant_id, upgrade_id, Status.MIGRATING, event_id=f"{upgrade_id}:status:migrating:0",
             progress={"batches_done": 0, "batch_count": batch_count, "users_done": 0, "users_total": len(users)},
-            admin_locked_until=rfc3339(now + ADMIN_LOCK)))
+            admin_locked_until=rfc3339(now + ADMIN_LOCK), occurred_at=now))
         tenant.upgrades[upgrade_id] = Status.MIGRATING
         tenant.save(ctx)
 

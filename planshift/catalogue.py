@@ -7,6 +7,7 @@ so a bad catalogue stops a consumer at start, not mid-stream.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,7 @@ class Sku:
     services: Mapping[str, Service]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared (and hashed) by identity: it is loaded once
 class Catalogue:
     skus: Mapping[str, Sku]
 
@@ -48,11 +49,11 @@ class Catalogue:
 
     def lacking_data_services(self, source: str, target: str) -> list[str]:
         """Data-related services of `source` that `target` lacks or has at a lower tier."""
-        src, tgt = self.skus[source], self.skus[target]
-        return sorted(
-            name for name, svc in src.services.items()
-            if svc.data and (name not in tgt.services or tgt.services[name].tier < svc.tier)
-        )
+        return list(_lacking_data_services(self, source, target))
+
+    def services_of(self, *skus: str | None) -> frozenset[str]:
+        """Every service of the given SKUs (unknown ones and None contribute nothing)."""
+        return _services_of(self, skus)
 
     @classmethod
     def from_dict(cls, raw: dict) -> "Catalogue":
@@ -84,3 +85,19 @@ class Catalogue:
     @classmethod
     def for_settings(cls, settings: Settings) -> "Catalogue":
         return cls.load(settings.catalogue_path)
+
+
+# A catalogue never changes once loaded, and a handful of SKU pairs covers every request:
+# intake asks these for each request, so the answers are kept.
+@functools.lru_cache(maxsize=4096)
+def _lacking_data_services(catalogue: Catalogue, source: str, target: str) -> tuple[str, ...]:
+    src, tgt = catalogue.skus[source], catalogue.skus[target]
+    return tuple(sorted(
+        name for name, svc in src.services.items()
+        if svc.data and (name not in tgt.services or tgt.services[name].tier < svc.tier)
+    ))
+
+
+@functools.lru_cache(maxsize=4096)
+def _services_of(catalogue: Catalogue, skus: tuple[str | None, ...]) -> frozenset[str]:
+    return frozenset(name for sku in skus if sku in catalogue for name in catalogue.skus[sku].services)

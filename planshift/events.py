@@ -15,7 +15,9 @@ def utc_now() -> datetime:
 
 def rfc3339(moment: datetime) -> str:
     """`2026-11-17T09:30:00.000000Z` (isoformat: several times faster than strftime)."""
-    return moment.astimezone(timezone.utc).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+    if moment.tzinfo is not timezone.utc:
+        moment = moment.astimezone(timezone.utc)
+    return moment.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def event(event_type: str, tenant_id: str, event_id: str | None = None, occurred_at: datetime | None = None,
