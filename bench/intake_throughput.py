@@ -3,9 +3,11 @@
 Both read the same pre-filled `upgrade.requested` topic (N small-tenant requests, 3 users
 each) in the same run on the same broker. The plain loop decodes each record and
 produces one record per input with an idempotent producer and no transactions. Intake
-validates, evaluates eligibility against the SQLite directory, emits `accepted`,
-`migrating` and one batch per request, writes two state keys to its changelog, and
-commits all of it with the offsets in Kafka transactions.
+validates each request against its JSON Schema, reads the licence holders from the
+SQLite directory, evaluates every eligibility rule, keeps the tenant's lock in its state
+store, emits `accepted`, one batch and `migrating` per request, and commits all of it
+with the consumed offsets in Kafka transactions (its production settings: commit at
+most every second under load).
 
     python bench/intake_throughput.py [--requests 20000]
 

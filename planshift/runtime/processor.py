@@ -160,6 +160,8 @@ class StreamProcessor(Stoppable):
         self._txn_started = 0.0
         self._stop = threading.Event()
         self._tables: dict[str, GlobalTable] = {}
+        self._table_values: dict[str, Any] = {}  # each table's current values, as of the last poll
+        self._topic_names: dict[str, str] = {}  # contract topic → its name on the cluster (prefixed)
         self._schemas = frozenset(schema_names())
         self._changelog = changelog_topic(settings, config.group_id) if config.stateful else None
         self.transactional_id = f"{settings.topic_prefix}{config.group_id}-{config.instance}"
@@ -231,6 +233,7 @@ class StreamProcessor(Stoppable):
     def _poll_once(self) -> None:
         for table in self._tables.values():
             table.refresh()
+        self._table_values = {name: table.values for name, table in self._tables.items()}
         batches = self.consumer.poll(timeout_ms=self.config.poll_timeout_ms)
         if batches and self.metrics.first_record_at is None:
             self.metrics.first_record_at = time.monotonic()
@@ -344,13 +347,16 @@ class StreamProcessor(Stoppable):
         return Context(
             topic=source.topic, partition=record.partition, offset=record.offset, timestamp=record.timestamp,
             key=key, headers=headers, store=self._stores.get(record.partition),
-            tables={name: table.values for name, table in self._tables.items()},
+            tables=self._table_values,
         )
 
     def _apply(self, ctx: Context) -> None:
         for output in ctx.outputs:
-            self._sends.send(self.settings.topic(output.topic), kafka_clients.encode_key(output.key),
-                             kafka_clients.encode_json(output.value), kafka_clients.event_headers(output.event_type))
+            topic = self._topic_names.get(output.topic)
+            if topic is None:
+                topic = self._topic_names[output.topic] = self.settings.topic(output.topic)
+            self._sends.send(topic, kafka_clients.encode_key(output.key), kafka_clients.encode_json(output.value),
+                             kafka_clients.event_headers(output.event_type))
         if ctx.writes:
             if self._changelog is None:
                 raise RuntimeError(f"{self.config.group_id} is stateless but its handler wrote state")
