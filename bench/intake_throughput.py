@@ -9,7 +9,7 @@ store, emits `accepted`, one batch and `migrating` per request, and commits all 
 with the consumed offsets in Kafka transactions (its production settings: commit at
 most every second under load).
 
-    python bench/intake_throughput.py [--requests 20000]
+    python bench/intake_throughput.py [--requests 20000] [--rounds 3] [--instances 2]
 
 A second plain loop emits three records per input, intake's output volume (accepted,
 migrating, one batch), still without transactions, to show what the outputs alone cost.
@@ -17,6 +17,9 @@ migrating, one batch), still without transactions, to show what the outputs alon
 Each rate runs from the first record polled to the last output flushed (intake: its
 last transaction committed), so the start-up of each (group join, intake's state
 restore and table bootstrap) is left out of both.
+
+Last, intake runs as `--instances` processes sharing the partitions (as `planshift run
+intake --instances N` runs it), for the scaling; that figure is not part of the ratio.
 
 Goal (issue 3): intake keeps at least 40% of the plain loop's rate.
 """
@@ -104,11 +107,46 @@ def intake_run(settings, n: int, **config) -> float:
     return processor.metrics.finished_at - processor.metrics.first_record_at
 
 
+def _intake_child(settings, instance: int, stop, results) -> None:
+    processor = intake.processor(settings, instance=str(instance))
+    processor.run(until=lambda p: stop.is_set())
+    results.put((processor.metrics.first_record_at, processor.metrics.finished_at))
+
+
+def intake_instances(settings, n: int, instances: int, timeout: float = 300) -> float:
+    """`instances` intake processes sharing the partitions, as `planshift run intake
+    --instances N` runs them: from the first record any of them took to the last commit
+    (CLOCK_MONOTONIC is one clock for every process on the machine)."""
+    import multiprocessing
+
+    from planshift.topic_reader import stable_end_offsets
+
+    context = multiprocessing.get_context("spawn")
+    stop, results = context.Event(), context.Queue()
+    children = [context.Process(target=_intake_child, args=(settings, i, stop, results)) for i in range(instances)]
+    for child in children:
+        child.start()
+    deadline = time.monotonic() + timeout
+    try:
+        while stable_end_offsets(settings, settings.topic(Topic.LICENSE_BATCHES)) < n:  # one batch per request
+            if time.monotonic() > deadline or not all(c.is_alive() for c in children):
+                raise SystemExit("intake instances did not finish")
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        spans = [results.get(timeout=60) for _ in children]
+        for child in children:
+            child.join(timeout=60)
+    return max(end for _, end in spans if end) - min(start for start, _ in spans if start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=3,
                         help="rounds of (plain loop, intake) on fresh topics; medians are reported")
+    parser.add_argument("--instances", type=int, default=0,
+                        help="also run intake as this many processes (default 0: skip); reported beside, not in the ratio")
     args = parser.parse_args()
     n = args.requests
     plain_rates, plain3_rates, intake_rates, ratios = [], [], [], []
@@ -127,6 +165,12 @@ def main() -> None:
             ratios.append(eos / plain)
             print(f"round {round_no}: plain 1:1 {plain:7.0f}/s   plain 1:3 {plain3:7.0f}/s   intake {eos:7.0f}/s   "
                   f"ratio {eos / plain:.2f}", flush=True)
+        multi = None
+        if args.instances > 1:
+            settings = base.with_(topic_prefix=f"{base.topic_prefix}x.")
+            create_topics(settings)
+            prefill(settings, n)
+            multi = n / intake_instances(settings, n, args.instances)
     ratio = statistics.median(ratios)
     print(f"plain consume→produce loop : {statistics.median(plain_rates):8.0f} records/s (median of {args.rounds})")
     print(f"  … emitting 3 per input   : {statistics.median(plain3_rates):8.0f} records/s in (intake's output volume, "
@@ -135,6 +179,9 @@ def main() -> None:
     print(f"ratio intake/plain         : {ratio:.2f} median, {min(ratios):.2f}–{max(ratios):.2f} range  "
           f"(goal ≥ 0.40: {'met' if ratio >= 0.40 else 'NOT met'})")
     print(f"ratio intake/plain 1:3     : {statistics.median(intake_rates) / statistics.median(plain3_rates):.2f}")
+    if multi is not None:
+        print(f"intake, {args.instances} processes       : {multi:8.0f} requests/s (one run; "
+              f"{multi / statistics.median(plain_rates):.2f} of the plain loop's median)")
 
 
 if __name__ == "__main__":

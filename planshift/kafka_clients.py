@@ -187,7 +187,7 @@ class TransactionalSends:
     def _partition(self, topic: str, key: bytes | None) -> int | None:
         if key is None:
             return None
-        partitions = self._metadata.partitions_for_topic(topic)
+        partitions = self._metadata._partitions.get(topic)  # partitions_for_topic() without copying to a set
         if partitions is None:
             return None
         ordered = self._ordered.get(topic)
@@ -195,7 +195,7 @@ class TransactionalSends:
         if found is not None and len(ordered) == len(partitions):
             return found
         if ordered is None or len(ordered) != len(partitions):  # new topic, or partitions were added
-            ordered = self._ordered[topic] = sorted(partitions)
+            ordered = self._ordered[topic] = sorted(partitions.keys())
             self._partitions = {k: v for k, v in self._partitions.items() if k[0] != topic}
         if len(self._partitions) >= 100_000:  # keys of batches are unique: keep the cache bounded
             self._partitions.clear()

@@ -16,7 +16,7 @@ from planshift.runtime.state import PartitionStore
 _DELETED = object()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Output:
     topic: str  # contract topic name (the runtime applies the topic prefix)
     key: str | None
@@ -24,7 +24,7 @@ class Output:
     event_type: str
 
 
-@dataclass
+@dataclass(slots=True)  # one per handled record: slots make it cheaper to build
 class Context:
     topic: str  # contract topic name of the record
     partition: int

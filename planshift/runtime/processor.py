@@ -302,8 +302,8 @@ class StreamProcessor(Stoppable):
         # and, once known, whose it is. Rebinding per record is cheaper than nesting
         # context managers on the hot path.
         structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(topic=record.topic, partition=record.partition, offset=record.offset)
         if isinstance(event, InvalidEvent):
+            structlog.contextvars.bind_contextvars(topic=record.topic, partition=record.partition, offset=record.offset)
             ctx = self._context(source, record, key, headers)
             if source.on_invalid is not None:
                 try:
@@ -316,7 +316,8 @@ class StreamProcessor(Stoppable):
             self._apply(ctx)
             self._dead_letter(record, event, attempts=1)
             return
-        structlog.contextvars.bind_contextvars(tenant_id=event.get("tenant_id"), upgrade_id=event.get("upgrade_id"))
+        structlog.contextvars.bind_contextvars(topic=record.topic, partition=record.partition, offset=record.offset,
+                                               tenant_id=event.get("tenant_id"), upgrade_id=event.get("upgrade_id"))
         for attempt in range(1, self.config.max_attempts + 1):
             ctx = self._context(source, record, key, headers)
             try:
