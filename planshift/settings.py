@@ -54,8 +54,9 @@ class Settings:
     validate_outputs: bool = False
     # How long a consumer's transaction stays open under load before it commits (an
     # idle consumer commits at once). Longer: fewer commits, more throughput; outputs
-    # become visible to read_committed readers up to this much later.
-    commit_interval_ms: int = 1000
+    # become visible to read_committed readers up to this much later. None: each
+    # consumer's own default (intake 1000 ms, the others 200 ms).
+    commit_interval_ms: int | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -101,7 +102,8 @@ class Settings:
             kafka_version=get("PLANSHIFT_KAFKA_VERSION") or defaults.kafka_version,
             log_level=(get("PLANSHIFT_LOG_LEVEL") or defaults.log_level).upper(),
             validate_outputs=(get("PLANSHIFT_VALIDATE_OUTPUTS") or "0").lower() in ("1", "true", "yes"),
-            commit_interval_ms=get_int("PLANSHIFT_COMMIT_INTERVAL_MS", defaults.commit_interval_ms),
+            commit_interval_ms=(get_int("PLANSHIFT_COMMIT_INTERVAL_MS", 0)
+                                if get("PLANSHIFT_COMMIT_INTERVAL_MS") else None),
         )
         settings.validate()
         return settings

@@ -88,3 +88,19 @@ def test_settings_are_frozen():
 def test_topic_prefix_applies_to_every_topic():
     s = Settings.from_env({"PLANSHIFT_TOPIC_PREFIX": "staging."})
     assert s.topic("upgrade.requested") == "staging.upgrade.requested"
+
+
+def test_the_commit_interval_is_each_consumers_unless_the_environment_or_the_command_says(tmp_path):
+    from consumers import intake, settle
+
+    assert Settings.from_env({}).commit_interval_ms is None
+    default = Settings.from_env({"PLANSHIFT_DATA_DIR": str(tmp_path)})  # processors are built, not run
+    assert intake.processor(default).config.commit_interval_ms == 1000  # many small records: fewer commits
+    assert settle.processor(default).config.commit_interval_ms == 200
+    chosen = default.with_(commit_interval_ms=Settings.from_env({"PLANSHIFT_COMMIT_INTERVAL_MS": "350"})
+                           .commit_interval_ms)
+    assert intake.processor(chosen).config.commit_interval_ms == 350
+    assert settle.processor(chosen).config.commit_interval_ms == 350
+    assert intake.processor(chosen, commit_interval_ms=50).config.commit_interval_ms == 50  # --commit-interval-ms
+    with pytest.raises(SettingsError, match="PLANSHIFT_COMMIT_INTERVAL_MS"):
+        Settings.from_env({"PLANSHIFT_COMMIT_INTERVAL_MS": "0"})

@@ -72,6 +72,10 @@ log = get_logger(__name__)
 
 SKIP = object()  # a record its source's `wanted` refused
 
+# Under load a transaction commits after this long unless the consumer or
+# PLANSHIFT_COMMIT_INTERVAL_MS says otherwise (an idle consumer commits at once).
+DEFAULT_COMMIT_INTERVAL_MS = 200
+
 FENCED = (ProducerFencedError, InvalidProducerEpochError)
 LOST_GENERATION = (CommitFailedError, IllegalGenerationError, UnknownMemberIdError, RebalanceInProgressError)
 
@@ -108,7 +112,7 @@ class ProcessorConfig:
     # store p. Writes of such state use `ctx.put(..., logged=False)`.
     derived_from: tuple[tuple[str, Callable[[PartitionStore, dict[str, Any]], None]], ...] = ()
     commit_every: int = 5000
-    commit_interval_ms: int | None = None  # None: PLANSHIFT_COMMIT_INTERVAL_MS
+    commit_interval_ms: int | None = None  # None: PLANSHIFT_COMMIT_INTERVAL_MS, else DEFAULT_COMMIT_INTERVAL_MS
     max_attempts: int = 3
     retry_backoff_s: float = 0.05
     instance: str = "0"  # stable per instance: a restart fences its own zombie at once
@@ -149,7 +153,8 @@ class StreamProcessor(Stoppable):
     def __init__(self, settings: Settings, config: ProcessorConfig):
         self.settings = settings
         if config.commit_interval_ms is None:
-            config = dataclasses.replace(config, commit_interval_ms=settings.commit_interval_ms)
+            config = dataclasses.replace(config, commit_interval_ms=settings.commit_interval_ms
+                                         or DEFAULT_COMMIT_INTERVAL_MS)
         self.config = config
         self.metrics = Metrics()
         self._sources = {settings.topic(s.topic): s for s in config.sources}
