@@ -161,6 +161,18 @@ def test_a_missing_credit_is_only_pending_before_its_due_date(local_settings):
     assert len(early.findings) == 0 and list(early.upgrades["status"]) == ["PENDING"]
 
 
+def test_a_day_without_any_invoice_finds_every_overdue_credit_missing(local_settings):
+    lake = Lake.for_settings(local_settings)
+    upgrades = [upgrade_events(n) for n in range(2)]
+    for topic, index in ((Topic.UPGRADE_REQUESTED, 0), (Topic.BILLING_SWITCH, 1), (Topic.CREDIT_ISSUED, 2),
+                         (Topic.UPGRADE_STATUS, 3)):
+        archive(lake, topic, [u[index] for u in upgrades])
+    result = reconcile(local_settings, RUN, progress=False, chart=False)
+    assert list(result.findings["check_code"]) == ["MISSING_CREDIT", "MISSING_CREDIT"]
+    assert list(result.findings["delta_minor"]) == [-70000, -70000]
+    assert list(result.upgrades["status"]) == ["OPEN", "OPEN"]
+
+
 def test_an_issued_credit_that_breaks_the_rules_is_found(local_settings):
     build_lake(local_settings, [upgrade_events(1, tamper_credit=11)], OneUpgrade(None, ""))
     findings = reconcile(local_settings, RUN, progress=False, chart=False).findings

@@ -151,13 +151,28 @@ def rows_where(mask) -> np.ndarray:
 
 def values(frame: pd.DataFrame, column: str, rows: np.ndarray) -> np.ndarray:
     """A column's values at `rows` as numpy (dates as datetime64, integers as float with
-    NaN for a missing value), for comparisons before any row is copied."""
+    NaN for a missing value), for comparisons before any row is copied. A row of -1 (no
+    match in a left join) gives a missing value: NaN, NaT or None."""
     series = frame[column]
     if isinstance(series.dtype, pd.Int64Dtype):
         array = series.to_numpy(dtype="float64", na_value=np.nan)
     else:
         array = series.to_numpy()
-    return array[rows]
+    rows = np.asarray(rows, np.int64)
+    missing = rows < 0
+    if not missing.any():
+        return array[rows]
+    kind = array.dtype.kind
+    out = (array[np.where(missing, 0, rows)] if len(array)
+           else np.empty(len(rows), array.dtype if kind in "fM" else object))
+    if kind == "f":
+        out[missing] = np.nan
+    elif kind == "M":
+        out[missing] = np.datetime64("NaT")
+    else:
+        out = out.astype(object)
+        out[missing] = None
+    return out
 
 
 def first_of(frame: pd.DataFrame, key: str, order: list[str] | None = None) -> pd.DataFrame:
@@ -279,17 +294,18 @@ def check_credits(credits: pd.DataFrame, lines: pd.DataFrame, recomputed: pd.Dat
     li, ri = pairs(credits, lines, "credit_id", how="left", right_rows=rows_where(lines["kind"] == "credit"))
     has_line = ri >= 0
     due_by = values(credits, "due_by", li)
-    on_line = np.where(has_line, ri, 0)
-    invoiced_amount = -values(lines, "amount_minor", on_line)
+    invoiced_amount = -values(lines, "amount_minor", ri)
     credit_currency = _arrow(credits["currency"]).take(li)
-    line_currency = _arrow(lines["currency"]).take(on_line)
+    line_currency = _arrow(lines["currency"]).take(pa.array(ri, mask=~has_line))  # no line: null
     other_currency = pc.not_equal(credit_currency, line_currency).to_numpy(zero_copy_only=False)
     (credit_codes,) = keys((lines, "credit_id"))
-    several = has_line & (np.bincount(credit_codes[on_line][has_line], minlength=1)[
-        np.where(has_line, credit_codes[on_line], 0)] > 1)
+    invoiced_as = np.full(len(ri), -1, np.int64)  # the credit_id code of each pair's line
+    invoiced_as[has_line] = credit_codes[ri[has_line]]
+    times_invoiced = np.bincount(invoiced_as[has_line], minlength=1)
+    several = has_line & (times_invoiced[np.maximum(invoiced_as, 0)] > 1)
     conditions = {
         "missing": ~has_line & (due_by < run.to_datetime64()),
-        "late": has_line & (values(lines, "issued_on", on_line) > due_by),
+        "late": has_line & (values(lines, "issued_on", ri) > due_by),
         "wrong": has_line & differ(invoiced_amount, values(credits, "amount_minor", li)),
         "currency": has_line & np.asarray(other_currency == True),  # noqa: E712 (a missing currency: no finding)
         "several": several,
