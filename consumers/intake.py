@@ -12,7 +12,7 @@ The tenant's lock is taken on acceptance and released when the upgrade ends: set
 (completed) and the migration workers (failed) write `upgrade.ended` in the same
 transaction as that status, or intake itself rejects the upgrade after a declined
 credit check. Intake does not read `upgrade.status` while it runs: two of every three
-statuses there are its own, and reading them back cost a third of its time.
+statuses there are its own, and reading them back cost about a quarter of its time.
 
 State, per partition store (every input event carries tenant_id):
   tenant:{tenant_id}  → {"in_flight": upgrade_id | null, "upgrades": {upgrade_id: status}}
