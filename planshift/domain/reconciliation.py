@@ -101,8 +101,14 @@ def pairs(left: pd.DataFrame, right: pd.DataFrame, left_on: str, right_on: str |
     valid = rcodes >= 0
     rrows, rcodes = rrows[valid], rcodes[valid]
     size = int(max(lcodes.max(initial=-1), rcodes.max(initial=-1))) + 1
-    order = rrows[np.argsort(rcodes, kind="stable")]
     counts = np.bincount(rcodes, minlength=size)
+    if counts.max(initial=0) <= 1:  # the right key is unique (the usual case): one lookup, no sort
+        lookup = np.full(size, -1, np.int64)
+        lookup[rcodes] = rrows
+        ri = np.where(lcodes >= 0, lookup[np.maximum(lcodes, 0)] if size else -1, -1)
+        keep = slice(None) if how == "left" else ri >= 0
+        return lrows[keep].astype(np.int64), ri[keep].astype(np.int64)
+    order = rrows[np.argsort(rcodes, kind="stable")]
     starts = np.cumsum(counts) - counts
     matches = np.where(lcodes >= 0, counts[np.maximum(lcodes, 0)] if size else 0, 0)
     wanted = np.maximum(matches, 1) if how == "left" else matches
