@@ -7,8 +7,9 @@ Work is grouped into transactions of at most `commit_every` records or
 
 1. `begin_transaction()` before the first record of the interval is handled.
 2. Per record, the handler runs on a `Context` and returns. Only then are its output
-   events sent and its state writes applied to the in-memory store *and* sent to the
-   store's changelog partition. A record whose handler keeps failing is sent to
+   events sent (straight into the producer's open batches: `kafka_clients.TransactionalSends`)
+   and its state writes applied to the in-memory store *and* sent to the store's
+   changelog partition. A record whose handler keeps failing is sent to
    `<topic>.dlq` instead, with the headers of CONTRACT.md §7. Everything sent is part
    of the open transaction, invisible to `read_committed` readers.
 3. `send_offsets_to_transaction(offsets, consumer.group_metadata())`: the next offsets
