@@ -9,7 +9,7 @@ store, emits `accepted`, one batch and `migrating` per request, and commits all 
 with the consumed offsets in Kafka transactions (its production settings: commit at
 most every second under load).
 
-    python bench/intake_throughput.py [--requests 20000] [--rounds 3] [--instances 2]
+    python bench/intake_throughput.py [--requests 20000] [--rounds 5] [--instances N]
 
 A second plain loop emits three records per input, intake's output volume (accepted,
 migrating, one batch), still without transactions, to show what the outputs alone cost.
@@ -143,7 +143,7 @@ def intake_instances(settings, n: int, instances: int, timeout: float = 300) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=20_000)
-    parser.add_argument("--rounds", type=int, default=3,
+    parser.add_argument("--rounds", type=int, default=5,
                         help="rounds of (plain loop, intake) on fresh topics; medians are reported")
     parser.add_argument("--instances", type=int, default=0,
                         help="also run intake as this many processes (default 0: skip); reported beside, not in the ratio")
