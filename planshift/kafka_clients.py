@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.partitioner.default import murmur2
+from kafka.record.util import encode_varint
 from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 
 from planshift.settings import Settings
@@ -173,10 +174,10 @@ class TransactionalSends:
             batches = self._accumulator._batches.get(tp)
             if batches:
                 batch = batches[-1]
-                appended = batch.records.append(timestamp, key, value, headers)
+                appended = _append_record(batch.records, timestamp, key, value, headers)
                 if appended is not None:
                     batch.last_append = time.monotonic()
-                    batch.max_record_size = max(batch.max_record_size, appended.size)
+                    batch.max_record_size = max(batch.max_record_size, appended)
                     if not batch.records.is_full():
                         return
                     self._producer._sender.wakeup()
@@ -201,3 +202,62 @@ class TransactionalSends:
             self._partitions.clear()
         found = self._partitions[(topic, key)] = ordered[(murmur2(key) & 0x7FFFFFFF) % len(ordered)]
         return found
+
+
+def _zigzag_varint(value: int) -> bytes:
+    out = bytearray()
+    encode_varint(value, out.append)
+    return bytes(out)
+
+
+_SMALL_VARINTS = [_zigzag_varint(n) for n in range(16384)]
+_NULL = _zigzag_varint(-1)  # a null key, value or header value: length -1
+
+
+def _varint(value: int) -> bytes:
+    return _SMALL_VARINTS[value] if 0 <= value < 16384 else _zigzag_varint(value)
+
+
+@functools.lru_cache(maxsize=1024)
+def _header_bytes(headers: tuple[tuple[str, bytes | None], ...]) -> bytes:
+    parts = [_varint(len(headers))]
+    for name, value in headers:
+        name = name.encode("utf-8")
+        parts += [_varint(len(name)), name, _NULL if value is None else _varint(len(value)) + value]
+    return b"".join(parts)
+
+
+def _append_record(records, timestamp: int, key: bytes | None, value: bytes | None,
+                   headers: list[tuple[str, bytes | None]]) -> int | None:
+    """`MemoryRecordsBuilder.append` for the v2 record format, byte for byte, in fewer steps:
+    the varints come from a table and a header section is encoded once per distinct set.
+    Returns the record's size in the batch, or None when the batch has no room for it."""
+    builder = records._builder
+    if records._closed or records._magic != 2:
+        appended = None if records._closed else records.append(timestamp, key, value, headers)
+        return None if appended is None else appended.size
+    offset = records._next_offset
+    first = builder._first_timestamp is None
+    body = b"".join((
+        b"\x00",  # attributes
+        _varint(0 if first else timestamp - builder._first_timestamp),
+        _varint(offset),
+        _NULL if key is None else _varint(len(key)) + key,
+        _NULL if value is None else _varint(len(value)) + value,
+        _header_bytes(tuple(headers)),
+    ))
+    prefix = _varint(len(body))
+    size = len(prefix) + len(body)
+    buffer = builder._buffer
+    if not first and size + len(buffer) > builder._batch_size:
+        return None
+    if first:
+        builder._first_timestamp = builder._max_timestamp = timestamp
+    elif builder._max_timestamp < timestamp:
+        builder._max_timestamp = timestamp
+    builder._num_records += 1
+    builder._last_offset = offset
+    buffer += prefix
+    buffer += body
+    records._next_offset += 1
+    return size
