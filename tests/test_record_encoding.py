@@ -38,3 +38,14 @@ def test_batches_are_byte_identical_to_kafka_pythons(batch_size):
     sizes, got = fill(_append_record, 3, batch_size)
     assert sizes == expected_sizes  # the same records fit, with the same sizes
     assert got == expected
+
+
+def test_keys_hash_as_kafkas_murmur2():
+    from kafka.partitioner.default import murmur2 as kafkas
+
+    from planshift.kafka_clients import murmur2
+
+    rnd = random.Random(5)
+    keys = [bytes(rnd.randrange(256) for _ in range(rnd.randrange(0, 64))) for _ in range(5000)]
+    keys += [f"tenant-{i}".encode() for i in range(1000)] + ["ord-ü-€:3".encode()]
+    assert [murmur2(k) for k in keys] == [kafkas(k) for k in keys]
