@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Mapping
 
 from planshift.catalogue import Catalogue
@@ -91,11 +91,13 @@ class Intake:
         if reasons:
             self._reject(ctx, tenant, upgrade_id, [r.as_dict() for r in reasons])
             return
-        ctx.emit(Topic.UPGRADE_STATUS, tenant_id, status_event(tenant_id, upgrade_id, Status.ACCEPTED))
+        now = utc_now()
+        ctx.emit(Topic.UPGRADE_STATUS, tenant_id,
+                 status_event(tenant_id, upgrade_id, Status.ACCEPTED, occurred_at=rfc3339(now)))
         tenant.in_flight = upgrade_id
         check = credit_check_reason(request, self.settings.credit_check_threshold_minor)
         if check is None:
-            self._start_migration(ctx, tenant, request, users)
+            self._start_migration(ctx, tenant, request, users, now)
             return
         ctx.emit(Topic.CREDIT_CHECK_REQUESTED, tenant_id, event(
             Topic.CREDIT_CHECK_REQUESTED, tenant_id, f"{upgrade_id}:credit-check",
@@ -153,18 +155,19 @@ class Intake:
         tenant.save(ctx)
 
     def _start_migration(self, ctx: Context, tenant: "TenantState", request: Mapping[str, Any],
-                         users: list[str]) -> None:
+                         users: list[str], now: datetime | None = None) -> None:
         tenant_id, upgrade_id = request["tenant_id"], request["upgrade_id"]
         source = source_subscription(request)
-        now = utc_now()
+        now = now or utc_now()
+        stamp = rfc3339(now)
         batch_count = 0
-        for batch in batch_events(request, source, users, self.settings.batch_size, rfc3339(now)):
+        for batch in batch_events(request, source, users, self.settings.batch_size, stamp):
             ctx.emit(Topic.LICENSE_BATCHES, batch_key(upgrade_id, batch["batch_no"]), batch)
             batch_count = batch["batch_count"]
         ctx.emit(Topic.UPGRADE_STATUS, tenant_id, status_event(
             tenant_id, upgrade_id, Status.MIGRATING, event_id=f"{upgrade_id}:status:migrating:0",
             progress={"batches_done": 0, "batch_count": batch_count, "users_done": 0, "users_total": len(users)},
-            admin_locked_until=rfc3339(now + ADMIN_LOCK), occurred_at=now))
+            admin_locked_until=rfc3339(now + ADMIN_LOCK), occurred_at=stamp))
         tenant.upgrades[upgrade_id] = Status.MIGRATING
         tenant.save(ctx)
 

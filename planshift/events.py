@@ -20,14 +20,15 @@ def rfc3339(moment: datetime) -> str:
     return moment.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
-def event(event_type: str, tenant_id: str, event_id: str | None = None, occurred_at: datetime | None = None,
+def event(event_type: str, tenant_id: str, event_id: str | None = None, occurred_at: datetime | str | None = None,
           **fields: Any) -> dict[str, Any]:
-    """A complete event: the envelope, then the event's own fields."""
+    """A complete event: the envelope, then the event's own fields. `occurred_at` may be
+    given already formatted (events of one moment share one `rfc3339` call)."""
     return {
         "event_id": event_id or str(uuid.uuid4()),
         "event_type": event_type,
         "schema_version": SCHEMA_VERSION,
-        "occurred_at": rfc3339(occurred_at or utc_now()),
+        "occurred_at": occurred_at if isinstance(occurred_at, str) else rfc3339(occurred_at or utc_now()),
         "tenant_id": tenant_id,
         **fields,
     }
