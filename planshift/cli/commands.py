@@ -232,8 +232,8 @@ def _consumer_parser(rsub, name: str, help: str, description: str) -> argparse.A
 
 
 def _commit_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--commit-every", type=_positive_int, default=5000, metavar="N",
-                        help="commit the transaction after N records (default 5000)")
+    parser.add_argument("--commit-every", type=_positive_int, default=None, metavar="N",
+                        help="commit the transaction after N records (default 5000; intake 20000)")
     parser.add_argument("--commit-interval-ms", type=_positive_int, default=None, metavar="MS",
                         help="… or after MS milliseconds under load, whichever comes first "
                              "(default PLANSHIFT_COMMIT_INTERVAL_MS, else intake 1000, the others 200)")
@@ -365,14 +365,15 @@ def run_consumer(args: argparse.Namespace, settings: Settings) -> int:
     if getattr(args, "instances", 1) > 1:
         from planshift.cli.supervise import Child, supervise
 
-        common = ["--commit-every", str(args.commit_every)]
-        if args.commit_interval_ms is not None:
-            common += ["--commit-interval-ms", str(args.commit_interval_ms)]
+        common = [arg for flag, value in (("--commit-every", args.commit_every),
+                                          ("--commit-interval-ms", args.commit_interval_ms))
+                  if value is not None for arg in (flag, str(value))]
         return supervise([Child(f"{args.consumer_module}-{i}", ["run", args.consumer_module, "--instance", str(i),
                                                                  *common]) for i in range(args.instances)])
     module = importlib.import_module(f"consumers.{args.consumer_module}")
-    processor = module.processor(settings, instance=args.instance, commit_every=args.commit_every,
-                                 commit_interval_ms=args.commit_interval_ms)
+    tuning = {name: value for name, value in (("commit_every", args.commit_every),
+                                              ("commit_interval_ms", args.commit_interval_ms)) if value is not None}
+    processor = module.processor(settings, instance=args.instance, **tuning)
     processor.install_signal_handlers()
     processor.run()
     return 0
