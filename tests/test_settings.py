@@ -96,7 +96,7 @@ def test_the_commit_interval_is_each_consumers_unless_the_environment_or_the_com
     assert Settings.from_env({}).commit_interval_ms is None
     default = Settings.from_env({"PLANSHIFT_DATA_DIR": str(tmp_path)})  # processors are built, not run
     assert intake.processor(default).config.commit_interval_ms == 1000  # many small records: fewer commits
-    assert intake.processor(default).config.commit_every == 20_000
+    assert intake.processor(default).config.commit_every == 5000
     assert settle.processor(default).config.commit_interval_ms == 200
     assert settle.processor(default).config.commit_every == 5000
     chosen = default.with_(commit_interval_ms=Settings.from_env({"PLANSHIFT_COMMIT_INTERVAL_MS": "350"})

@@ -233,7 +233,7 @@ def _consumer_parser(rsub, name: str, help: str, description: str) -> argparse.A
 
 def _commit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--commit-every", type=_positive_int, default=None, metavar="N",
-                        help="commit the transaction after N records (default 5000; intake 20000)")
+                        help="commit the transaction after N records (default 5000)")
     parser.add_argument("--commit-interval-ms", type=_positive_int, default=None, metavar="MS",
                         help="… or after MS milliseconds under load, whichever comes first "
                              "(default PLANSHIFT_COMMIT_INTERVAL_MS, else intake 1000, the others 200)")
