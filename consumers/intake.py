@@ -28,6 +28,7 @@ to the changelog.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -41,6 +42,7 @@ from planshift.domain.credit_check import add_business_days, credit_check_reason
 from planshift.domain.eligibility import TenantView, evaluate, reason, request_date, source_subscription
 from planshift.events import event, rfc3339, utc_now
 from planshift.logs import get_logger
+from planshift.partitioning import spread
 from planshift.runtime import Context, ProcessorConfig, Source, StreamProcessor
 from planshift.runtime.state import PartitionStore
 from planshift.schema import InvalidEvent
@@ -162,7 +164,8 @@ class Intake:
         stamp = rfc3339(now)
         batch_count = 0
         for batch in batch_events(request, source, users, self.settings.batch_size, stamp):
-            ctx.emit(Topic.LICENSE_BATCHES, batch_key(upgrade_id, batch["batch_no"]), batch)
+            ctx.emit(Topic.LICENSE_BATCHES, batch_key(upgrade_id, batch["batch_no"]), batch,
+                     placement=functools.partial(spread, upgrade_id, batch["batch_no"]))
             batch_count = batch["batch_count"]
         ctx.emit(Topic.UPGRADE_STATUS, tenant_id, status_event(
             tenant_id, upgrade_id, Status.MIGRATING, event_id=f"{upgrade_id}:status:migrating:0",

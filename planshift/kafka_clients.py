@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import socket
-import struct
 import time
 from typing import Any
 
@@ -19,6 +18,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.record.util import encode_varint
 from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 
+from planshift.partitioning import murmur2
 from planshift.settings import Settings
 
 
@@ -155,6 +155,11 @@ class TransactionalSends:
         """A new transaction: every partition must join it again."""
         self._joined.clear()
 
+    def partition_count(self, topic: str) -> int:
+        """How many partitions `topic` has (asks the cluster the first time)."""
+        known = self._metadata._partitions.get(topic)
+        return len(known) if known else len(self._producer.partitions_for(topic))
+
     def send(self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]],
              partition: int | None = None) -> None:
         if partition is None:
@@ -202,31 +207,6 @@ class TransactionalSends:
             self._partitions.clear()
         found = self._partitions[(topic, key)] = ordered[(murmur2(key) & 0x7FFFFFFF) % len(ordered)]
         return found
-
-
-def murmur2(data: bytes) -> int:
-    """Kafka's murmur2 (the Java client's `Utils.murmur2`, as kafka-python's default
-    partitioner has it), reading the key's 32-bit words in one unpack."""
-    length = len(data)
-    m = 0x5BD1E995
-    h = 0x9747B28C ^ length
-    words = length >> 2
-    if words:
-        for k in struct.unpack_from(f"<{words}I", data):
-            k = (k * m) & 0xFFFFFFFF
-            k ^= k >> 24
-            h = ((h * m) & 0xFFFFFFFF) ^ ((k * m) & 0xFFFFFFFF)
-    tail = length & 3
-    if tail:
-        base = length & ~3
-        if tail >= 3:
-            h ^= data[base + 2] << 16
-        if tail >= 2:
-            h ^= data[base + 1] << 8
-        h = ((h ^ data[base]) * m) & 0xFFFFFFFF
-    h ^= h >> 13
-    h = (h * m) & 0xFFFFFFFF
-    return h ^ (h >> 15)
 
 
 def _zigzag_varint(value: int) -> bytes:

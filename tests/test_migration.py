@@ -87,6 +87,9 @@ def test_a_20000_user_tenant_migrates_over_all_partitions_and_settles_once(setti
 
     batches = read_topic(settings, settings.topic(Topic.LICENSE_BATCHES))
     assert len(batches) == 200 and len({b.partition for b in batches}) == settings.batch_partitions
+    per_partition = Counter(b.partition for b in batches)  # round-robin: 16 or 17 each, no hot partition
+    assert max(per_partition.values()) - min(per_partition.values()) <= 1
+    assert all(b.key == f"ord-big:{b.value['batch_no']}" for b in batches)  # the contract's key, unchanged
     completions = values(settings, Topic.LICENSE_BATCH_COMPLETED)
     assert sorted(c["batch_no"] for c in completions) == list(range(200))
 

@@ -43,9 +43,18 @@ def test_batches_are_byte_identical_to_kafka_pythons(batch_size):
 def test_keys_hash_as_kafkas_murmur2():
     from kafka.partitioner.default import murmur2 as kafkas
 
-    from planshift.kafka_clients import murmur2
+    from planshift.partitioning import murmur2
 
     rnd = random.Random(5)
     keys = [bytes(rnd.randrange(256) for _ in range(rnd.randrange(0, 64))) for _ in range(5000)]
     keys += [f"tenant-{i}".encode() for i in range(1000)] + ["ord-ü-€:3".encode()]
     assert [murmur2(k) for k in keys] == [kafkas(k) for k in keys]
+
+
+def test_an_upgrades_batches_go_round_robin_over_every_partition():
+    from planshift.partitioning import spread
+
+    for upgrade in ("ord-1", "ord-20261117-0042", "ümlaut"):
+        placed = [spread(upgrade, n, 12) for n in range(36)]
+        assert sorted(placed[:12]) == list(range(12)) and placed[12:] == placed[:12] * 2
+        assert placed[1] == (placed[0] + 1) % 12

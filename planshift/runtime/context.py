@@ -9,7 +9,7 @@ behind and can be retried.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from planshift.runtime.state import PartitionStore
 
@@ -22,6 +22,8 @@ class Output:
     key: str | None
     value: dict[str, Any]
     event_type: str
+    # The partition, given the topic's partition count; None: the key's (Kafka's partitioner).
+    placement: Callable[[int], int] | None = None
 
 
 @dataclass(slots=True)  # one per handled record: slots make it cheaper to build
@@ -60,8 +62,9 @@ class Context:
         self.writes[key] = _DELETED
 
     # -- output ---------------------------------------------------------------
-    def emit(self, topic: str, key: str | None, value: dict[str, Any], event_type: str | None = None) -> None:
-        self.outputs.append(Output(topic, key, value, event_type or topic))
+    def emit(self, topic: str, key: str | None, value: dict[str, Any], event_type: str | None = None,
+             placement: Callable[[int], int] | None = None) -> None:
+        self.outputs.append(Output(topic, key, value, event_type or topic, placement))
 
     def pending_writes(self) -> list[tuple[str, Any, bool]]:
         """(key, value, logged) triples; value None means delete."""

@@ -362,8 +362,9 @@ class StreamProcessor(Stoppable):
             topic = self._topic_names.get(output.topic)
             if topic is None:
                 topic = self._topic_names[output.topic] = self.settings.topic(output.topic)
+            partition = None if output.placement is None else output.placement(self._sends.partition_count(topic))
             self._sends.send(topic, kafka_clients.encode_key(output.key), kafka_clients.encode_json(output.value),
-                             kafka_clients.event_headers(output.event_type))
+                             kafka_clients.event_headers(output.event_type), partition)
         if ctx.writes:
             if self._changelog is None:
                 raise RuntimeError(f"{self.config.group_id} is stateless but its handler wrote state")
