@@ -111,14 +111,6 @@ def _chunks(array) -> list[pa.Array]:
     return array.chunks if isinstance(array, pa.ChunkedArray) else [array]
 
 
-def _codes(indices) -> np.ndarray:
-    """Dictionary indices (a null is -1) as one int64 numpy array."""
-    chunks = indices.chunks if isinstance(indices, pa.ChunkedArray) else [indices]
-    if not chunks:
-        return np.array([], np.int64)
-    return np.concatenate([c.fill_null(-1).to_numpy().astype(np.int64) for c in chunks])
-
-
 def read_invoices(lake: Lake, up_to: str, progress: bool) -> list[tuple[pa.Table, pa.Array, pa.Array]]:
     """Every invoice file up to `up_to`, read and flattened in a small thread pool (Arrow
     releases the GIL): per file its invoice columns, its lines and each line's invoice row."""
@@ -144,7 +136,7 @@ def select_lines(parts: list[tuple[pa.Table, pa.Array, pa.Array]],
     subs = pa.chunked_array([c for _, flat, _ in parts for c in _chunks(pc.struct_field(flat, "subscription_id"))],
                             pa.string())
     kinds = pa.chunked_array([c for _, flat, _ in parts for c in _chunks(pc.struct_field(flat, "kind"))], pa.string())
-    codes = _codes(pc.index_in(subs, value_set=subscriptions))
+    codes = checks.as_codes(pc.index_in(subs, value_set=subscriptions))
     keep = pc.equal(kinds, "credit").to_numpy(zero_copy_only=False) | (codes >= 0)
     starts = np.cumsum([0] + [len(flat) for _, flat, _ in parts])
     with ThreadPoolExecutor(max_workers=2) as pool:  # gathering the kept lines, file by file
@@ -172,7 +164,7 @@ def encode_subscriptions(switches: pd.DataFrame) -> pa.Array:
     filtered and encoded against the same dictionary in one lookup (`select_lines`)."""
     olds, news = (pa.array(switches[c].array, pa.string()) for c in ("old_subscription_id", "new_subscription_id"))
     encoded = pa.chunked_array([olds, news], pa.string()).dictionary_encode()
-    codes = _codes(pa.chunked_array([c.indices for c in encoded.chunks], pa.int32()))
+    codes = checks.as_codes(pa.chunked_array([c.indices for c in encoded.chunks], pa.int32()))
     switches[checks.CODE.format("old_subscription_id")] = codes[:len(switches)]
     switches[checks.CODE.format("new_subscription_id")] = codes[len(switches):]
     return encoded.chunks[-1].dictionary if encoded.num_chunks else pa.array([], pa.string())

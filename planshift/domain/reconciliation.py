@@ -62,13 +62,20 @@ def _encode(columns: list[pd.Series]) -> list[np.ndarray]:
               for chunk in (a.chunks if isinstance(a, pa.ChunkedArray) else [a])]
     # Encoding a chunked array shares one dictionary across its chunks: the indices agree.
     encoded = pa.chunked_array(chunks, pa.string()).dictionary_encode()
-    codes = np.concatenate([c.indices.fill_null(-1).to_numpy().astype(np.int64) for c in encoded.chunks]) \
-        if encoded.num_chunks else np.array([], np.int64)
+    codes = as_codes(pa.chunked_array([c.indices for c in encoded.chunks], pa.int32()))
     out, at = [], 0
     for column in columns:
         out.append(codes[at:at + len(column)])
         at += len(column)
     return out
+
+
+def as_codes(indices: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Dictionary indices (a null is -1) as one int64 numpy array: the form of every code here."""
+    chunks = indices.chunks if isinstance(indices, pa.ChunkedArray) else [indices]
+    if not chunks:
+        return np.array([], np.int64)
+    return np.concatenate([c.fill_null(-1).to_numpy().astype(np.int64) for c in chunks])
 
 
 def share_codes(*pairs: tuple[pd.DataFrame, str]) -> None:
