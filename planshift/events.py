@@ -17,7 +17,7 @@ def rfc3339(moment: datetime) -> str:
     """`2026-11-17T09:30:00.000000Z` (isoformat: several times faster than strftime)."""
     if moment.tzinfo is not timezone.utc:
         moment = moment.astimezone(timezone.utc)
-    return moment.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+    return moment.isoformat(timespec="microseconds")[:-6] + "Z"  # "+00:00" → "Z"
 
 
 def event(event_type: str, tenant_id: str, event_id: str | None = None, occurred_at: datetime | str | None = None,

@@ -15,6 +15,9 @@ from typing import Any
 
 import orjson
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.producer.producer_batch import ProducerBatch
+from kafka.protocol.metadata import CoordinatorType
+from kafka.record.memory_records import MemoryRecordsBuilder
 from kafka.record.util import encode_varint
 from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 
@@ -120,6 +123,19 @@ def producer(settings: Settings, transactional_id: str | None = None, **override
     return KafkaProducer(**config)
 
 
+def find_group_coordinator(producer: KafkaProducer, group_id: str) -> None:
+    """Have a transactional producer look up `group_id`'s coordinator now, in the background.
+
+    kafka-python looks it up only when the first `send_offsets_to_transaction` needs it,
+    and then sends that lookup and the offset commit as retries, each after
+    `retry_backoff_ms`: the first commit of every new producer took 200 ms more than
+    the others (a tenth of a second's work for intake)."""
+    transactions = producer._transaction_manager
+    with transactions._lock:
+        transactions._lookup_coordinator(CoordinatorType.GROUP, group_id)
+    producer._sender.wakeup()
+
+
 class TransactionalSends:
     """Sends into the open transaction of a transactional `KafkaProducer`, for the
     runtime's hot path.
@@ -130,13 +146,14 @@ class TransactionalSends:
     per record that its I/O thread must complete again. Here the partition of a key is
     computed once (with the default partitioner's murmur2, so records land where every
     other producer's do and co-partitioning holds), a partition joins the transaction
-    once, and the record is appended to the partition's open batch directly. No future
-    is kept per record: a record's fate is its transaction's, and a batch that fails
-    fails `commit_transaction()`, which the runtime handles by aborting.
+    once, and the record is appended to the partition's open batch directly (or to a
+    new batch, made as the accumulator makes one). No future is kept per record: a
+    record's fate is its transaction's, and a batch that fails fails
+    `commit_transaction()`, which the runtime handles by aborting.
 
     Anything this path does not take — a topic whose metadata is not known yet, a record
-    without a key or partition, a record for which the open batch has no room — goes
-    through `KafkaProducer.send` (and its accumulator), unchanged. Uses kafka-python's
+    without a key or partition, a value over the request size — goes through
+    `KafkaProducer.send` (and its accumulator), unchanged. Uses kafka-python's
     producer internals (pinned to 3.0.x in pyproject.toml; `tests/test_runtime.py`
     checks the records against a `read_committed` reader).
     """
@@ -149,7 +166,11 @@ class TransactionalSends:
         self._partitions: dict[tuple[str, bytes], int] = {}
         self._ordered: dict[str, list[int]] = {}  # a topic's partitions, as the default partitioner sorts them
         self._joined: set = set()  # partitions already in the open transaction
+        self._tps: dict[str, list[TopicPartition]] = {}  # a topic's TopicPartitions, by partition number
         self._max_size = producer.config["max_request_size"]
+        self._batch_size = producer.config["batch_size"]
+        self._compression = self._accumulator.config["compression_attrs"]
+        self._new_batches = self._accumulator.config["message_version"] == 2
 
     def begin(self) -> None:
         """A new transaction: every partition must join it again."""
@@ -167,7 +188,15 @@ class TransactionalSends:
             if partition is None:
                 self._producer.send(topic, key=key, value=value, headers=headers)
                 return
-        tp = TopicPartition(topic, partition)
+        else:
+            known = self._metadata._partitions.get(topic)
+            if known is None or partition not in known:  # send() fetches the topic's metadata first
+                self._producer.send(topic, key=key, value=value, headers=headers, partition=partition)
+                return
+        tps = self._tps.get(topic)
+        if tps is None or partition >= len(tps):
+            tps = self._tps[topic] = [TopicPartition(topic, p) for p in range(max(partition + 1, 2 * len(tps or ())))]
+        tp = tps[partition]
         if tp not in self._joined:
             self._transactions.maybe_add_partition_to_transaction(tp)
             self._joined.add(tp)
@@ -175,18 +204,28 @@ class TransactionalSends:
             self._producer.send(topic, key=key, value=value, headers=headers, partition=partition)
             return
         timestamp = int(time.time() * 1000)
-        with self._accumulator._tp_lock(tp):
-            batches = self._accumulator._batches.get(tp)
+        accumulator = self._accumulator
+        with accumulator._tp_lock(tp):
+            batches = accumulator._batches.get(tp)
             if batches:
                 batch = batches[-1]
                 appended = _append_record(batch.records, timestamp, key, value, headers)
                 if appended is not None:
                     batch.last_append = time.monotonic()
-                    batch.max_record_size = max(batch.max_record_size, appended)
-                    if not batch.records.is_full():
+                    if appended > batch.max_record_size:
+                        batch.max_record_size = appended
+                    if len(batch.records._builder._buffer) < self._batch_size:
                         return
                     self._producer._sender.wakeup()
                     return
+            if self._new_batches and not accumulator._closed:
+                # What `RecordAccumulator.append` does for a new batch, minus the future.
+                batch = ProducerBatch(tp, MemoryRecordsBuilder(2, self._compression, self._batch_size))
+                batch.max_record_size = _append_record(batch.records, timestamp, key, value, headers)
+                accumulator._batches[tp].append(batch)
+                accumulator._incomplete.add(batch)
+                self._producer._sender.wakeup()
+                return
         self._producer.send(topic, key=key, value=value, headers=headers, partition=partition,
                             timestamp_ms=timestamp)
 

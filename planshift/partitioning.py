@@ -8,6 +8,9 @@ from __future__ import annotations
 import struct
 
 
+_WORDS = [struct.Struct(f"<{n}I") for n in range(64)]  # keys of up to 255 bytes: no format string per call
+
+
 def murmur2(data: bytes) -> int:
     """Kafka's murmur2 (the Java client's `Utils.murmur2`, as kafka-python's default
     partitioner has it), reading the key's 32-bit words in one unpack."""
@@ -16,7 +19,7 @@ def murmur2(data: bytes) -> int:
     h = 0x9747B28C ^ length
     words = length >> 2
     if words:
-        for k in struct.unpack_from(f"<{words}I", data):
+        for k in (_WORDS[words] if words < len(_WORDS) else struct.Struct(f"<{words}I")).unpack_from(data):
             k = (k * m) & 0xFFFFFFFF
             k ^= k >> 24
             h = ((h * m) & 0xFFFFFFFF) ^ ((k * m) & 0xFFFFFFFF)

@@ -89,19 +89,24 @@ def test_the_runtimes_sends_land_where_send_puts_them_and_live_or_die_with_the_t
     their order and headers, and be committed or aborted with the transaction."""
     from kafka.partitioner.default import murmur2
 
-    topic = topic_factory(partitions=6)
+    topic, unseen = topic_factory(partitions=6), topic_factory(partitions=3)
     producer = kafka_clients.producer(settings, transactional_id=unique_name("tx"), batch_size=16 * 1024)
     sends = kafka_clients.TransactionalSends(producer)
+    fallbacks = []  # the records that went through KafkaProducer.send
+    original_send = producer.send
+    producer.send = lambda *args, **kwargs: fallbacks.append(kwargs["key"]) or original_send(*args, **kwargs)
     keys = [f"tenant-{i % 25}".encode() for i in range(400)]  # repeated keys; batches fill and roll over
     try:
         producer.init_transactions()
         producer.begin_transaction()
         sends.begin()
         for n, key in enumerate(keys):
-            sends.send(topic, key, kafka_clients.encode_json({"n": n}), kafka_clients.event_headers("test.event"))
+            sends.send(topic, key, kafka_clients.encode_json({"n": n, "pad": "x" * 300}),
+                       kafka_clients.event_headers("test.event"))
         sends.send(topic, b"pinned", kafka_clients.encode_json({"n": "pinned"}), [], partition=5)
         sends.send(topic, None, kafka_clients.encode_json({"n": "keyless"}), [])
         sends.send(topic, b"large", kafka_clients.encode_json({"n": "large", "pad": "x" * 40_000}), [])
+        sends.send(unseen, b"unseen", kafka_clients.encode_json({"n": "unseen"}), [], partition=2)
         producer.commit_transaction()
 
         producer.begin_transaction()
@@ -120,6 +125,11 @@ def test_the_runtimes_sends_land_where_send_puts_them_and_live_or_die_with_the_t
         assert record.partition == (murmur2(key) & 0x7FFFFFFF) % 6, key
         assert record.headers == {"event_type": b"test.event", "schema_version": b"1"}
     assert by_value["pinned"].partition == 5
+    # Only the first record (no metadata yet), the keyless one and the pinned one for a
+    # topic the producer had not seen took send(); every batch after the first of a
+    # partition (16 KiB each, ~40 records) was made by TransactionalSends itself.
+    assert fallbacks == [keys[0], None, b"unseen"], fallbacks
+    assert [(r.partition, r.value["n"]) for r in read_topic(settings, unseen)] == [(2, "unseen")]
     assert by_value["large"].partition == (murmur2(b"large") & 0x7FFFFFFF) % 6
     for partition in range(6):  # each partition keeps the order of the sends
         numbers = [r.value["n"] for r in records if r.partition == partition and isinstance(r.value["n"], int)]

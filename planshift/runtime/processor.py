@@ -45,7 +45,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import structlog
 from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.errors import (
     CommitFailedError,
@@ -58,7 +57,7 @@ from kafka.errors import (
 )
 from kafka.structs import OffsetAndMetadata
 
-from planshift import kafka_clients
+from planshift import kafka_clients, logs
 from planshift.contract import dlq
 from planshift.deadletters import dead_letter_headers
 from planshift.logs import get_logger
@@ -215,6 +214,7 @@ class StreamProcessor(Stoppable):
             transaction_timeout_ms=self.config.transaction_timeout_ms, linger_ms=50, batch_size=256 * 1024,
         )
         producer.init_transactions()  # aborts what a previous incarnation left open
+        kafka_clients.find_group_coordinator(producer, self.settings.topic(self.config.group_id))
         self._sends = kafka_clients.TransactionalSends(producer)
         return producer
 
@@ -276,7 +276,7 @@ class StreamProcessor(Stoppable):
             log.error("transaction failed; aborting and resetting to the committed offsets", error=repr(exc))
             self._recover(fenced=False)
         finally:
-            structlog.contextvars.clear_contextvars()  # the last record's context ends with its batch
+            logs.hold_record(None)  # the last record's context ends with its batch
 
     def _commit_due(self, idle: bool = False) -> bool:
         return self._in_txn and (idle or self._stop.is_set()
@@ -305,11 +305,9 @@ class StreamProcessor(Stoppable):
         headers = dict(record.headers or [])
         key = record.key.decode("utf-8", "replace") if record.key is not None else None
         # Every log line written while this record is handled carries where it came from
-        # and, once known, whose it is. Rebinding per record is cheaper than nesting
-        # context managers on the hot path.
-        structlog.contextvars.clear_contextvars()
+        # and, once known, whose it is.
+        logs.hold_record(record, event)
         if isinstance(event, InvalidEvent):
-            structlog.contextvars.bind_contextvars(topic=record.topic, partition=record.partition, offset=record.offset)
             ctx = self._context(source, record, key, headers)
             if source.on_invalid is not None:
                 try:
@@ -322,8 +320,6 @@ class StreamProcessor(Stoppable):
             self._apply(ctx)
             self._dead_letter(record, event, attempts=1)
             return
-        structlog.contextvars.bind_contextvars(topic=record.topic, partition=record.partition, offset=record.offset,
-                                               tenant_id=event.get("tenant_id"), upgrade_id=event.get("upgrade_id"))
         for attempt in range(1, self.config.max_attempts + 1):
             ctx = self._context(source, record, key, headers)
             try:
@@ -368,7 +364,9 @@ class StreamProcessor(Stoppable):
         if ctx.writes:
             if self._changelog is None:
                 raise RuntimeError(f"{self.config.group_id} is stateless but its handler wrote state")
-            store = self._stores.setdefault(ctx.partition, PartitionStore(ctx.partition))
+            store = self._stores.get(ctx.partition)
+            if store is None:
+                store = self._stores[ctx.partition] = PartitionStore(ctx.partition)
             for key, value, logged in ctx.pending_writes():
                 store.apply(key, value)
                 if not logged:
