@@ -7,9 +7,10 @@ It returns the failing reasons in the contract's order; an empty list means elig
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
-from typing import Any, Mapping
+from types import MappingProxyType
+from typing import Any, Mapping, NamedTuple
 
 from planshift.catalogue import Catalogue
 from planshift.contract import REASON_BY_CODE
@@ -35,12 +36,11 @@ def reason(code: str, detail: str | None = None) -> Reason:
     return Reason(code, message, spec.remedy.value, spec.retry_after)
 
 
-@dataclass(frozen=True)
-class TenantView:
+class TenantView(NamedTuple):  # one per request: a tuple is the cheapest immutable record to build
     """What intake knows besides the request."""
 
     license_holders: int  # users holding a licence of the source subscription (directory)
-    service_health: Mapping[str, str] = field(default_factory=dict)  # service -> healthy|incident|provisioning
+    service_health: Mapping[str, str] = MappingProxyType({})  # service -> healthy|incident|provisioning
     upgrade_in_flight: str | None = None  # another upgrade of the tenant not yet completed/rejected/failed
     prepaid_policy: str = "checkout_rule"
 

@@ -9,15 +9,14 @@ behind and can be retried.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
 from planshift.runtime.state import PartitionStore
 
 _DELETED = object()
 
 
-@dataclass(frozen=True, slots=True)
-class Output:
+class Output(NamedTuple):  # a few per handled record: a tuple is the cheapest immutable record to build
     topic: str  # contract topic name (the runtime applies the topic prefix)
     key: str | None
     value: dict[str, Any]
