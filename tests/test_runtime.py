@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 
 import pytest
@@ -114,3 +115,33 @@ def test_two_instances_split_the_partitions_and_keep_topics_together(topics):
 ])
 def test_sticky_balance_keeps_owners_and_balances(count, members, owned, expected):
     assert _sticky_balance(list(range(count)), members, owned) == expected
+
+
+def test_a_handled_batch_is_freed_at_once_not_by_the_garbage_collector(topics):
+    """With a global table to refresh between polls, the polled records must still go
+    when their batch is done (kafka-python's poll timeout once kept _poll_once's frame,
+    and with it every batch, alive until a full garbage collection)."""
+    import gc
+
+    from planshift.topics import create_topics
+
+    settings = topics
+    create_topics(settings)  # service.health, the table
+    produce(settings, "numbers", [(f"k{n % 7}", {"n": n}) for n in range(60)])
+    processor = counting_processor(settings)
+    processor.config = dataclasses.replace(processor.config, tables=("service.health",))
+    numbers = settings.topic("numbers")
+    gc.collect()
+    gc.disable()
+    try:
+        processor.run(until=lambda p: p.metrics.records >= 60)
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        left_to_the_collector = [o for o in gc.garbage
+                                 if type(o).__name__ == "ConsumerRecord" and getattr(o, "topic", None) == numbers]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert processor.metrics.records == 60
+    assert left_to_the_collector == []
