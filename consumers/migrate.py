@@ -76,6 +76,10 @@ def processor(settings: Settings, instance: str = "0", directory: LicenceDirecto
               **config: Any) -> StreamProcessor:
     migration = Migration(directory or SqliteDirectory.for_settings(settings))
     config.setdefault("max_attempts", 5)
+    # A batch is real work (up to PLANSHIFT_BATCH_SIZE users, each a call to the directory):
+    # poll a few at a time, so that a slow directory never keeps the consumer from polling
+    # for longer than max.poll.interval.ms (300 s), which would cost it its partitions.
+    config.setdefault("max_poll_records", 50)
     config.setdefault("retry_backoff_s", 0.2)
     return StreamProcessor(settings, ProcessorConfig(
         group_id=GROUP_ID,
