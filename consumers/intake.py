@@ -94,12 +94,13 @@ class Intake:
             self._reject(ctx, tenant, upgrade_id, [r.as_dict() for r in reasons])
             return
         now = utc_now()
+        stamp = rfc3339(now)  # every event of this request carries the same moment
         ctx.emit(Topic.UPGRADE_STATUS, tenant_id,
-                 status_event(tenant_id, upgrade_id, Status.ACCEPTED, occurred_at=rfc3339(now)))
+                 status_event(tenant_id, upgrade_id, Status.ACCEPTED, occurred_at=stamp))
         tenant.in_flight = upgrade_id
         check = credit_check_reason(request, self.settings.credit_check_threshold_minor)
         if check is None:
-            self._start_migration(ctx, tenant, request, users, now)
+            self._start_migration(ctx, tenant, request, users, now, stamp)
             return
         ctx.emit(Topic.CREDIT_CHECK_REQUESTED, tenant_id, event(
             Topic.CREDIT_CHECK_REQUESTED, tenant_id, f"{upgrade_id}:credit-check",
@@ -157,11 +158,11 @@ class Intake:
         tenant.save(ctx)
 
     def _start_migration(self, ctx: Context, tenant: "TenantState", request: Mapping[str, Any],
-                         users: list[str], now: datetime | None = None) -> None:
+                         users: list[str], now: datetime | None = None, stamp: str | None = None) -> None:
         tenant_id, upgrade_id = request["tenant_id"], request["upgrade_id"]
         source = source_subscription(request)
         now = now or utc_now()
-        stamp = rfc3339(now)
+        stamp = stamp or rfc3339(now)
         batch_count = 0
         for batch in batch_events(request, source, users, self.settings.batch_size, stamp):
             ctx.emit(Topic.LICENSE_BATCHES, batch_key(upgrade_id, batch["batch_no"]), batch,

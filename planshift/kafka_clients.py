@@ -194,8 +194,8 @@ class TransactionalSends:
                 self._producer.send(topic, key=key, value=value, headers=headers, partition=partition)
                 return
         tps = self._tps.get(topic)
-        if tps is None or partition >= len(tps):
-            tps = self._tps[topic] = [TopicPartition(topic, p) for p in range(max(partition + 1, 2 * len(tps or ())))]
+        if tps is None or partition >= len(tps):  # new topic, or partitions were added
+            tps = self._tps[topic] = [TopicPartition(topic, p) for p in range(self.partition_count(topic))]
         tp = tps[partition]
         if tp not in self._joined:
             self._transactions.maybe_add_partition_to_transaction(tp)

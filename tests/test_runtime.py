@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections import Counter
 
 import pytest
@@ -20,7 +19,7 @@ def topics(settings):
     return settings
 
 
-def counting_processor(settings, fail=lambda n, attempt: False, instance="0", sources_extra=()):
+def counting_processor(settings, fail=lambda n, attempt: False, instance="0", sources_extra=(), tables=()):
     """Keeps a running total per key in state; emits the total after each number."""
     attempts = Counter()
 
@@ -34,7 +33,7 @@ def counting_processor(settings, fail=lambda n, attempt: False, instance="0", so
 
     processor = StreamProcessor(settings, ProcessorConfig(
         group_id="counter", sources=(Source("numbers", handle, schema=""), *sources_extra), commit_interval_ms=50,
-        max_attempts=3, retry_backoff_s=0.01, instance=instance))
+        max_attempts=3, retry_backoff_s=0.01, instance=instance, tables=tables))
     processor.attempts = attempts
     return processor
 
@@ -128,8 +127,7 @@ def test_a_handled_batch_is_freed_at_once_not_by_the_garbage_collector(topics):
     settings = topics
     create_topics(settings)  # service.health, the table
     produce(settings, "numbers", [(f"k{n % 7}", {"n": n}) for n in range(60)])
-    processor = counting_processor(settings)
-    processor.config = dataclasses.replace(processor.config, tables=("service.health",))
+    processor = counting_processor(settings, tables=("service.health",))
     numbers = settings.topic("numbers")
     gc.collect()
     gc.disable()
