@@ -13,7 +13,7 @@ from planshift.lake import Lake
 from planshift.topic_reader import read_topic
 from tests.conftest import kill_when, spawn, produce, wait_for
 
-STATUSES = 4000
+STATUSES = 20_000  # enough that the archiver cannot finish between two looks at its manifests
 
 
 def status(n: int) -> dict:
