@@ -4,9 +4,11 @@ Reads `upgrade.requested`, `credit.check.decided` and `upgrade.ended` (all keyed
 tenant_id and co-partitioned, so a tenant's state lives in one partition's store) and
 the `service.health` table. For each request:
 
-  validate → repeated upgrade_id? ignore → eligibility (every rule, in order)
-    → rejected, or accepted → [credit check: credit_check_pending … decided]
-    → batches on `license.batches` and `migrating`.
+  validate (schema, then validity: real dates, a new target …) → repeated upgrade_id?
+    ignore → upgrade_id of another tenant? dead letter → eligibility (every rule, in
+    order) → rejected, or accepted → [credit check: credit_check_pending … decided, the
+    rules that can change meanwhile checked again; or expired] → batches on
+    `license.batches` and `migrating`.
 
 The tenant's lock is taken on acceptance and released when the upgrade ends: settlement
 (completed) and the migration workers (failed) write `upgrade.ended` in the same
@@ -17,6 +19,13 @@ statuses there are its own, and reading them back cost about a quarter of its ti
 State, per partition store (every input event carries tenant_id):
   tenant:{tenant_id}  → {"in_flight": upgrade_id | null, "upgrades": {upgrade_id: status}}
   pending:{upgrade_id} → the request, while its credit check is pending (logged)
+  timer:credit-check-expiry:{upgrade_id} → when that check expires (a runtime timer, logged)
+
+Statuses move only as `planshift.domain.lifecycle` allows: an upgrade that is final
+(rejected, failed, completed) ignores a late credit decision, a replay or an expiry.
+An `upgrade_id` is the order system's idempotency key; one that another tenant used
+first (the directory keeps each id's owner, across every intake instance) is refused
+and dead-lettered, never merged with nor dropped for the other tenant's upgrade.
 
 `tenant:` state is exactly what `upgrade.status` says, which is keyed by tenant_id and
 co-partitioned with intake's inputs, so it is not logged again: at restore the runtime
@@ -31,16 +40,19 @@ from __future__ import annotations
 import functools
 import json
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta, timezone
 from typing import Any, Mapping
 
 from planshift.catalogue import Catalogue
-from planshift.contract import TERMINAL_STATUSES, Status, Topic, batch_key
+from planshift.contract import Status, Topic, batch_key
 from planshift.directory import LicenceDirectory, SqliteDirectory
 from planshift.domain.batches import batch_events
 from planshift.domain.credit_check import add_business_days, credit_check_reason
-from planshift.domain.eligibility import TenantView, evaluate, reason, request_date, source_subscription
-from planshift.events import event, rfc3339, utc_now
+from planshift.domain.eligibility import TenantView, evaluate, reason, recheck, request_date, source_subscription
+from planshift.domain.lifecycle import is_final, may_follow
+from planshift.domain.validity import check_request
+from planshift.errors import PermanentError
+from planshift.events import event, rfc3339
 from planshift.logs import get_logger
 from planshift.partitioning import spread
 from planshift.runtime import Context, ProcessorConfig, Source, StreamProcessor
@@ -53,6 +65,11 @@ log = get_logger(__name__)
 GROUP_ID = "planshift-intake"
 COMMIT_INTERVAL_MS = 1000
 ADMIN_LOCK = timedelta(hours=1)
+EXPIRY_TIMER = "credit-check-expiry:"
+
+
+class UpgradeIdTaken(PermanentError):
+    """The request's upgrade_id is another tenant's: refused, never merged with that upgrade."""
 
 
 def status_event(tenant_id: str, upgrade_id: str, status: str, *, reasons: list[dict] | None = None,
@@ -69,15 +86,25 @@ class Intake:
         self.directory = directory
         self.catalogue = catalogue
         self._holders: dict[tuple[str, str], list[str]] = {}
+        self._owners: dict[str, str] = {}
 
     def prepare_requests(self, requests: list[dict[str, Any]]) -> None:
-        """Read the licence holders of a whole polled batch in one directory round trip."""
+        """Claim the upgrade ids and read the licence holders of a whole polled batch in
+        two directory round trips."""
+        self._owners = self.directory.claim_upgrades((r["upgrade_id"], r["tenant_id"]) for r in requests)
         self._holders = self.directory.holders_many(
             (r["tenant_id"], r["source_subscription_id"]) for r in requests)
 
     def _users(self, tenant_id: str, subscription_id: str) -> list[str]:
         users = self._holders.pop((tenant_id, subscription_id), None)
         return users if users is not None else self.directory.holders(tenant_id, subscription_id)
+
+    def _owner(self, upgrade_id: str, tenant_id: str) -> str:
+        owner = self._owners.pop(upgrade_id, None)
+        return owner if owner is not None else self.directory.claim_upgrades([(upgrade_id, tenant_id)])[upgrade_id]
+
+    def _health(self, ctx: Context) -> dict[str, str]:
+        return {name: row["status"] for name, row in ctx.tables.get(Topic.SERVICE_HEALTH, {}).items()}
 
     # -- upgrade.requested ------------------------------------------------------
     def on_request(self, ctx: Context, request: dict[str, Any]) -> None:
@@ -86,14 +113,16 @@ class Intake:
         if upgrade_id in tenant.upgrades:
             log.info("repeated upgrade_id ignored")
             return
+        if self._owner(upgrade_id, tenant_id) != tenant_id:
+            raise UpgradeIdTaken(f"upgrade_id {upgrade_id!r} is already used by another tenant; "
+                                 "each upgrade needs an id of its own")
         users = self._users(tenant_id, request["source_subscription_id"])
-        health = {name: row["status"] for name, row in ctx.tables.get(Topic.SERVICE_HEALTH, {}).items()}
-        reasons = evaluate(request, TenantView(len(users), health, tenant.in_flight, self.settings.prepaid_policy),
-                           self.catalogue)
+        reasons = evaluate(request, TenantView(len(users), self._health(ctx), tenant.in_flight,
+                                               self.settings.prepaid_policy), self.catalogue)
         if reasons:
             self._reject(ctx, tenant, upgrade_id, [r.as_dict() for r in reasons])
             return
-        now = utc_now()
+        now = ctx.now()
         stamp = rfc3339(now)  # every event of this request carries the same moment
         ctx.emit(Topic.UPGRADE_STATUS, tenant_id,
                  status_event(tenant_id, upgrade_id, Status.ACCEPTED, occurred_at=stamp))
@@ -102,14 +131,25 @@ class Intake:
         if check is None:
             self._start_migration(ctx, tenant, request, users, now, stamp)
             return
+        due_by = add_business_days(request_date(request), 2).isoformat()
         ctx.emit(Topic.CREDIT_CHECK_REQUESTED, tenant_id, event(
-            Topic.CREDIT_CHECK_REQUESTED, tenant_id, f"{upgrade_id}:credit-check",
+            Topic.CREDIT_CHECK_REQUESTED, tenant_id, f"{upgrade_id}:credit-check", occurred_at=stamp,
             upgrade_id=upgrade_id, reason=check, amount_minor=request["new_total_cost_minor"],
-            currency=request["currency"], due_by=add_business_days(request_date(request), 2).isoformat()))
-        ctx.emit(Topic.UPGRADE_STATUS, tenant_id, status_event(tenant_id, upgrade_id, Status.CREDIT_CHECK_PENDING))
+            currency=request["currency"], due_by=due_by))
+        ctx.emit(Topic.UPGRADE_STATUS, tenant_id, status_event(
+            tenant_id, upgrade_id, Status.CREDIT_CHECK_PENDING, occurred_at=stamp,
+            credit_check={"reason": check, "due_by": due_by}))
         tenant.upgrades[upgrade_id] = Status.CREDIT_CHECK_PENDING
         tenant.save(ctx)
         ctx.put(f"pending:{upgrade_id}", request)
+        ctx.schedule(EXPIRY_TIMER + upgrade_id, self.credit_check_expiry(request),
+                     {"tenant_id": tenant_id, "upgrade_id": upgrade_id})
+
+    def credit_check_expiry(self, request: Mapping[str, Any]) -> datetime:
+        """The end (24:00 UTC) of the PLANSHIFT_CREDIT_CHECK_EXPIRY_DAYS-th business day
+        after the request's day: a check still unanswered then is rejected."""
+        last = add_business_days(request_date(request), self.settings.credit_check_expiry_days)
+        return datetime.combine(last + timedelta(days=1), time(0), timezone.utc)
 
     def on_invalid_request(self, ctx: Context, raw: bytes | None, error: InvalidEvent) -> None:
         """Tell the sender when the record says who it is; the runtime dead-letters it."""
@@ -137,11 +177,33 @@ class Intake:
             log.info("credit decision for no pending check ignored", status=tenant.upgrades.get(upgrade_id))
             return
         ctx.delete(f"pending:{upgrade_id}")
-        if decision["approved"]:
-            self._start_migration(ctx, tenant, request,
-                                  self.directory.holders(tenant.tenant_id, request["source_subscription_id"]))
-        else:
+        ctx.cancel(EXPIRY_TIMER + upgrade_id)
+        if not decision["approved"]:
             self._reject(ctx, tenant, upgrade_id, [reason("CREDIT_CHECK_DECLINED").as_dict()])
+            return
+        # Up to two business days have passed (r2): users may have joined, a service may
+        # have an incident. What can change is checked again, against what holds now.
+        users = self.directory.holders(tenant.tenant_id, request["source_subscription_id"])
+        changed = recheck(request, TenantView(len(users), self._health(ctx), tenant.in_flight,
+                                              self.settings.prepaid_policy), self.catalogue)
+        if changed:
+            self._reject(ctx, tenant, upgrade_id, [r.as_dict() for r in changed])
+            return
+        self._start_migration(ctx, tenant, request, users)
+
+    # -- timers -----------------------------------------------------------------------
+    def on_timer(self, ctx: Context, name: str, data: dict[str, Any]) -> None:
+        """A credit check unanswered for PLANSHIFT_CREDIT_CHECK_EXPIRY_DAYS business days expires."""
+        if not name.startswith(EXPIRY_TIMER):
+            return
+        upgrade_id = data["upgrade_id"]
+        tenant = TenantState.load(ctx, data["tenant_id"])
+        if ctx.get(f"pending:{upgrade_id}") is None or tenant.upgrades.get(upgrade_id) != Status.CREDIT_CHECK_PENDING:
+            return
+        ctx.delete(f"pending:{upgrade_id}")
+        days = self.settings.credit_check_expiry_days
+        self._reject(ctx, tenant, upgrade_id, [reason(
+            "CREDIT_CHECK_EXPIRED", f"No decision came within {days} business days.").as_dict()])
 
     # -- upgrade.ended ----------------------------------------------------------------
     def on_ended(self, ctx: Context, ended: dict[str, Any]) -> None:
@@ -153,7 +215,7 @@ class Intake:
     # -- steps ----------------------------------------------------------------------
     def _reject(self, ctx: Context, tenant: "TenantState", upgrade_id: str, reasons: list[dict]) -> None:
         ctx.emit(Topic.UPGRADE_STATUS, tenant.tenant_id,
-                 status_event(tenant.tenant_id, upgrade_id, Status.REJECTED, reasons=reasons))
+                 status_event(tenant.tenant_id, upgrade_id, Status.REJECTED, reasons=reasons, occurred_at=ctx.now()))
         tenant.apply(upgrade_id, Status.REJECTED)
         tenant.save(ctx)
 
@@ -161,7 +223,7 @@ class Intake:
                          users: list[str], now: datetime | None = None, stamp: str | None = None) -> None:
         tenant_id, upgrade_id = request["tenant_id"], request["upgrade_id"]
         source = source_subscription(request)
-        now = now or utc_now()
+        now = now or ctx.now()
         stamp = stamp or rfc3339(now)
         batch_count = 0
         for batch in batch_events(request, source, users, self.settings.batch_size, stamp):
@@ -194,12 +256,14 @@ class TenantState:
         ctx.put(f"tenant:{self.tenant_id}", self.as_dict(), logged=False)  # derived from upgrade.status
 
     def apply(self, upgrade_id: str, status: str) -> bool:
-        """Take in one status of one upgrade; statuses only move forward. True if changed."""
+        """Take in one status of one upgrade, if the lifecycle allows it. True if changed.
+        (The first status seen of an upgrade is taken whatever it is: the topic's retention
+        may have dropped the ones before it.)"""
         current = self.upgrades.get(upgrade_id)
-        if current in TERMINAL_STATUSES or current == status:
+        if current == status or (current is not None and not may_follow(current, status)):
             return False
         self.upgrades[upgrade_id] = status
-        if status in TERMINAL_STATUSES:
+        if is_final(status):
             if self.in_flight == upgrade_id:
                 self.in_flight = None
         elif self.in_flight is None:
@@ -220,6 +284,11 @@ def fold_status(store: PartitionStore, status: dict[str, Any]) -> None:
 
 def processor(settings: Settings, instance: str = "0", directory: LicenceDirectory | None = None,
               catalogue: Catalogue | None = None, **config: Any) -> StreamProcessor:
+    return StreamProcessor(settings, intake_config(settings, directory, catalogue, instance, **config))
+
+
+def intake_config(settings: Settings, directory: LicenceDirectory | None = None, catalogue: Catalogue | None = None,
+                  instance: str = "0", **config: Any) -> ProcessorConfig:
     intake = Intake(settings, directory or SqliteDirectory.for_settings(settings),
                     catalogue or Catalogue.for_settings(settings))
     # Intake's records are many and small: a commit a second (or per 5000 records) instead
@@ -228,16 +297,17 @@ def processor(settings: Settings, instance: str = "0", directory: LicenceDirecto
     # upgrade notices. (Larger transactions, 20,000 records, measured slower.)
     if config.get("commit_interval_ms") is None and settings.commit_interval_ms is None:
         config["commit_interval_ms"] = COMMIT_INTERVAL_MS
-    return StreamProcessor(settings, ProcessorConfig(
+    return ProcessorConfig(
         group_id=GROUP_ID,
         sources=(
-            Source(Topic.UPGRADE_REQUESTED, intake.on_request, on_invalid=intake.on_invalid_request,
-                   prepare=intake.prepare_requests),
+            Source(Topic.UPGRADE_REQUESTED, intake.on_request, check=check_request,
+                   on_invalid=intake.on_invalid_request, prepare=intake.prepare_requests),
             Source(Topic.CREDIT_CHECK_DECIDED, intake.on_credit_decision),
             Source(Topic.UPGRADE_ENDED, intake.on_ended),
         ),
         tables=(Topic.SERVICE_HEALTH,),
         derived_from=((Topic.UPGRADE_STATUS, fold_status),),
+        on_timer=intake.on_timer,
         instance=instance,
         **config,
-    ))
+    )

@@ -14,18 +14,21 @@ finds its users already migrated, reports them so, and returns the same recorded
 and the completion that is finally committed counts every user once either way.
 
 A directory error is retried (the runtime's attempts, with back-off); a batch that keeps
-failing is dead-lettered and its upgrade marked `failed` with `MIGRATION_FAILED`, never
-left hanging. Settlement then never sees all batches complete, and intake frees the tenant.
+failing, or that the directory refuses (a source that is the target, a target that is
+another subscription in use: `MigrationRefused`, not retried), is dead-lettered, and its
+failure goes to settlement on `license.batch.completed` (`outcome: failed`). Settlement,
+which owns the upgrade's statuses from here on, marks it `failed` with
+`MIGRATION_FAILED` and frees the tenant; a later completion of that upgrade — a re-driven
+dead letter, a replay — is ignored there, so a failed upgrade is never billed.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from planshift.contract import Status, Topic, status_id
+from planshift.contract import Topic
 from planshift.directory import LicenceDirectory, SqliteDirectory
-from planshift.domain.eligibility import reason
-from planshift.events import event, upgrade_ended
+from planshift.events import event
 from planshift.logs import get_logger
 from planshift.runtime import Context, ProcessorConfig, Source, StreamProcessor
 from planshift.settings import Settings
@@ -52,7 +55,7 @@ class Migration:
             log.warning("users no longer hold the source licence", users_missing=result.users_missing)
         ctx.emit(Topic.LICENSE_BATCH_COMPLETED, upgrade_id, event(
             Topic.LICENSE_BATCH_COMPLETED, batch["tenant_id"], f"{upgrade_id}:batch-completed:{batch_no}",
-            upgrade_id=upgrade_id, batch_no=batch_no, batch_count=batch["batch_count"],
+            occurred_at=ctx.now(), upgrade_id=upgrade_id, outcome="completed", batch_no=batch_no, batch_count=batch["batch_count"],
             users_migrated=result.users_migrated, users_already_migrated=result.users_already_migrated,
             users_missing=result.users_missing,
             service_plan_resets=[{"user_id": u, "disabled_services": list(d)} for u, d in result.resets],
@@ -62,18 +65,26 @@ class Migration:
         ctx.put(done_key, True)
 
     def on_failed_batch(self, ctx: Context, batch: dict[str, Any], error: BaseException) -> None:
-        """The batch is being dead-lettered: the upgrade cannot complete; say so."""
-        tenant_id, upgrade_id = batch["tenant_id"], batch["upgrade_id"]
-        detail = f"Batch {batch['batch_no']} of {batch['batch_count']}: {type(error).__name__}: {error}"
-        ctx.emit(Topic.UPGRADE_STATUS, tenant_id, event(
-            Topic.UPGRADE_STATUS, tenant_id, status_id(upgrade_id, Status.FAILED), upgrade_id=upgrade_id,
-            status=Status.FAILED, reasons=[reason("MIGRATION_FAILED", detail[:500]).as_dict()],
-            admin_locked_until=None))
-        ctx.emit(Topic.UPGRADE_ENDED, tenant_id, upgrade_ended(tenant_id, upgrade_id, Status.FAILED))
+        """The batch is being dead-lettered: the upgrade cannot complete; tell settlement."""
+        upgrade_id, batch_no = batch["upgrade_id"], batch["batch_no"]
+        detail = f"Batch {batch_no} of {batch['batch_count']}: {type(error).__name__}: {error}"
+        ctx.emit(Topic.LICENSE_BATCH_COMPLETED, upgrade_id, event(
+            Topic.LICENSE_BATCH_COMPLETED, batch["tenant_id"], f"{upgrade_id}:batch-failed:{batch_no}",
+            occurred_at=ctx.now(), upgrade_id=upgrade_id, batch_no=batch_no, batch_count=batch["batch_count"],
+            outcome="failed", error=detail[:2000], users_migrated=0, users_already_migrated=0,
+            users_missing=0, service_plan_resets=[],
+            source_subscription_id=batch["source_subscription_id"], source_sku=batch["source_sku"],
+            target_subscription_id=batch["target_subscription_id"], target_sku=batch["target_sku"],
+            terms=batch["terms"]))
 
 
 def processor(settings: Settings, instance: str = "0", directory: LicenceDirectory | None = None,
               **config: Any) -> StreamProcessor:
+    return StreamProcessor(settings, migration_config(settings, directory, instance, **config))
+
+
+def migration_config(settings: Settings, directory: LicenceDirectory | None = None, instance: str = "0",
+                     **config: Any) -> ProcessorConfig:
     migration = Migration(directory or SqliteDirectory.for_settings(settings))
     config.setdefault("max_attempts", 5)
     # A batch is real work (up to PLANSHIFT_BATCH_SIZE users, each a call to the directory):
@@ -81,9 +92,9 @@ def processor(settings: Settings, instance: str = "0", directory: LicenceDirecto
     # for longer than max.poll.interval.ms (300 s), which would cost it its partitions.
     config.setdefault("max_poll_records", 50)
     config.setdefault("retry_backoff_s", 0.2)
-    return StreamProcessor(settings, ProcessorConfig(
+    return ProcessorConfig(
         group_id=GROUP_ID,
         sources=(Source(Topic.LICENSE_BATCHES, migration.on_batch, on_failure=migration.on_failed_batch),),
         instance=instance,
         **config,
-    ))
+    )

@@ -1,30 +1,45 @@
 """Settlement (`planshift run settle`): the money, once, when the last batch is in.
 
 A stateful consumer of `license.batch.completed`, keyed by upgrade_id, so all of an
-upgrade's completions meet in one partition's store. It counts completed batches (a
-bitmap, so a repeated completion is recognised and ignored), reports progress as
-`migrating` statuses at every tenth of the batches (rate-limited for big tenants: at
-most ten per upgrade), and when the last batch is in emits in one transaction:
+upgrade's completions (and a batch's failure) meet in one partition's store. Its
+decisions are pure (`planshift.domain.settlement`): it counts completed batches (a
+bitmap, so a repeated completion is ignored), reports progress as `migrating` statuses
+at every tenth of the batches (at most ten per upgrade), and once the upgrade is final
+takes nothing in any more. Settlement is the one writer of an upgrade's statuses after
+intake's first `migrating`, so they reach `upgrade.status` in order.
+
+When the last batch is in, the users who took a source licence after the batches were
+planned are moved too (the directory's `sweep`, CONTRACT.md §4 r2: nobody is left on
+the plan the switch cancels), and then, in one transaction:
 
   billing.switch  (event_id {upgrade_id}:billing-switch, effective_date = the UTC day
                    the last batch completed)
   credit.issued   (event_id {upgrade_id}:credit, only when above zero)
   upgrade.status  completed, with credit, forfeit and the number of users whose
                   per-service settings were reset
+  upgrade.ended   (intake frees the tenant)
 
-and writes the upgrade's reset report (Parquet). Everything it needs is carried on the
-completions (`terms`), so replaying them rebuilds the same events with the same ids.
+and the upgrade's reset report (Parquet) is written. Everything it needs is carried on
+the completions (`terms`), so replaying them rebuilds the same events with the same ids.
+
+A batch that failed for good (the migration workers say so on `license.batch.completed`)
+fails the upgrade: `failed` with `MIGRATION_FAILED`, and `upgrade.ended`. If settling
+itself fails every attempt, the upgrade is never left `migrating` with its tenant
+locked: it ends `failed` with `SETTLEMENT_FAILED`, which the runbook tells an operator
+how to finish (docs/RUNBOOK.md).
 """
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from planshift.contract import Status, Topic, billing_switch_id, credit_id, status_id
 from planshift.directory import LicenceDirectory, SqliteDirectory
-from planshift.domain.money import subscription_credit
-from planshift.events import event, upgrade_ended
+from planshift.domain.eligibility import reason
+from planshift.domain.settlement import Migration, Next, progress, settle, take
+from planshift.errors import PermanentError
+from planshift.events import event, rfc3339, upgrade_ended
 from planshift.logs import get_logger
 from planshift.reports import write_reset_report
 from planshift.runtime import Context, ProcessorConfig, Source, StreamProcessor
@@ -33,8 +48,7 @@ from planshift.settings import Settings
 log = get_logger(__name__)
 
 GROUP_ID = "planshift-settle"
-CREDIT_DUE_DAYS = 30
-PROGRESS_STEPS = 10
+ADMIN_LOCK = timedelta(hours=1)
 
 
 class Settlement:
@@ -43,92 +57,113 @@ class Settlement:
         self.directory = directory
 
     def on_completion(self, ctx: Context, done: dict[str, Any]) -> None:
-        upgrade_id, batch_no = done["upgrade_id"], done["batch_no"]
+        upgrade_id = done["upgrade_id"]
         key = f"upgrade:{upgrade_id}"
-        state = ctx.get(key) or {"batches_done": 0, "users_done": 0, "resets": 0, "done": "0", "step": 0}
-        if state.get("settled"):
-            log.info("completion after settlement ignored", batch_no=batch_no)
+        before = Migration.from_state(ctx.get(key))
+        if before.tenant_id is not None and before.tenant_id != done["tenant_id"]:
+            raise PermanentError(f"upgrade {upgrade_id} belongs to another tenant; this completion of "
+                                 f"{done['tenant_id']} is not merged with it")
+        migration, next_step = take(before, done)
+        if next_step is Next.IGNORE:
+            log.info("completion ignored", batch_no=done["batch_no"], status=migration.status)
             return
-        mask = int(state["done"], 16)
-        if mask >> batch_no & 1:
-            log.info("repeated completion ignored", batch_no=batch_no)
-            return
-        state = {
-            **state,
-            "done": format(mask | 1 << batch_no, "x"),
-            "batches_done": state["batches_done"] + 1,
-            "users_done": state["users_done"] + done["users_migrated"] + done["users_already_migrated"],
-            "resets": state["resets"] + len(done["service_plan_resets"]),
-        }
-        batch_count = done["batch_count"]
-        if state["batches_done"] >= batch_count:
-            self._settle(ctx, done, state)
-            ctx.put(key, {"settled": True})
-            return
-        step = state["batches_done"] * PROGRESS_STEPS // batch_count
-        if step > state["step"]:
-            state["step"] = step
-            self._progress(ctx, done, state, step)
-        ctx.put(key, state)
+        if next_step is Next.FAIL:
+            self._fail(ctx, done, "MIGRATION_FAILED", done.get("error") or "a batch failed")
+        elif next_step is Next.SETTLE:
+            migration = self._settle(ctx, done, migration)
+        elif next_step is Next.REPORT_PROGRESS:
+            self._status(ctx, done, Status.MIGRATING, step=migration.step,
+                         admin_locked_until=_plus(done["terms"]["migration_started_at"], ADMIN_LOCK),
+                         progress=progress(migration, done["batch_count"], done["terms"]["users_total"]))
+        ctx.put(key, migration.as_state())
 
-    def _progress(self, ctx: Context, done: dict[str, Any], state: dict[str, Any], step: int) -> None:
-        terms, upgrade_id, tenant_id = done["terms"], done["upgrade_id"], done["tenant_id"]
-        locked_until = _plus_hour(terms["migration_started_at"])
+    def on_failure(self, ctx: Context, done: dict[str, Any], error: BaseException) -> None:
+        """Settling this upgrade failed every attempt: it ends `failed`, its tenant is freed."""
+        key = f"upgrade:{done['upgrade_id']}"
+        migration = Migration.from_state(ctx.get(key))
+        if migration.status != Status.MIGRATING or (migration.tenant_id not in (None, done["tenant_id"])):
+            return
+        self._fail(ctx, done, "SETTLEMENT_FAILED", f"{type(error).__name__}: {error}")
+        ctx.put(key, Migration(status=Status.FAILED, tenant_id=done["tenant_id"]).as_state())
+
+    # -- steps ----------------------------------------------------------------------
+    def _status(self, ctx: Context, done: dict[str, Any], status: str, step: int | None = None,
+                **fields: Any) -> None:
+        tenant_id, upgrade_id = done["tenant_id"], done["upgrade_id"]
         ctx.emit(Topic.UPGRADE_STATUS, tenant_id, event(
-            Topic.UPGRADE_STATUS, tenant_id, status_id(upgrade_id, Status.MIGRATING, step), upgrade_id=upgrade_id,
-            status=Status.MIGRATING, reasons=[], admin_locked_until=locked_until,
-            progress=_progress(done, state)))
+            Topic.UPGRADE_STATUS, tenant_id, status_id(upgrade_id, status, step), occurred_at=ctx.now(),
+            upgrade_id=upgrade_id, status=status, **{"reasons": [], **fields}))
 
-    def _settle(self, ctx: Context, done: dict[str, Any], state: dict[str, Any]) -> None:
+    def _fail(self, ctx: Context, done: dict[str, Any], code: str, detail: str) -> None:
+        self._status(ctx, done, Status.FAILED, reasons=[reason(code, detail[:500]).as_dict()],
+                     admin_locked_until=None)
+        ctx.emit(Topic.UPGRADE_ENDED, done["tenant_id"],
+                 upgrade_ended(done["tenant_id"], done["upgrade_id"], Status.FAILED))
+        log.error("upgrade failed", code=code, detail=detail[:500])
+
+    def _settle(self, ctx: Context, done: dict[str, Any], migration: Migration) -> Migration:
         terms, upgrade_id, tenant_id = done["terms"], done["upgrade_id"], done["tenant_id"]
-        effective = date.fromisoformat(done["occurred_at"][:10])
-        credit = subscription_credit(terms, effective, terms["new_total_cost_minor"])
+        # Users who took a source licence after the batches were planned move now; the
+        # directory remembers them, so a redo counts them again.
+        self.directory.sweep(tenant_id, upgrade_id, done["source_subscription_id"],
+                                    done["target_subscription_id"], done["target_sku"])
+        swept = self.directory.swept(upgrade_id)
+        if swept:
+            log.warning("users who took a source licence during the upgrade were moved", users_swept=swept)
+        migration = Migration(status=Status.COMPLETED, tenant_id=tenant_id, done=migration.done,
+                              batches_done=migration.batches_done, users_done=migration.users_done + swept)
+        settled = settle(terms, done)
+        credit = settled.credit
         ctx.emit(Topic.BILLING_SWITCH, tenant_id, event(
-            Topic.BILLING_SWITCH, tenant_id, billing_switch_id(upgrade_id), upgrade_id=upgrade_id,
+            Topic.BILLING_SWITCH, tenant_id, billing_switch_id(upgrade_id), occurred_at=ctx.now(),
+            upgrade_id=upgrade_id,
             old_subscription_id=done["source_subscription_id"], old_sku=done["source_sku"],
             new_subscription_id=done["target_subscription_id"], new_sku=done["target_sku"],
-            licenses=terms["licenses"], effective_date=effective.isoformat(),
+            licenses=terms["licenses"], effective_date=settled.effective_date.isoformat(),
             billing_frequency=terms["billing_frequency"], currency=terms["currency"],
             new_total_cost_minor=terms["new_total_cost_minor"]))
         if credit.amount_minor > 0:
             ctx.emit(Topic.CREDIT_ISSUED, tenant_id, event(
-                Topic.CREDIT_ISSUED, tenant_id, credit_id(upgrade_id), credit_id=credit_id(upgrade_id),
+                Topic.CREDIT_ISSUED, tenant_id, credit_id(upgrade_id), occurred_at=ctx.now(),
+                credit_id=credit_id(upgrade_id),
                 upgrade_id=upgrade_id, subscription_id=done["source_subscription_id"], currency=terms["currency"],
                 amount_minor=credit.amount_minor, basis=credit.basis, unused_days=credit.unused_days,
                 period_days=credit.period_days, period_start=credit.period_start.isoformat(),
                 period_end=credit.period_end.isoformat(), forfeit_minor=credit.forfeit_minor,
-                due_by=(effective + timedelta(days=CREDIT_DUE_DAYS)).isoformat()))
-        ctx.emit(Topic.UPGRADE_STATUS, tenant_id, event(
-            Topic.UPGRADE_STATUS, tenant_id, status_id(upgrade_id, Status.COMPLETED), upgrade_id=upgrade_id,
-            status=Status.COMPLETED, reasons=[], progress=_progress(done, state), admin_locked_until=None,
-            new_subscription_id=done["target_subscription_id"], credit_minor=credit.amount_minor,
-            forfeit_minor=credit.forfeit_minor, currency=terms["currency"], service_plan_resets=state["resets"]))
+                due_by=settled.credit_due_by.isoformat()))
+        resets = self.directory.resets(upgrade_id)  # every batch's and the sweep's
+        self._status(ctx, done, Status.COMPLETED, admin_locked_until=None,
+                     progress=progress(migration, done["batch_count"], terms["users_total"] + swept),
+                     new_subscription_id=done["target_subscription_id"], credit_minor=credit.amount_minor,
+                     forfeit_minor=credit.forfeit_minor, currency=terms["currency"],
+                     service_plan_resets=len(resets))
         ctx.emit(Topic.UPGRADE_ENDED, tenant_id, upgrade_ended(tenant_id, upgrade_id, Status.COMPLETED))
         # A file beside the transaction: rewritten whole and identically if this is redone.
-        path = write_reset_report(self.settings, upgrade_id, self.directory.resets(upgrade_id))
-        log.info("upgrade settled", credit_minor=credit.amount_minor, effective_date=effective.isoformat(),
-                 reset_report=str(path))
+        path = write_reset_report(self.settings, upgrade_id, resets)
+        log.info("upgrade settled", credit_minor=credit.amount_minor,
+                 effective_date=settled.effective_date.isoformat(), reset_report=str(path))
+        return migration
 
 
-def _progress(done: dict[str, Any], state: dict[str, Any]) -> dict[str, int]:
-    return {"batches_done": state["batches_done"], "batch_count": done["batch_count"],
-            "users_done": state["users_done"], "users_total": done["terms"]["users_total"]}
-
-
-def _plus_hour(moment: str) -> str:
-    from datetime import datetime
-
-    from planshift.events import rfc3339
-
-    return rfc3339(datetime.fromisoformat(moment.replace("Z", "+00:00")) + timedelta(hours=1))
+def _plus(moment: str, delta: timedelta) -> str:
+    return rfc3339(datetime.fromisoformat(moment.replace("Z", "+00:00")) + delta)
 
 
 def processor(settings: Settings, instance: str = "0", directory: LicenceDirectory | None = None,
               **config: Any) -> StreamProcessor:
+    return StreamProcessor(settings, settlement_config(settings, directory, instance, **config))
+
+
+def settlement_config(settings: Settings, directory: LicenceDirectory | None = None, instance: str = "0",
+                      **config: Any) -> ProcessorConfig:
     settlement = Settlement(settings, directory or SqliteDirectory.for_settings(settings))
-    return StreamProcessor(settings, ProcessorConfig(
+    # Settling reads and writes the directory (the late users' sweep): ride out a short
+    # outage of it before giving the upgrade up as SETTLEMENT_FAILED.
+    config.setdefault("max_attempts", 5)
+    config.setdefault("retry_backoff_s", 0.2)
+    return ProcessorConfig(
         group_id=GROUP_ID,
-        sources=(Source(Topic.LICENSE_BATCH_COMPLETED, settlement.on_completion),),
+        sources=(Source(Topic.LICENSE_BATCH_COMPLETED, settlement.on_completion, on_failure=settlement.on_failure),),
         instance=instance,
         **config,
-    ))
+    )

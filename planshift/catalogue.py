@@ -47,9 +47,11 @@ class Catalogue:
     def get(self, sku: str) -> Sku | None:
         return self.skus.get(sku)
 
-    def lacking_data_services(self, source: str, target: str) -> list[str]:
-        """Data-related services of `source` that `target` lacks or has at a lower tier."""
-        return list(_lacking_data_services(self, source, target))
+    def fewer_services(self, source: str, target: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """What makes `target` a plan "with fewer services" than `source` (CONTRACT.md §4 r2):
+        the services of `source` that `target` lacks, and the data-related ones it has at a
+        lower tier."""
+        return _fewer_services(self, source, target)
 
     def services_of(self, *skus: str | None) -> frozenset[str]:
         """Every service of the given SKUs (unknown ones and None contribute nothing)."""
@@ -90,12 +92,12 @@ class Catalogue:
 # A catalogue never changes once loaded, and a handful of SKU pairs covers every request:
 # intake asks these for each request, so the answers are kept.
 @functools.lru_cache(maxsize=4096)
-def _lacking_data_services(catalogue: Catalogue, source: str, target: str) -> tuple[str, ...]:
+def _fewer_services(catalogue: Catalogue, source: str, target: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     src, tgt = catalogue.skus[source], catalogue.skus[target]
-    return tuple(sorted(
-        name for name, svc in src.services.items()
-        if svc.data and (name not in tgt.services or tgt.services[name].tier < svc.tier)
-    ))
+    missing = tuple(sorted(name for name in src.services if name not in tgt.services))
+    lower = tuple(sorted(name for name, svc in src.services.items()
+                         if svc.data and name in tgt.services and tgt.services[name].tier < svc.tier))
+    return missing, lower
 
 
 @functools.lru_cache(maxsize=4096)

@@ -145,21 +145,26 @@ REASONS: tuple[ReasonSpec, ...] = (
     ReasonSpec("TEMPORARY_HIGH_VOLUME", Remedy.RETRY_LATER, "PT1H",
                "The service is upgrading a high volume of plans; try again in about an hour."),
     ReasonSpec("TARGET_PLAN_NOT_SUPPORTED", Remedy.MANUAL_CHANGE, None,
-               "The target plan lacks a data-related service of the current plan."),
+               "The target plan has fewer services than the current plan; change plans by hand."),
     ReasonSpec("HAS_ADD_ON", Remedy.REMOVE_ADD_ON, None,
                "The subscription has an add-on; remove it first."),
     ReasonSpec("UNPAID_BALANCE", Remedy.PAY_BALANCE, None,
                "The account has an unpaid balance; pay it, then retry."),
     ReasonSpec("INVALID_REQUEST", Remedy.FIX_REQUEST, None,
-               "The request breaks its schema."),
+               "The request breaks its schema or is impossible."),
     ReasonSpec("CREDIT_CHECK_DECLINED", Remedy.CONTACT_SUPPORT, None,
                "The credit check was not approved."),
+    ReasonSpec("CREDIT_CHECK_EXPIRED", Remedy.RETRY_LATER, None,
+               "The credit check was not answered in time."),
 )
 
 # Reasons planshift adds for what happens after acceptance (docs/CONTRACT.md, refinements).
 OPERATIONAL_REASONS: tuple[ReasonSpec, ...] = (
     ReasonSpec("MIGRATION_FAILED", Remedy.CONTACT_SUPPORT, None,
                "Moving the users to the new plan failed; they keep their current plan."),
+    ReasonSpec("SETTLEMENT_FAILED", Remedy.CONTACT_SUPPORT, None,
+               "The users were moved to the new plan, but switching the billing failed; "
+               "support finishes it by hand."),
 )
 
 REASON_BY_CODE: dict[str, ReasonSpec] = {r.code: r for r in REASONS + OPERATIONAL_REASONS}

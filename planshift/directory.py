@@ -18,6 +18,7 @@ from typing import Iterable, Protocol, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from planshift.errors import PermanentError
 from planshift.settings import Settings
 
 PARQUET_SCHEMA = pa.schema([
@@ -49,6 +50,19 @@ CREATE TABLE IF NOT EXISTS service_resets (
     disabled_services TEXT NOT NULL,
     PRIMARY KEY (upgrade_id, user_id)
 ) WITHOUT ROWID;
+-- Which tenant each upgrade_id belongs to: the first to use it. The directory is the one
+-- store every intake instance shares, so an id sent by two tenants is refused here.
+CREATE TABLE IF NOT EXISTS upgrade_owners (
+    upgrade_id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL
+) WITHOUT ROWID;
+-- Users who took a source licence after the batches were planned, moved before settlement
+-- (CONTRACT.md §4 r2), so their number survives a redo.
+CREATE TABLE IF NOT EXISTS swept_users (
+    upgrade_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    PRIMARY KEY (upgrade_id, user_id)
+) WITHOUT ROWID;
 """
 
 
@@ -62,6 +76,11 @@ class MigrationResult:
 
 class DirectoryError(ValueError):
     """A directory file or request that cannot be used; nothing was changed."""
+
+
+class MigrationRefused(DirectoryError, PermanentError):
+    """A migration that would cost users a licence: the source is the target, or the
+    target is another subscription already in use. Nothing was changed; no retry helps."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +105,13 @@ class LicenceDirectory(Protocol):
 
     def migrate(self, tenant_id: str, upgrade_id: str, user_ids: Sequence[str], source_subscription_id: str,
                 target_subscription_id: str, target_sku: str) -> MigrationResult: ...
+
+    def sweep(self, tenant_id: str, upgrade_id: str, source_subscription_id: str, target_subscription_id: str,
+              target_sku: str) -> MigrationResult: ...
+
+    def swept(self, upgrade_id: str) -> int: ...
+
+    def claim_upgrades(self, claims: Iterable[tuple[str, str]]) -> dict[str, str]: ...
 
     def resets(self, upgrade_id: str) -> list[tuple[str, str, str, str, tuple[str, ...]]]: ...
 
@@ -161,43 +187,127 @@ class SqliteDirectory:
         """Move a batch of users to the target subscription, in one SQLite transaction.
 
         Each user gets the target licence with every service enabled, the services they
-        had disabled are recorded, then the source licence goes: inside the transaction
-        the insert comes before the delete, and outside it both happen at once, so no
-        reader ever sees a user without a licence. Licences of other subscriptions stay.
+        had disabled are recorded (those of the source licence, or of a target licence
+        they already held), then the source licence goes: inside the transaction the
+        insert comes before the delete, and outside it both happen at once, so no reader
+        ever sees a user without a licence. Licences of other subscriptions stay.
         Repeating a batch changes nothing and reports its users as already migrated.
+
+        Refused (`MigrationRefused`, nothing changed) when the source is the target, or
+        the target subscription holds licences of another SKU: it is another
+        subscription, and writing over its licences would lose them.
         """
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
+            self._refuse_unsafe(tenant_id, source_subscription_id, target_subscription_id, target_sku)
             db.execute("CREATE TEMP TABLE IF NOT EXISTS batch_users (user_id TEXT PRIMARY KEY) WITHOUT ROWID")
             db.execute("DELETE FROM batch_users")
             db.executemany("INSERT OR IGNORE INTO batch_users VALUES (?)", ((u,) for u in user_ids))
-            # CROSS JOIN keeps the batch as the outer loop: one primary-key lookup per user,
-            # not a scan of every licence of the subscription for every batch.
-            source = "SELECT l.user_id, l.sku, l.disabled_services FROM batch_users b CROSS JOIN licences l " \
-                     "ON l.tenant_id = ? AND l.subscription_id = ? AND l.user_id = b.user_id"
-            db.execute(f"INSERT OR IGNORE INTO service_resets SELECT ?, ?, user_id, ?, sku, disabled_services "
-                       f"FROM ({source}) WHERE disabled_services != '[]'",
-                       (tenant_id, upgrade_id, source_subscription_id, tenant_id, source_subscription_id))
-            db.execute(f"INSERT OR REPLACE INTO licences SELECT ?, user_id, ?, ?, '[]' FROM ({source})",
-                       (tenant_id, target_subscription_id, target_sku, tenant_id, source_subscription_id))
-            migrated = db.executemany(
-                "DELETE FROM licences WHERE tenant_id = ? AND subscription_id = ? AND user_id = ?",
-                ((tenant_id, source_subscription_id, u) for u in dict.fromkeys(user_ids))).rowcount
-            holding_target = db.execute(
-                "SELECT count(*) FROM batch_users b CROSS JOIN licences l "
-                "ON l.tenant_id = ? AND l.subscription_id = ? AND l.user_id = b.user_id",
-                (tenant_id, target_subscription_id)).fetchone()[0]
-            resets = db.execute(
-                "SELECT r.user_id, r.disabled_services FROM batch_users b CROSS JOIN service_resets r "
-                "ON r.upgrade_id = ? AND r.user_id = b.user_id ORDER BY r.user_id", (upgrade_id,)).fetchall()
+            result = self._move_batch_users(tenant_id, upgrade_id, source_subscription_id, target_subscription_id,
+                                            target_sku, len(set(user_ids)))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        batch = len(set(user_ids))
+        return result
+
+    def sweep(self, tenant_id: str, upgrade_id: str, source_subscription_id: str, target_subscription_id: str,
+              target_sku: str) -> MigrationResult:
+        """Move every user who still holds a source licence (CONTRACT.md §4 r2: users who
+        took one after the batches were planned), as `migrate` does, in one transaction;
+        they are remembered, so `swept()` counts them however often this is redone."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            self._refuse_unsafe(tenant_id, source_subscription_id, target_subscription_id, target_sku)
+            db.execute("CREATE TEMP TABLE IF NOT EXISTS batch_users (user_id TEXT PRIMARY KEY) WITHOUT ROWID")
+            db.execute("DELETE FROM batch_users")
+            db.execute("INSERT INTO batch_users SELECT user_id FROM licences WHERE tenant_id = ? AND subscription_id = ?",
+                       (tenant_id, source_subscription_id))
+            db.execute("INSERT OR IGNORE INTO swept_users SELECT ?, user_id FROM batch_users", (upgrade_id,))
+            count = db.execute("SELECT count(*) FROM batch_users").fetchone()[0]
+            result = self._move_batch_users(tenant_id, upgrade_id, source_subscription_id, target_subscription_id,
+                                            target_sku, count)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return result
+
+    def swept(self, upgrade_id: str) -> int:
+        """How many users `sweep` has moved for an upgrade."""
+        return self._db.execute("SELECT count(*) FROM swept_users WHERE upgrade_id = ?", (upgrade_id,)).fetchone()[0]
+
+    def _refuse_unsafe(self, tenant_id: str, source_subscription_id: str, target_subscription_id: str,
+                       target_sku: str) -> None:
+        if source_subscription_id == target_subscription_id:
+            raise MigrationRefused(f"source and target are the same subscription {source_subscription_id}: "
+                                   "moving users onto it would remove their only licence")
+        other = self._db.execute(
+            "SELECT sku, count(*) FROM licences WHERE tenant_id = ? AND subscription_id = ? AND sku != ? GROUP BY sku",
+            (tenant_id, target_subscription_id, target_sku)).fetchall()
+        if other:
+            held = ", ".join(f"{n} of {sku}" for sku, n in other)
+            raise MigrationRefused(f"target subscription {target_subscription_id} is another subscription already "
+                                   f"in use ({held} licence(s)); its licences are not overwritten")
+
+    def _move_batch_users(self, tenant_id: str, upgrade_id: str, source_subscription_id: str,
+                          target_subscription_id: str, target_sku: str, batch: int) -> MigrationResult:
+        """The users in temp table `batch_users` move from source to target (inside the caller's transaction)."""
+        db = self._db
+        # CROSS JOIN keeps the batch as the outer loop: one primary-key lookup per user,
+        # not a scan of every licence of the subscription for every batch.
+        held = "SELECT l.user_id, l.sku, l.disabled_services FROM batch_users b CROSS JOIN licences l " \
+               "ON l.tenant_id = ? AND l.subscription_id = ? AND l.user_id = b.user_id"
+        db.execute(f"INSERT OR IGNORE INTO service_resets SELECT ?, ?, user_id, ?, sku, disabled_services "
+                   f"FROM ({held}) WHERE disabled_services != '[]'",
+                   (tenant_id, upgrade_id, source_subscription_id, tenant_id, source_subscription_id))
+        # A user who already holds a target licence with services switched off has them
+        # reset too (r2): recorded first, like the source licence's.
+        db.execute(f"INSERT OR IGNORE INTO service_resets SELECT ?, ?, user_id, ?, sku, disabled_services "
+                   f"FROM ({held}) WHERE disabled_services != '[]'",
+                   (tenant_id, upgrade_id, target_subscription_id, tenant_id, target_subscription_id))
+        db.execute("UPDATE licences SET disabled_services = '[]' WHERE tenant_id = ? AND subscription_id = ? "
+                   "AND disabled_services != '[]' AND user_id IN (SELECT user_id FROM batch_users)",
+                   (tenant_id, target_subscription_id))
+        db.execute(f"INSERT OR IGNORE INTO licences SELECT ?, user_id, ?, ?, '[]' FROM ({held})",
+                   (tenant_id, target_subscription_id, target_sku, tenant_id, source_subscription_id))
+        migrated = db.execute(
+            "DELETE FROM licences WHERE tenant_id = ? AND subscription_id = ? "
+            "AND user_id IN (SELECT user_id FROM batch_users)",
+            (tenant_id, source_subscription_id)).rowcount
+        holding_target = db.execute(
+            "SELECT count(*) FROM batch_users b CROSS JOIN licences l "
+            "ON l.tenant_id = ? AND l.subscription_id = ? AND l.user_id = b.user_id",
+            (tenant_id, target_subscription_id)).fetchone()[0]
+        resets = db.execute(
+            "SELECT r.user_id, r.disabled_services FROM batch_users b CROSS JOIN service_resets r "
+            "ON r.upgrade_id = ? AND r.user_id = b.user_id ORDER BY r.user_id", (upgrade_id,)).fetchall()
         return MigrationResult(migrated, holding_target - migrated, batch - holding_target,
                                [(u, tuple(json.loads(d))) for u, d in resets])
+
+    def claim_upgrades(self, claims: Iterable[tuple[str, str]]) -> dict[str, str]:
+        """Record each (upgrade_id, tenant_id) whose id is new; return every id's owner.
+        An id that another tenant used first stays that tenant's."""
+        wanted = list(dict.fromkeys(claims))
+        if not wanted:
+            return {}
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany("INSERT OR IGNORE INTO upgrade_owners VALUES (?, ?)", wanted)
+            owners: dict[str, str] = {}
+            ids = [u for u, _ in wanted]
+            for i in range(0, len(ids), 5000):
+                rows = db.execute("SELECT o.upgrade_id, o.tenant_id FROM json_each(?) AS j JOIN upgrade_owners AS o "
+                                  "ON o.upgrade_id = j.value", (json.dumps(ids[i:i + 5000]),))
+                owners.update(rows)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return owners
 
     def put(self, licences: Iterable[Licence], replace_all: bool = False) -> int:
         rows = [(lic.tenant_id, lic.user_id, lic.subscription_id, lic.sku, json.dumps(list(lic.disabled_services)))

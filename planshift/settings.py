@@ -32,6 +32,7 @@ class Settings:
     batch_size: int = 500
     credit_check_threshold_minor: int = 1_000_000
     prepaid_policy: str = "checkout_rule"
+    credit_check_expiry_days: int = 10  # business days an unanswered credit check waits (CONTRACT.md §9 r2)
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
@@ -89,6 +90,7 @@ class Settings:
                 "PLANSHIFT_CREDIT_CHECK_THRESHOLD_MINOR", defaults.credit_check_threshold_minor, 0
             ),
             prepaid_policy=get("PLANSHIFT_PREPAID_POLICY") or defaults.prepaid_policy,
+            credit_check_expiry_days=get_int("PLANSHIFT_CREDIT_CHECK_EXPIRY_DAYS", defaults.credit_check_expiry_days),
             security_protocol=(get("PLANSHIFT_SECURITY_PROTOCOL") or defaults.security_protocol).upper(),
             sasl_mechanism=get("PLANSHIFT_SASL_MECHANISM"),
             sasl_username=get("PLANSHIFT_SASL_USERNAME"),

@@ -58,6 +58,8 @@ CASES = {
     "TARGET_PLAN_NOT_SUPPORTED": [
         (lambda: request(source_sku="M365_BUSINESS_BASIC", target_sku="M365_APPS_FOR_BUSINESS"), TenantView(100)),
         (lambda: request(source_sku="EXCHANGE_ONLINE_PLAN_2", target_sku="M365_BUSINESS_PREMIUM"), TenantView(100)),
+        # r2 (issue 10, case 8): a plan with fewer services, though none of them holds data
+        (lambda: request(source_sku="M365_BUSINESS_PREMIUM", target_sku="M365_BUSINESS_BASIC"), TenantView(100)),
     ],
     "HAS_ADD_ON": [(lambda: request(add_ons=["TEAMS_PHONE"]), TenantView(100))],
     "UNPAID_BALANCE": [(lambda: request(unpaid_balance_minor=1), TenantView(100))],
@@ -66,7 +68,8 @@ PARAMS = [(code, i, make, view) for code, cases in CASES.items() for i, (make, v
 
 
 def test_every_eligibility_code_has_a_case():
-    assert set(CASES) == {r.code for r in REASONS} - {"INVALID_REQUEST", "CREDIT_CHECK_DECLINED"}
+    assert set(CASES) == {r.code for r in REASONS} - {"INVALID_REQUEST", "CREDIT_CHECK_DECLINED",
+                                                             "CREDIT_CHECK_EXPIRED"}  # tests/test_lifecycle_rules.py
 
 
 def test_a_clean_request_is_eligible():
@@ -112,3 +115,32 @@ def test_acknowledged_forfeit_passes():
 
 def test_the_upgrade_itself_is_not_its_own_change_in_progress():
     assert evaluate(request(), TenantView(100, upgrade_in_flight="ord-1"), CATALOGUE) == []
+
+
+def test_fewer_services_names_what_the_target_lacks():
+    reasons = evaluate(request(source_sku="M365_BUSINESS_PREMIUM", target_sku="M365_BUSINESS_BASIC"),
+                       TenantView(100), CATALOGUE)
+    assert "lacks BOOKINGS, DEFENDER_BUSINESS, ENTRA_ID, INTUNE, OFFICE_DESKTOP" in reasons[0].message
+
+
+def test_the_request_day_is_its_utc_day():
+    """Issue 10, case 10: 22:30 at UTC−5 on 11-19 is 03:30 UTC on 11-20."""
+    from planshift.domain.eligibility import request_date
+
+    r = request()
+    r["occurred_at"] = "2026-11-19T22:30:00-05:00"
+    assert request_date(r) == date(2026, 11, 20)
+    r["occurred_at"] = "2026-11-20T01:30:00+05:00"
+    assert request_date(r) == date(2026, 11, 19)
+
+
+def test_prepaid_forfeit_is_estimated_on_the_utc_day():
+    """The forfeit estimate uses the UTC day: one day later in UTC is one day less of the term."""
+    from planshift.domain.money import subscription_credit
+
+    r = request(prepaid={"term_start": "2026-01-01", "term_end": "2027-01-01", "paid_minor": 3_650_000},
+                new_total_cost_minor=1)
+    r["occurred_at"] = "2026-11-19T22:30:00-05:00"
+    reasons = evaluate(r, TenantView(100), CATALOGUE)
+    utc = subscription_credit(r["tenant"]["subscriptions"][0], date(2026, 11, 20), 1).forfeit_minor
+    assert f"About {utc} " in reasons[0].message and utc == 420_000 - 1  # 42 of 365 days of 3 650 000

@@ -15,6 +15,7 @@ from typing import Any, Mapping, NamedTuple
 from planshift.catalogue import Catalogue
 from planshift.contract import REASON_BY_CODE
 from planshift.domain.money import subscription_credit
+from planshift.domain.validity import utc_day
 
 UPGRADABLE_STATUSES = ("active", "provisioning", "updating")
 
@@ -51,7 +52,8 @@ def source_subscription(request: Mapping[str, Any]) -> dict[str, Any] | None:
 
 
 def request_date(request: Mapping[str, Any]) -> date:
-    return date.fromisoformat(request["occurred_at"][:10])
+    """The request's day: the UTC day of `occurred_at`, whatever its offset (CONTRACT.md §3 r2)."""
+    return utc_day(request["occurred_at"])
 
 
 def evaluate(request: Mapping[str, Any], tenant: TenantView, catalogue: Catalogue) -> list[Reason]:
@@ -120,10 +122,11 @@ def evaluate(request: Mapping[str, Any], tenant: TenantView, catalogue: Catalogu
         found.append(reason("TEMPORARY_HIGH_VOLUME"))
 
     if source_sku in catalogue and target_sku in catalogue and source_sku != target_sku:
-        lacking = catalogue.lacking_data_services(source_sku, target_sku)
-        if lacking:
-            found.append(reason("TARGET_PLAN_NOT_SUPPORTED",
-                                f"{target_sku} lacks or has a lower tier of: {', '.join(lacking)}."))
+        missing, lower = catalogue.fewer_services(source_sku, target_sku)
+        if missing or lower:
+            said = ([f"lacks {', '.join(missing)}"] if missing else []) + \
+                   ([f"has a lower tier of {', '.join(lower)}"] if lower else [])
+            found.append(reason("TARGET_PLAN_NOT_SUPPORTED", f"{target_sku} {' and '.join(said)}."))
 
     if source is not None and source["add_ons"]:
         found.append(reason("HAS_ADD_ON", f"Add-ons: {', '.join(source['add_ons'])}."))
@@ -133,3 +136,16 @@ def evaluate(request: Mapping[str, Any], tenant: TenantView, catalogue: Catalogu
                                               f"{request['currency']} minor units are unpaid."))
 
     return found  # in the contract's order: tests/test_eligibility.py checks it with every code at once
+
+
+# CONTRACT.md §4 (r2), credit check: the rules that can change while a check waits, evaluated
+# again on approval — licence holders against the licences bought and purchased, and
+# service health (and the source being set up, which shares the code).
+RECHECKED_ON_APPROVAL = frozenset({
+    "MORE_USERS_THAN_LICENSES", "LICENSES_BELOW_ASSIGNED_USERS", "NOT_FULLY_SET_UP_OR_SERVICE_UNAVAILABLE",
+})
+
+
+def recheck(request: Mapping[str, Any], tenant: TenantView, catalogue: Catalogue) -> list[Reason]:
+    """The failing rules of `RECHECKED_ON_APPROVAL` now, for an approved credit check."""
+    return [r for r in evaluate(request, tenant, catalogue) if r.code in RECHECKED_ON_APPROVAL]

@@ -7,6 +7,7 @@ the commit protocol.
 """
 
 from planshift.runtime.context import Context, Output
-from planshift.runtime.processor import ProcessorConfig, Source, StreamProcessor
+from planshift.runtime.engine import ProcessorConfig, Source
+from planshift.runtime.processor import StreamProcessor
 
 __all__ = ["Context", "Output", "ProcessorConfig", "Source", "StreamProcessor"]

@@ -8,12 +8,15 @@ behind and can be retried.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any, Callable, Mapping, NamedTuple
 
 from planshift.runtime.state import PartitionStore
 
 _DELETED = object()
+TIMER_PREFIX = "timer:"  # state keys of wall-clock timers (see engine.py)
 
 
 class Output(NamedTuple):  # a few per handled record: a tuple is the cheapest immutable record to build
@@ -38,6 +41,12 @@ class Context:
     outputs: list[Output] = field(default_factory=list)
     writes: dict[str, Any] = field(default_factory=dict)
     unlogged: set[str] = field(default_factory=set)  # keys whose state is derived, not logged
+    clock: Callable[[], float] = time.time  # the runtime's clock (a test driver's own in tests)
+
+    def now(self) -> datetime:
+        """The moment this record is handled, in UTC: handlers use it, not the system clock,
+        so a test driver can move time."""
+        return datetime.fromtimestamp(self.clock(), timezone.utc)
 
     # -- state: reads see this record's own pending writes --------------------
     def get(self, key: str, default: Any = None) -> Any:
@@ -59,6 +68,15 @@ class Context:
 
     def delete(self, key: str) -> None:
         self.writes[key] = _DELETED
+
+    # -- timers ---------------------------------------------------------------
+    def schedule(self, name: str, due: datetime, data: dict[str, Any] | None = None) -> None:
+        """Run the processor's `on_timer(ctx, name, data)` once `due` has passed; kept in
+        this partition's state, so it survives restarts and fires once."""
+        self.put(TIMER_PREFIX + name, {"due": int(due.timestamp() * 1000), "data": data or {}})
+
+    def cancel(self, name: str) -> None:
+        self.delete(TIMER_PREFIX + name)
 
     # -- output ---------------------------------------------------------------
     def emit(self, topic: str, key: str | None, value: dict[str, Any], event_type: str | None = None,

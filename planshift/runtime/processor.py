@@ -43,8 +43,7 @@ import gc
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.errors import (
@@ -59,19 +58,16 @@ from kafka.errors import (
 from kafka.structs import OffsetAndMetadata
 
 from planshift import kafka_clients, logs
-from planshift.contract import dlq
-from planshift.deadletters import dead_letter_headers
 from planshift.logs import get_logger
 from planshift.runtime.assignor import CopartitionedCooperativeStickyAssignor
-from planshift.runtime.context import Context
-from planshift.runtime.state import PartitionStore, changelog_topic, restore
+from planshift.runtime.engine import SKIP, Engine, ProcessorConfig, Source
+from planshift.runtime.state import restore
 from planshift.runtime.tables import GlobalTable
-from planshift.schema import InvalidEvent, parse, parse_json, schema_names, validate
 from planshift.settings import Settings
 
-log = get_logger(__name__)
+__all__ = ["ProcessorConfig", "Source", "StreamProcessor"]
 
-SKIP = object()  # a record its source's `wanted` refused
+log = get_logger(__name__)
 
 # Under load a transaction commits after this long unless the consumer or
 # PLANSHIFT_COMMIT_INTERVAL_MS says otherwise (an idle consumer commits at once).
@@ -79,62 +75,6 @@ DEFAULT_COMMIT_INTERVAL_MS = 200
 
 FENCED = (ProducerFencedError, InvalidProducerEpochError)
 LOST_GENERATION = (CommitFailedError, IllegalGenerationError, UnknownMemberIdError, RebalanceInProgressError)
-
-
-@dataclass(frozen=True)
-class Source:
-    """An input topic: its schema and its handler."""
-
-    topic: str  # contract name
-    handle: Callable[[Context, dict[str, Any]], None]
-    schema: str | None = None  # schema name; default: the topic name; "" for JSON without a schema
-    # Called, in the same transaction as the dead letter, for a record that breaks its
-    # schema, so a consumer can tell the sender (intake emits `rejected`).
-    on_invalid: Callable[[Context, bytes | None, InvalidEvent], None] | None = None
-    # A cheap test on the raw value: records it refuses are skipped undecoded (their
-    # offsets still commit). Must accept every record the handler could act on.
-    wanted: Callable[[bytes | None], bool] | None = None
-    # Called with the valid events of each polled batch before any is handled, so a
-    # consumer can fetch what they need in one round trip instead of one per record.
-    prepare: Callable[[list[dict[str, Any]]], None] | None = None
-    # Called, in the same transaction as the dead letter, when a valid record fails
-    # every attempt, so a consumer can report the failure (migration marks it `failed`).
-    on_failure: Callable[[Context, dict[str, Any], BaseException], None] | None = None
-
-
-@dataclass(frozen=True)
-class ProcessorConfig:
-    group_id: str
-    sources: tuple[Source, ...]
-    stateful: bool = True
-    tables: tuple[str, ...] = ()  # contract topics read whole by every instance (compacted)
-    # State derived from a co-partitioned topic instead of logged: at restore, after the
-    # changelog, every committed event of partition p of these topics is folded into
-    # store p. Writes of such state use `ctx.put(..., logged=False)`.
-    derived_from: tuple[tuple[str, Callable[[PartitionStore, dict[str, Any]], None]], ...] = ()
-    commit_every: int = 5000
-    commit_interval_ms: int | None = None  # None: PLANSHIFT_COMMIT_INTERVAL_MS, else DEFAULT_COMMIT_INTERVAL_MS
-    max_attempts: int = 3
-    retry_backoff_s: float = 0.05
-    instance: str = "0"  # stable per instance: a restart fences its own zombie at once
-    max_poll_records: int = 2000
-    transaction_timeout_ms: int = 60_000
-    session_timeout_ms: int = 15_000  # an instance that is gone for good loses its partitions after this
-    poll_timeout_ms: int = 500  # returns at once when records wait; bounds how soon stop() is seen
-
-
-@dataclass
-class Metrics:
-    records: int = 0
-    records_by_topic: dict[str, int] = field(default_factory=dict)  # contract topic → records taken in
-    dead_letters: int = 0
-    retries: int = 0
-    commits: int = 0
-    aborts: int = 0
-    restored_keys: int = 0
-    started_at: float = field(default_factory=time.monotonic)
-    first_record_at: float | None = None  # throughput is measured from here, after start-up
-    finished_at: float | None = None
 
 
 class Stoppable:
@@ -151,25 +91,25 @@ class Stoppable:
 
 
 class StreamProcessor(Stoppable):
-    def __init__(self, settings: Settings, config: ProcessorConfig):
+    def __init__(self, settings: Settings, config: ProcessorConfig, clock: Callable[[], float] = time.time):
         self.settings = settings
         if config.commit_interval_ms is None:
             config = dataclasses.replace(config, commit_interval_ms=settings.commit_interval_ms
                                          or DEFAULT_COMMIT_INTERVAL_MS)
         self.config = config
-        self.metrics = Metrics()
-        self._sources = {settings.topic(s.topic): s for s in config.sources}
-        self._stores: dict[int, PartitionStore] = {}
+        # Everything a record's rules decide happens in the engine; this class is the Kafka half.
+        self._sink = _KafkaSink()
+        self.engine = Engine(settings, config, self._sink, clock)
+        self.metrics = self.engine.metrics
+        self._sources = self.engine.sources
         self._offsets: dict[TopicPartition, int] = {}
         self._in_txn = False
         self._txn_records = 0
         self._txn_started = 0.0
+        self._timers_checked = 0.0
         self._stop = threading.Event()
         self._tables: dict[str, GlobalTable] = {}
-        self._table_values: dict[str, Any] = {}  # each table's current values, as of the last poll
-        self._topic_names: dict[str, str] = {}  # contract topic → its name on the cluster (prefixed)
-        self._schemas = frozenset(schema_names())
-        self._changelog = changelog_topic(settings, config.group_id) if config.stateful else None
+        self._changelog = self.engine.changelog
         self.transactional_id = f"{settings.topic_prefix}{config.group_id}-{config.instance}"
         self.consumer = None
         self.producer = None
@@ -183,6 +123,7 @@ class StreamProcessor(Stoppable):
             while not self._stop.is_set():
                 self._refresh_tables()
                 self._poll_once()
+                self._fire_timers()
                 if until is not None and until(self) and not self._in_txn:
                     break
         finally:
@@ -219,6 +160,7 @@ class StreamProcessor(Stoppable):
         producer.init_transactions()  # aborts what a previous incarnation left open
         kafka_clients.find_group_coordinator(producer, self.settings.topic(self.config.group_id))
         self._sends = kafka_clients.TransactionalSends(producer)
+        self._sink.bind(self._sends, producer)
         return producer
 
     def _shutdown(self) -> None:
@@ -247,7 +189,7 @@ class StreamProcessor(Stoppable):
         # done: a tenth of intake's time went to collecting them.
         for table in self._tables.values():
             table.refresh()
-        self._table_values = {name: table.values for name, table in self._tables.items()}
+        self.engine.table_values = {name: table.values for name, table in self._tables.items()}
 
     def _poll_once(self) -> None:
         batches = self.consumer.poll(timeout_ms=self.config.poll_timeout_ms)
@@ -256,16 +198,15 @@ class StreamProcessor(Stoppable):
         try:
             for tp, records in batches.items():
                 source = self._sources[tp.topic]
-                decoded = [self._decode(source, r) for r in records]
+                engine = self.engine
+                decoded = [engine.decode(source, r) for r in records]
                 if source.prepare is not None:
-                    self._prepare(source, [d for d in decoded if isinstance(d, dict)])
+                    engine.prepare(source, [d for d in decoded if isinstance(d, dict)])
                 for record, event in zip(records, decoded):
                     if not self._in_txn:
-                        self.producer.begin_transaction()
-                        self._sends.begin()
-                        self._in_txn, self._txn_records, self._txn_started = True, 0, time.monotonic()
+                        self._begin()
                     if event is not SKIP:
-                        self._process(source, record, event)
+                        engine.process(source, record, event)
                     self._offsets[tp] = record.offset + 1
                     self._txn_records += 1
                     self.metrics.records += 1
@@ -288,108 +229,36 @@ class StreamProcessor(Stoppable):
         finally:
             logs.hold_record(None)  # the last record's context ends with its batch
 
+    def _begin(self) -> None:
+        self.producer.begin_transaction()
+        self._sends.begin()
+        self._in_txn, self._txn_records, self._txn_started = True, 0, time.monotonic()
+
+    def _fire_timers(self) -> None:
+        """Due timers fire in a transaction of their own (at most once a timer interval)."""
+        now = time.monotonic()
+        if now - self._timers_checked < self.config.timer_interval_ms / 1000:
+            return
+        self._timers_checked = now
+        now_ms = int(self.engine.clock() * 1000)
+        if not self.engine.timers_due(now_ms):
+            return
+        try:
+            if not self._in_txn:
+                self._begin()
+            self.engine.fire_timers(now_ms)
+            self._commit()
+        except FENCED + LOST_GENERATION as exc:
+            log.warning("transaction lost; resetting to the committed offsets", error=repr(exc))
+            self._recover(fenced=isinstance(exc, FENCED))
+        except KafkaError as exc:
+            log.error("transaction failed; aborting and resetting to the committed offsets", error=repr(exc))
+            self._recover(fenced=False)
+
     def _commit_due(self, idle: bool = False) -> bool:
         return self._in_txn and (idle or self._stop.is_set()
                                  or self._txn_records >= self.config.commit_every
                                  or (time.monotonic() - self._txn_started) * 1000 >= self.config.commit_interval_ms)
-
-    @staticmethod
-    def _decode(source: Source, record) -> dict[str, Any] | InvalidEvent | object:
-        if source.wanted is not None and not source.wanted(record.value):
-            return SKIP
-        try:
-            if source.schema == "":
-                return parse_json(record.value)
-            return parse(source.schema or source.topic, record.value)
-        except InvalidEvent as exc:
-            return exc
-
-    @staticmethod
-    def _prepare(source: Source, events: list[dict[str, Any]]) -> None:
-        try:
-            source.prepare(events)
-        except Exception:  # noqa: BLE001 - an optimisation only: handlers still read for themselves
-            log.exception("prepare failed; handling without it")
-
-    def _process(self, source: Source, record, event: dict[str, Any] | InvalidEvent) -> None:
-        headers = dict(record.headers or [])
-        key = record.key.decode("utf-8", "replace") if record.key is not None else None
-        # Every log line written while this record is handled carries where it came from
-        # and, once known, whose it is.
-        logs.hold_record(record, event)
-        if isinstance(event, InvalidEvent):
-            ctx = self._context(source, record, key, headers)
-            if source.on_invalid is not None:
-                try:
-                    source.on_invalid(ctx, record.value, event)
-                except Exception:  # noqa: BLE001 - the dead letter matters more than the notice
-                    log.exception("on_invalid failed")
-                    ctx.outputs.clear()
-                    ctx.writes.clear()
-                    ctx.unlogged.clear()
-            self._apply(ctx)
-            self._dead_letter(record, event, attempts=1)
-            return
-        for attempt in range(1, self.config.max_attempts + 1):
-            ctx = self._context(source, record, key, headers)
-            try:
-                source.handle(ctx, event)
-                if self.settings.validate_outputs:
-                    for output in ctx.outputs:
-                        if output.event_type in self._schemas:
-                            validate(output.event_type, output.value)
-                self._apply(ctx)
-                return
-            except Exception as exc:  # noqa: BLE001 - bounded retries, then a dead letter
-                if attempt == self.config.max_attempts:
-                    log.error("record failed; dead-lettered", attempts=attempt, error=repr(exc))
-                    if source.on_failure is not None:
-                        notice = self._context(source, record, key, headers)
-                        try:
-                            source.on_failure(notice, event, exc)
-                            self._apply(notice)
-                        except Exception:  # noqa: BLE001 - the dead letter matters more than the notice
-                            log.exception("on_failure failed")
-                    self._dead_letter(record, exc, attempts=attempt)
-                    return
-                self.metrics.retries += 1
-                log.warning("record failed; retrying", attempt=attempt, error=repr(exc))
-                time.sleep(self.config.retry_backoff_s * attempt)
-
-    def _context(self, source: Source, record, key, headers) -> Context:
-        return Context(
-            topic=source.topic, partition=record.partition, offset=record.offset, timestamp=record.timestamp,
-            key=key, headers=headers, store=self._stores.get(record.partition),
-            tables=self._table_values,
-        )
-
-    def _apply(self, ctx: Context) -> None:
-        for output in ctx.outputs:
-            topic = self._topic_names.get(output.topic)
-            if topic is None:
-                topic = self._topic_names[output.topic] = self.settings.topic(output.topic)
-            partition = None if output.placement is None else output.placement(self._sends.partition_count(topic))
-            self._sends.send(topic, kafka_clients.encode_key(output.key), kafka_clients.encode_json(output.value),
-                             kafka_clients.event_headers(output.event_type), partition)
-        if ctx.writes:
-            if self._changelog is None:
-                raise RuntimeError(f"{self.config.group_id} is stateless but its handler wrote state")
-            store = self._stores.get(ctx.partition)
-            if store is None:
-                store = self._stores[ctx.partition] = PartitionStore(ctx.partition)
-            for key, value, logged in ctx.pending_writes():
-                store.apply(key, value)
-                if not logged:
-                    continue
-                self._sends.send(self._changelog, key.encode(),
-                                 None if value is None else kafka_clients.encode_json(value), [], ctx.partition)
-
-    def _dead_letter(self, record, exc: BaseException, attempts: int) -> None:
-        headers = dead_letter_headers(record, self.settings.topic(self.config.group_id), exc, attempts)
-        source_topic = self._sources[record.topic].topic
-        self.producer.send(self.settings.topic(dlq(source_topic)), key=record.key, value=record.value,
-                           headers=headers)
-        self.metrics.dead_letters += 1
 
     # -- commit and recovery --------------------------------------------------------
     def _commit(self) -> None:
@@ -464,14 +333,14 @@ class StreamProcessor(Stoppable):
         began = time.monotonic()
         restored = restore(self.settings, self._changelog, sorted(partitions),
                            derived_from=[(self.settings.topic(t), fold) for t, fold in self.config.derived_from])
-        self._stores.update(restored)
+        self.engine.adopt_stores(restored)
         keys = sum(len(s) for s in restored.values())
         self.metrics.restored_keys += keys
         log.info("state restored", partitions=sorted(partitions), keys=keys,
                  seconds=round(time.monotonic() - began, 3))
 
     def _on_assigned(self, assigned: set[TopicPartition]) -> None:
-        new = {tp.partition for tp in assigned} - set(self._stores)
+        new = {tp.partition for tp in assigned} - set(self.engine.stores)
         self._restore(new)
 
     def _on_revoked(self, revoked: set[TopicPartition]) -> None:
@@ -484,7 +353,7 @@ class StreamProcessor(Stoppable):
                 self._recover(isinstance(exc, FENCED), [tp for tp in self.consumer.assignment() if tp not in revoked])
         still_owned = {tp.partition for tp in self.consumer.assignment() if tp not in revoked}
         for partition in {tp.partition for tp in revoked} - still_owned:
-            self._stores.pop(partition, None)
+            self.engine.drop_store(partition)
 
     def caught_up(self, topic: str, ends: dict[int, int]) -> bool:
         """Whether this instance has read `topic` (contract name) up to `ends` on every partition."""
@@ -531,4 +400,19 @@ class _Listener(ConsumerRebalanceListener):
         if processor._in_txn:
             processor._abort()
         for tp in lost:
-            processor._stores.pop(tp.partition, None)
+            processor.engine.drop_store(tp.partition)
+
+
+class _KafkaSink:
+    """The engine's records go into the processor's open transaction. `bind` makes
+    `send` the current producer's own (one call less per record on the hot path)."""
+
+    def __init__(self) -> None:
+        self.send = self.partition_count = None
+        self._producer = None
+
+    def bind(self, sends: kafka_clients.TransactionalSends, producer) -> None:
+        self.send, self.partition_count, self._producer = sends.send, sends.partition_count, producer
+
+    def dead_letter(self, topic, key, value, headers) -> None:
+        self._producer.send(topic, key=key, value=value, headers=headers)
