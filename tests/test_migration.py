@@ -158,7 +158,8 @@ def test_a_batch_that_keeps_failing_fails_the_upgrade_and_frees_the_tenant(setti
     produce(settings, Topic.UPGRADE_REQUESTED, [("tailspin", request("tailspin", "ord-doomed", 5))])
     broken = migrate.processor(settings, directory=FailingDirectory(SqliteDirectory.for_settings(settings)),
                                retry_backoff_s=0.01, commit_interval_ms=50)
-    with running(intake.processor(settings, commit_interval_ms=50)), running(broken):
+    with running(intake.processor(settings, commit_interval_ms=50)), running(broken), \
+            running(settle.processor(settings, commit_interval_ms=50)):  # settlement owns the statuses from here on
         failed = wait_status(settings, "ord-doomed", "failed")
         assert failed["reasons"][0]["code"] == "MIGRATION_FAILED"
         assert "licence service unavailable" in failed["reasons"][0]["message"]

@@ -20,7 +20,7 @@ from collections import defaultdict
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, NamedTuple
 
-from planshift import kafka_clients
+from planshift import kafka_clients, logs
 from planshift.contract import TOPICS, dlq
 from planshift.partitioning import murmur2
 from planshift.runtime.engine import SKIP, Engine, ProcessorConfig
@@ -160,8 +160,11 @@ class TestDriver:
         event = self.engine.decode(source, record)
         if isinstance(event, dict):
             self.engine.prepare(source, [event])
-        if event is not SKIP:
-            self.engine.process(source, record, event)
+        try:
+            if event is not SKIP:
+                self.engine.process(source, record, event)
+        finally:
+            logs.hold_record(None)  # as the processor does when a polled batch is done
         self.engine.metrics.records += 1
 
     def replay(self, topic: str) -> int:
