@@ -26,7 +26,8 @@ from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
 from planshift import kafka_clients
-from planshift.contract import dlq
+from planshift.contract import Topic, dlq
+from planshift.domain.validity import check_request
 from planshift.deadletters import dead_letter_headers
 from planshift.lake import ARCHIVED_TOPICS, Lake, event_date, to_row
 from planshift.logs import get_logger
@@ -37,6 +38,9 @@ from planshift.settings import Settings
 log = get_logger(__name__)
 
 GROUP_ID = "planshift-archive"
+# Rules beyond the schema (CONTRACT.md §3 r2) that intake applies too: what intake refuses
+# as INVALID_REQUEST is not archived either, so no reconciliation trips over it.
+VALIDITY = {Topic.UPGRADE_REQUESTED: check_request}
 
 
 class Archiver(Stoppable):
@@ -82,6 +86,9 @@ class Archiver(Stoppable):
         topic = self._topics[tp.topic]
         try:
             event = parse(topic, record.value)
+            check = VALIDITY.get(topic)
+            if check is not None:
+                check(event)  # an impossible request (2026-11-31) never reaches finance's lake
         except InvalidEvent as exc:
             self._dead_letter(topic, record, exc)
             return

@@ -12,6 +12,7 @@ from jobs.reconcile import reconcile
 from planshift.contract import Topic
 from planshift.events import with_envelope
 from planshift.lake import Lake
+from planshift.topic_reader import read_topic
 from producers import billing
 from producers.samples import upgrade_request
 from tests.conftest import produce, running, seed_users, wait_for
@@ -27,6 +28,11 @@ def test_invoices_reconcile_against_what_planshift_switched_and_credited(setting
     produce(settings, Topic.UPGRADE_REQUESTED, [(f"t{n}", with_envelope(
         upgrade_request(f"t{n}", f"ord-{n}", today=today, licenses=4, billed_minor=30_000 + n), "upgrade.requested"))
         for n in range(TENANTS)])
+    # An order system's impossible request (issue 10, case 5): refused, and not archived, so the
+    # nightly reconciliation of everybody else still runs.
+    impossible = with_envelope(upgrade_request("tbad", "ord-bad", today=today, licenses=4), "upgrade.requested")
+    impossible["tenant"]["subscriptions"][0]["current_period"]["end"] = "2026-11-31"
+    produce(settings, Topic.UPGRADE_REQUESTED, [("tbad", impossible)])
     simulator = billing.BillingSimulator(RATES, seed="e2e")
     lake = Lake.for_settings(settings)
     archive = archiver(settings, flush_interval_s=0.2)
@@ -44,6 +50,10 @@ def test_invoices_reconcile_against_what_planshift_switched_and_credited(setting
     finally:
         archive.stop()
         archive_thread.join(30)
+    groups = {settings.topic("planshift-intake").encode(), settings.topic("planshift-archive").encode()}
+    wait_for(lambda: {r.headers["dlq.consumer.group"] for r in read_topic(
+        settings, settings.topic("upgrade.requested.dlq"))} == groups, 30,
+        message="intake and the archiver to dead-letter the impossible request")
 
     run_date = today + timedelta(days=60)
     result = reconcile(settings, run_date, progress=False, chart=False)
