@@ -39,9 +39,10 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 from dataclasses import dataclass
-from datetime import datetime, time, timedelta, timezone
-from typing import Any, Mapping
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, Mapping
 
 from planshift.catalogue import Catalogue
 from planshift.contract import Status, Topic, batch_key
@@ -149,7 +150,7 @@ class Intake:
         """The end (24:00 UTC) of the PLANSHIFT_CREDIT_CHECK_EXPIRY_DAYS-th business day
         after the request's day: a check still unanswered then is rejected."""
         last = add_business_days(request_date(request), self.settings.credit_check_expiry_days)
-        return datetime.combine(last + timedelta(days=1), time(0), timezone.utc)
+        return datetime.combine(last + timedelta(days=1), datetime.min.time(), timezone.utc)
 
     def on_invalid_request(self, ctx: Context, raw: bytes | None, error: InvalidEvent) -> None:
         """Tell the sender when the record says who it is; the runtime dead-letters it."""
@@ -283,8 +284,9 @@ def fold_status(store: PartitionStore, status: dict[str, Any]) -> None:
 
 
 def processor(settings: Settings, instance: str = "0", directory: LicenceDirectory | None = None,
-              catalogue: Catalogue | None = None, **config: Any) -> StreamProcessor:
-    return StreamProcessor(settings, intake_config(settings, directory, catalogue, instance, **config))
+              catalogue: Catalogue | None = None, clock: Callable[[], float] = time.time,
+              **config: Any) -> StreamProcessor:
+    return StreamProcessor(settings, intake_config(settings, directory, catalogue, instance, **config), clock)
 
 
 def intake_config(settings: Settings, directory: LicenceDirectory | None = None, catalogue: Catalogue | None = None,

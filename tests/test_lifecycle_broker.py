@@ -80,3 +80,40 @@ def test_users_added_mid_upgrade_are_moved_before_the_switch(settings):
     assert done["progress"] == {"batches_done": 2, "batch_count": 2, "users_done": 11, "users_total": 11}
     assert done["service_plan_resets"] == 1
     assert len(values(settings, Topic.BILLING_SWITCH)) == 1
+
+
+class Clock:
+    """Wall-clock time, moved on by the test (days pass in a second)."""
+
+    def __init__(self):
+        import time
+
+        self._time, self.offset = time.time, 0.0
+
+    def __call__(self) -> float:
+        return self._time() + self.offset
+
+
+def test_an_unanswered_credit_check_expires_once_across_a_restart(settings):
+    """The expiry timer is state in intake's changelog: it survives a restart and fires once,
+    in a real transaction."""
+    seed_users(settings, "contoso", SOURCE, SKU, 2)
+    produce(settings, Topic.UPGRADE_REQUESTED, [("contoso", request(licenses=2, payment_method="invoice"))])
+    clock = Clock()
+    with running(intake.processor(settings, commit_interval_ms=50, clock=clock)):
+        pending = wait_status(settings, "ord-1", "credit_check_pending")
+    assert pending["credit_check"]["reason"] == "INVOICE_PAYMENT"
+    clock.offset = 20 * 86400  # nobody answered for twenty days; intake was down meanwhile
+    restarted = intake.processor(settings, commit_interval_ms=50, clock=clock)
+    with running(restarted):
+        rejected = wait_status(settings, "ord-1", "rejected")
+        assert rejected["reasons"][0]["code"] == "CREDIT_CHECK_EXPIRED"
+        wait_for(lambda: restarted.metrics.commits >= 1 and restarted.metrics.timers_fired == 1, 30,
+                 message="the expiry to commit")
+    again = intake.processor(settings, commit_interval_ms=50, clock=clock)
+    with running(again):
+        wait_for(lambda: again.metrics.restored_keys >= 1 or again.assigned_partitions, 30, message="a restore")
+        wait_for(lambda: again.consumer is not None and len(again.assigned_partitions) == 18, 30,
+                 message="every partition assigned")
+    assert again.metrics.timers_fired == 0, "a timer fires once"
+    assert status_names(settings, "ord-1") == ["accepted", "credit_check_pending", "rejected"]

@@ -387,3 +387,14 @@ def test_rule_tests_need_no_broker():
 
     assert "kafka_broker" not in globals() and drivers.Pipeline
     assert date(2026, 11, 17).weekday() == 1
+
+
+def test_the_admins_status_view_says_why_a_credit_check_waits_and_until_when(world):
+    from planshift.cli.commands import describe_status
+
+    world.seed("contoso", 2)
+    world.publish(world.request(licenses=2, payment_method="invoice"))
+    world.run()
+    text = describe_status(world.statuses("ord-1"))
+    assert "CREDIT_CHECK_PENDING" in text
+    assert "credit check pending (paying by invoice), due by 2026-11-19" in text

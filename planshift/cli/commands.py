@@ -489,6 +489,12 @@ def describe_status(events: list[dict]) -> str:
                      f"{progress['batches_done']}/{progress['batch_count']} batches")
     if latest.get("admin_locked_until"):
         lines.append(f"admin centre locked until {latest['admin_locked_until']}")
+    check = latest.get("credit_check") if latest["status"] == "credit_check_pending" else None
+    if check:
+        why = {"INVOICE_PAYMENT": "paying by invoice", "COST_THRESHOLD": "the order's cost"}.get(check["reason"],
+                                                                                                check["reason"])
+        lines.append(f"credit check pending ({why}), due by {check['due_by']}; users keep their current plan "
+                     "meanwhile")
     for reason in latest.get("reasons") or []:
         retry = f"; retry after {reason['retry_after']}" if reason.get("retry_after") else ""
         lines.append(f"reason {reason['code']}: {reason['message']} (remedy {reason['remedy']}{retry})")
