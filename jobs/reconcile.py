@@ -2,9 +2,9 @@
 
 Reads the lake (what the archiver kept of `billing.switch`, `credit.issued`,
 `upgrade.requested`, completed `upgrade.status` and `invoice.issued`) up to and
-including D, runs every check of CONTRACT.md §6 (`planshift/domain/reconciliation.py`)
-and writes three Hive-partitioned Parquet outputs for finance under
-`PLANSHIFT_DATA_DIR/reports/reconciliation/`:
+including D into the plain frames of a `Ledger`, runs every check of CONTRACT.md §6 r2
+(`planshift/domain/reconciliation/`) and writes three Hive-partitioned Parquet outputs for
+finance under `PLANSHIFT_DATA_DIR/reports/reconciliation/`:
 
     findings/run_date=D/part-0.parquet   one row per finding
     upgrades/run_date=D/part-0.parquet   one row per completed upgrade: MATCHED, OPEN, PENDING
@@ -12,22 +12,22 @@ and writes three Hive-partitioned Parquet outputs for finance under
 
 Each partition is written to a folder beside it and renamed into place, replacing a
 previous run of the same date, so readers see the old run or the new one. The same
-inputs give byte-identical files: rows are sorted, nothing depends on the clock.
-Memory stays bounded: only the needed columns are read, strings stay Arrow-backed, and
-of the invoice lines only credits and the switched subscriptions' charges are kept. A
+inputs give byte-identical files: rows are sorted, nothing depends on the clock. A
 one-page PNG chart of the findings by check and currency goes to `charts/findings-D.png`.
 
-Where the time goes, and why it is spent this way (10M invoice lines, 1M upgrades):
-the invoice files are read and flattened in the background from the first moment,
-while the other topics are read; one hash lookup against the switches' subscriptions
-both filters the lines and gives them integer codes; every key is encoded once
-(`share_codes`) and the checks pair rows on those codes, copying only the rows that
-become findings (`reconciliation.pairs`/`combine`); outputs are written while the
-chart is drawn. `bench/reconcile_scale.py` measures it beside DuckDB.
+Memory stays bounded as the lake grows: the invoice files are read one at a time (in a
+small thread pool: Arrow releases the GIL), and of their lines only credits and the
+charges of switched subscriptions are kept. Beyond that the work is split into **tenant
+buckets** (`--buckets N`; by default one per 4 million archived invoices): every check
+looks at one tenant's upgrades and invoices only, so each bucket is an independent task —
+its own read of the lake filtered to its tenants, its own ledger and checks — whose
+findings are concatenated. A larger deployment could hand the buckets to a distributed
+engine (Dask, Spark) unchanged. `bench/reconcile_scale.py` measures it beside DuckDB.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import time
@@ -44,13 +44,24 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from planshift.contract import Topic
-from planshift.domain import reconciliation as checks
+from planshift.domain import reconciliation as rules
 from planshift.lake import SCHEMAS, Lake
 from planshift.settings import Settings
 
 DATE_COLUMNS = {"effective_date", "due_by", "issued_on", "service_start", "service_end", "period_start",
                 "period_end", "prepaid_term_start", "prepaid_term_end"}
 LINE_COLUMNS = ["line_id", "subscription_id", "kind", "amount_minor", "service_start", "service_end", "credit_id"]
+INVOICE_COLUMNS = ["invoice_id", "tenant_id", "issued_on", "currency"]
+INVOICES_PER_BUCKET = 4_000_000
+COLUMNS = {
+    Topic.BILLING_SWITCH: ["upgrade_id", "tenant_id", "old_subscription_id", "new_subscription_id", "effective_date",
+                           "currency", "new_total_cost_minor"],
+    Topic.CREDIT_ISSUED: ["credit_id", "upgrade_id", "tenant_id", "subscription_id", "currency", "amount_minor",
+                          "unused_days", "forfeit_minor", "due_by"],
+    Topic.UPGRADE_REQUESTED: ["upgrade_id", "tenant_id", "period_start", "period_end", "billed_minor",
+                              "prepaid_term_start", "prepaid_term_end", "prepaid_paid_minor"],
+    Topic.UPGRADE_STATUS: ["upgrade_id", "tenant_id", "status", "credit_minor", "forfeit_minor", "currency"],
+}
 
 
 @dataclass
@@ -80,10 +91,7 @@ def _dates(column):
 
 
 def _frame(table: pa.Table) -> pd.DataFrame:
-    """Arrow → pandas: strings stay Arrow-backed, dates become datetime64, integers nullable.
-
-    Columns become one chunk each: Arrow's `take` on a chunked string column first joins
-    its chunks, so every later row selection would copy the whole column again."""
+    """Arrow → pandas: strings stay Arrow-backed, dates become datetime64[ns], integers nullable."""
     table = table.combine_chunks()
     for name in table.column_names:
         if name in DATE_COLUMNS:
@@ -93,90 +101,135 @@ def _frame(table: pa.Table) -> pd.DataFrame:
                                          pa.int64(): pd.Int64Dtype()}.get)
 
 
-def _read(lake: Lake, topic: str, columns: list[str], up_to: str) -> pd.DataFrame:
-    return _frame(lake.read(topic, columns, up_to))
+def _array(column: pd.Series) -> pa.Array:
+    """A string column as one Arrow array."""
+    array = pa.array(column, pa.string())
+    return array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
 
 
-INVOICE_SCHEMA = pa.schema([SCHEMAS[Topic.INVOICE_ISSUED].field(c)
-                            for c in ("invoice_id", "tenant_id", "issued_on", "currency", "lines")])
+def bucket_of(tenants: pa.Array | pa.ChunkedArray, buckets: int) -> np.ndarray:
+    """Each tenant's bucket: a stable hash of its id, modulo the number of buckets."""
+    values = np.asarray(tenants.to_numpy(zero_copy_only=False) if hasattr(tenants, "to_numpy") else tenants,
+                        dtype=object)
+    return (pd.util.hash_array(values, categorize=True) % np.uint64(buckets)).astype(np.int64)
 
 
-def _flatten(path: Path, invoice_schema: pa.Schema) -> tuple[pa.Table, pa.Array, pa.Array]:
-    """One invoice file: its invoice columns, its lines (flattened) and each line's invoice row."""
-    table = pq.read_table(path, columns=invoice_schema.names, schema=invoice_schema)
-    return table, pc.list_flatten(table["lines"]), pc.list_parent_indices(table["lines"])
+def _in_bucket(table: pa.Table, bucket: int, buckets: int) -> pa.Table:
+    if buckets == 1:
+        return table
+    return table.filter(pa.array(bucket_of(table["tenant_id"], buckets) == bucket))
 
 
-def _chunks(array) -> list[pa.Array]:
-    return array.chunks if isinstance(array, pa.ChunkedArray) else [array]
+def read_events(lake: Lake, topic: str, up_to: str, bucket: int, buckets: int) -> pd.DataFrame:
+    return _frame(_in_bucket(lake.read(topic, COLUMNS[topic], up_to), bucket, buckets))
 
 
-def read_invoices(lake: Lake, up_to: str, progress: bool) -> list[tuple[pa.Table, pa.Array, pa.Array]]:
-    """Every invoice file up to `up_to`, read and flattened in a small thread pool (Arrow
-    releases the GIL): per file its invoice columns, its lines and each line's invoice row."""
+INVOICE_SCHEMA = pa.schema([SCHEMAS[Topic.INVOICE_ISSUED].field(c) for c in (*INVOICE_COLUMNS, "lines")])
 
+
+def _lines_of_file(path: Path, subscriptions: pa.Array, first_delivery: int, bucket: int,
+                   buckets: int) -> tuple[pa.Table, int]:
+    """One invoice file's kept lines — credits, and charges of `subscriptions` — each with its
+    invoice's columns and `delivery` (the invoice's number in archive order); and how many
+    invoices the file holds."""
+    table = pq.read_table(path, columns=INVOICE_SCHEMA.names, schema=INVOICE_SCHEMA)
+    count = table.num_rows
+    delivery = pa.array(np.arange(first_delivery, first_delivery + count))
+    if buckets > 1:
+        mine = pa.array(bucket_of(table["tenant_id"], buckets) == bucket)
+        table, delivery = table.filter(mine), delivery.filter(mine)
+    lines = table["lines"]
+    flat, parents = pc.list_flatten(lines), pc.list_parent_indices(lines)
+    keep = pc.or_(pc.equal(pc.struct_field(flat, "kind"), "credit"),
+                  pc.is_in(pc.struct_field(flat, "subscription_id"), value_set=subscriptions))
+    kept = pc.indices_nonzero(keep)
+    flat, rows = pc.take(flat, kept), pc.take(parents, kept)
+    columns = {name: pc.take(table[name], rows) for name in INVOICE_COLUMNS}
+    columns.update({name: pc.struct_field(flat, name) for name in LINE_COLUMNS})
+    columns["delivery"] = pc.take(delivery, rows)
+    return pa.table(columns), count
+
+
+def read_lines(lake: Lake, up_to: str, subscriptions: pa.Array, bucket: int = 0, buckets: int = 1,
+               progress: bool = False) -> pd.DataFrame:
+    """The invoice lines a reconciliation needs, counted once per invoice (`once_per_invoice`)."""
     files = lake.files(Topic.INVOICE_ISSUED, up_to)
-    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
-        return list(tqdm(pool.map(lambda p: _flatten(p, INVOICE_SCHEMA), files), total=len(files),
-                         desc="invoices", unit="file", disable=not progress or None, leave=False))
-
-
-def select_lines(parts: list[tuple[pa.Table, pa.Array, pa.Array]],
-                 subscriptions: pa.Array) -> tuple[pa.Table, np.ndarray]:
-    """Invoice lines, one row per line, keeping credits and the charges of `subscriptions`
-    (the switches' old and new subscriptions, distinct); with each kept line's index into
-    `subscriptions` (-1 if none), which is the integer code `share_codes` would give it.
-
-    One hash lookup of every line's subscription against `subscriptions` both filters
-    the lines and encodes them; only the kept lines are copied."""
+    firsts = np.cumsum([0] + [pq.read_metadata(f).num_rows for f in files])
+    with ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 2))) as pool:
+        parts = list(tqdm(pool.map(lambda i: _lines_of_file(files[i], subscriptions, int(firsts[i]), bucket, buckets)[0],
+                                   range(len(files))),
+                          total=len(files), desc="invoices", unit="file", disable=not progress or None, leave=False))
     if not parts:
-        empty = {**{n: pa.array([], pa.string()) for n in ("invoice_id", "tenant_id", "issued_on", "currency")},
-                 **{f.name: pa.array([], f.type) for f in INVOICE_SCHEMA.field("lines").type.value_type}}
-        return pa.table(empty), np.array([], np.int64)
-    subs = pa.chunked_array([c for _, flat, _ in parts for c in _chunks(pc.struct_field(flat, "subscription_id"))],
-                            pa.string())
-    kinds = pa.chunked_array([c for _, flat, _ in parts for c in _chunks(pc.struct_field(flat, "kind"))], pa.string())
-    codes = checks.as_codes(pc.index_in(subs, value_set=subscriptions))
-    keep = pc.equal(kinds, "credit").to_numpy(zero_copy_only=False) | (codes >= 0)
-    starts = np.cumsum([0] + [len(flat) for _, flat, _ in parts])
-    with ThreadPoolExecutor(max_workers=2) as pool:  # gathering the kept lines, file by file
-        tables = pool.map(lambda i: _kept_lines(*parts[i], np.flatnonzero(keep[starts[i]:starts[i + 1]])),
-                          range(len(parts)))
-        return pa.concat_tables(list(tables)), codes[keep]
+        empty = {name: pa.array([], INVOICE_SCHEMA.field(name).type) for name in INVOICE_COLUMNS}
+        empty.update({f.name: pa.array([], f.type) for f in INVOICE_SCHEMA.field("lines").type.value_type})
+        empty["delivery"] = pa.array([], pa.int64())
+        parts = [pa.table(empty)]
+    lines = _frame(pa.concat_tables(parts))
+    delivery = lines.pop("delivery").to_numpy("int64")
+    return rules.once_per_invoice(lines, delivery)
 
 
-def _kept_lines(table: pa.Table, flat: pa.Array, parents: pa.Array, kept: np.ndarray) -> pa.Table:
-    """One file's kept lines with their invoice's columns; dates parsed here, in the pool."""
-    kept = pa.array(kept)
-    flat = pc.take(flat, kept)  # filter first, then gather the invoice columns for the kept lines only
-    rows = pc.take(parents, kept)
-    columns = {name: pc.take(_dates(table[name]) if name in DATE_COLUMNS else table[name], rows)
-               for name in ("invoice_id", "tenant_id", "issued_on", "currency")}
-    for name in LINE_COLUMNS:
-        column = pc.struct_field(flat, name)
-        columns[name] = _dates(column) if name in DATE_COLUMNS else column
-    return pa.table(columns)
+def count_buckets(lake: Lake, up_to: str) -> int:
+    invoices = sum(pq.read_metadata(f).num_rows for f in lake.files(Topic.INVOICE_ISSUED, up_to))
+    return max(1, math.ceil(invoices / INVOICES_PER_BUCKET))
 
 
-def encode_subscriptions(switches: pd.DataFrame) -> pa.Array:
-    """The switches' old and new subscriptions as one dictionary, returned; each switch
-    gets its integer codes in it (`share_codes`' companions), so the invoice lines can be
-    filtered and encoded against the same dictionary in one lookup (`select_lines`)."""
-    olds, news = (pa.array(switches[c].array, pa.string()) for c in ("old_subscription_id", "new_subscription_id"))
-    encoded = pa.chunked_array([olds, news], pa.string()).dictionary_encode()
-    codes = checks.as_codes(pa.chunked_array([c.indices for c in encoded.chunks], pa.int32()))
-    switches[checks.CODE.format("old_subscription_id")] = codes[:len(switches)]
-    switches[checks.CODE.format("new_subscription_id")] = codes[len(switches):]
-    return encoded.chunks[-1].dictionary if encoded.num_chunks else pa.array([], pa.string())
+def reconcile_bucket(lake: Lake, run_date: date, bucket: int, buckets: int,
+                     progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One tenant bucket, start to end: its events, its ledger, its findings and upgrades."""
+    up_to = run_date.isoformat()
+    switches = read_events(lake, Topic.BILLING_SWITCH, up_to, bucket, buckets)
+    subscriptions = pc.unique(pa.concat_arrays([_array(switches["old_subscription_id"]),
+                                                _array(switches["new_subscription_id"])]))
+    with ThreadPoolExecutor(max_workers=1) as background:  # the invoices (mostly Arrow work) meanwhile
+        lines = background.submit(read_lines, lake, up_to, subscriptions, bucket, buckets, progress)
+        credits = read_events(lake, Topic.CREDIT_ISSUED, up_to, bucket, buckets)
+        requests = read_events(lake, Topic.UPGRADE_REQUESTED, up_to, bucket, buckets)
+        statuses = read_events(lake, Topic.UPGRADE_STATUS, up_to, bucket, buckets)
+        completed = statuses[(statuses["status"] == "completed").to_numpy()].reset_index(drop=True)
+        del statuses
+        ledger = rules.build(switches, requests, credits, completed, lines.result(), run_date)
+    findings = rules.findings_table(ledger, rules.run_checks(ledger))
+    return findings, rules.upgrades_table(ledger, findings)
+
+
+def reconcile(settings: Settings, run_date: date, progress: bool = True, chart: bool = True,
+              buckets: int | None = None) -> ReconcileResult:
+    began = time.perf_counter()
+    lake = Lake.for_settings(settings)
+    buckets = buckets or count_buckets(lake, run_date.isoformat())
+    parts = [reconcile_bucket(lake, run_date, b, buckets, progress)
+             for b in tqdm(range(buckets), desc="tenant buckets", unit="bucket",
+                           disable=not progress or buckets == 1 or None, leave=False)]
+    findings = _sorted_concat([f for f, _ in parts], ["check_code", "tenant_id", "upgrade_id", "credit_id",
+                                                      "invoice_id", "line_id"], nulls_first=True)
+    upgrades = _sorted_concat([u for _, u in parts], ["tenant_id", "upgrade_id"])
+    summary = rules.summary_table(findings, run_date)
+
+    root = settings.data_dir / "reports" / "reconciliation"
+    with ThreadPoolExecutor(max_workers=1) as background:  # Parquet writing releases the GIL: chart meanwhile
+        written = background.submit(lambda: [write_partition(root / name, run_date, frame.drop(columns=["run_date"]))
+                                             for name, frame in (("findings", findings), ("upgrades", upgrades),
+                                                                 ("summary", summary))])
+        chart_path = write_chart(root / "charts" / f"findings-{run_date.isoformat()}.png", summary, run_date) \
+            if chart else None
+        written.result()
+    return ReconcileResult(run_date, findings, upgrades, summary, root, chart_path, time.perf_counter() - began)
+
+
+def _sorted_concat(frames: list[pd.DataFrame], by: list[str], nulls_first: bool = False) -> pd.DataFrame:
+    if len(frames) == 1:
+        return frames[0]
+    return rules.reports.sort_rows(pd.concat(frames, ignore_index=True), by, nulls_first)
 
 
 def tune_memory() -> None:
-    """Keep freed memory for reuse instead of handing it back to the kernel at once.
+    """For the `planshift reconcile` process only (never called by the library): keep freed
+    memory for reuse instead of handing it back to the kernel at once.
 
     The job allocates and frees many large, short-lived arrays; by default both Arrow's
     allocator and glibc's return that memory straight away, and the next array of the
-    same size faults it in again page by page. Measured on the 10M-line benchmark this
-    kernel time was about a third of the run."""
+    same size faults it in again page by page."""
     import ctypes
 
     try:
@@ -192,58 +245,6 @@ def tune_memory() -> None:
     libc.mallopt(m_trim_threshold, 1 << 30)
     libc.mallopt(m_top_pad, 1 << 28)
     libc.mallopt(m_mmap_threshold, 1 << 25)  # glibc's ceiling on 64-bit
-
-
-def reconcile(settings: Settings, run_date: date, progress: bool = True, chart: bool = True) -> ReconcileResult:
-    began = time.perf_counter()
-    tune_memory()
-    lake = Lake.for_settings(settings)
-    up_to = run_date.isoformat()
-    # Invoice lines are the bulk of the input and mostly Arrow work, which releases the
-    # GIL: they are read in the background while the other topics are read and prepared.
-    with ThreadPoolExecutor(max_workers=1) as background:
-        invoices = background.submit(read_invoices, lake, up_to, progress)
-        switches = _read(lake, Topic.BILLING_SWITCH, ["upgrade_id", "tenant_id", "old_subscription_id",
-                                                       "new_subscription_id", "effective_date", "currency",
-                                                       "new_total_cost_minor"], up_to)
-        subscriptions = encode_subscriptions(switches)
-        reading = background.submit(lambda: select_lines(invoices.result(), subscriptions))
-        credits = _read(lake, Topic.CREDIT_ISSUED, ["credit_id", "upgrade_id", "tenant_id", "subscription_id",
-                                                     "currency", "amount_minor", "forfeit_minor", "due_by"], up_to)
-        requests = _read(lake, Topic.UPGRADE_REQUESTED, ["upgrade_id", "period_start", "period_end", "billed_minor",
-                                                          "prepaid_term_start", "prepaid_term_end",
-                                                          "prepaid_paid_minor"], up_to)
-        statuses = _read(lake, Topic.UPGRADE_STATUS, ["upgrade_id", "tenant_id", "status", "credit_minor",
-                                                       "forfeit_minor", "currency"], up_to)
-        completed = statuses[statuses["status"] == "completed"]
-        # One dictionary per kind of id: every join and lookup below runs on integer codes.
-        checks.share_codes((switches, "upgrade_id"), (credits, "upgrade_id"), (requests, "upgrade_id"),
-                           (completed, "upgrade_id"))
-        switches = checks.first_of(switches, "upgrade_id")
-        requests = checks.first_of(requests, "upgrade_id")
-        completed = checks.first_of(completed, "upgrade_id")
-        if chart:
-            _pyplot()  # while the lines are still being read: the chart's import costs nothing then
-        line_table, line_codes = reading.result()
-        invoices = reading = None  # let the flattened invoices go: only the kept lines are needed
-    lines = _frame(line_table)
-    del line_table
-    lines[checks.CODE.format("subscription_id")] = line_codes
-    checks.share_codes((credits, "credit_id"), (lines, "credit_id"))
-    credits = checks.first_of(credits, "credit_id")  # a record archived twice is one credit
-
-    findings = checks.findings_table(switches, credits, requests, completed, lines, run_date)
-    upgrades = checks.upgrades_table(completed, switches, credits, lines, findings, run_date)
-    summary = checks.summary_table(findings, run_date)
-
-    root = settings.data_dir / "reports" / "reconciliation"
-    with ThreadPoolExecutor(max_workers=1) as background:  # Parquet writing releases the GIL: chart meanwhile
-        written = background.submit(lambda: [write_partition(root / name, run_date, frame.drop(columns=["run_date"]))
-                                             for name, frame in (("findings", findings), ("upgrades", upgrades),
-                                                                 ("summary", summary))])
-        chart_path = write_chart(root / "charts" / f"findings-{up_to}.png", summary, run_date) if chart else None
-        written.result()
-    return ReconcileResult(run_date, findings, upgrades, summary, root, chart_path, time.perf_counter() - began)
 
 
 def write_partition(dataset: Path, run_date: date, frame: pd.DataFrame) -> Path:
@@ -282,7 +283,7 @@ def write_chart(path: Path, summary: pd.DataFrame, run_date: date) -> Path:
     if len(summary):
         pivot = summary.assign(currency=summary["currency"].fillna("—")).pivot_table(
             index="check_code", columns="currency", values="count", aggfunc="sum", fill_value=0)
-        pivot = pivot.reindex([c for c in checks.CHECK_CODES if c in pivot.index])
+        pivot = pivot.reindex([c for c in rules.CHECK_CODES if c in pivot.index])
         pivot.plot.barh(ax=ax, stacked=True, width=0.6)
         ax.invert_yaxis()
         ax.set_xlabel("findings")
