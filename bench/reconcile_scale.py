@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -68,27 +69,51 @@ def _table(topic: str, columns: dict) -> pa.Table:
     arrays = []
     for field in schema:
         if field.name in columns:
-            arrays.append(pa.array(columns[field.name], field.type))
+            value = columns[field.name]
+            arrays.append(value.cast(field.type) if isinstance(value, (pa.Array, pa.ChunkedArray))
+                          else pa.array(value, field.type))
         else:
             arrays.append(pa.nulls(n, field.type))
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
+def _join(*parts) -> pa.Array:
+    """Element-wise string concatenation of arrays and scalars (Arrow's C++, fast at 30M)."""
+    arrays = [p if isinstance(p, (pa.Array, pa.ChunkedArray)) else pa.scalar(str(p)) for p in parts]
+    return pc.binary_join_element_wise(*arrays, "")
+
+
+def _invoices(invoice_id, tenant, issued, currency, lines: dict, counts: np.ndarray) -> pa.Table:
+    """Invoice rows whose lines are `lines` (flat columns, grouped by invoice in order) with `counts` per invoice."""
+    offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
+    struct = pa.StructArray.from_arrays([pa.array(lines[f.name], f.type) if not isinstance(lines[f.name], pa.Array)
+                                         else lines[f.name].cast(f.type) for f in LINE], fields=list(LINE))
+    return pa.table({"invoice_id": invoice_id, "tenant_id": tenant, "issued_on": issued, "currency": currency,
+                     "lines": pa.ListArray.from_arrays(offsets, struct)})
+
+
 def generate(root: Path, upgrades: int, lines_total: int, seed: int = 7) -> dict:
+    """A lake billed in advance (CONTRACT.md §6 r2), built column-wise.
+
+    Per upgrade: the old plan's November billed on 11-01 (its current period); on the switch
+    (11-17) the new plan billed from 11-17 for a month, on one invoice with the tenant's other
+    subscriptions' charges (the bulk of the lines, which the reconciliation filters out); the
+    credit for 14 unused days on the next invoice (11-27). About 1% of upgrades carry each
+    fault, and 1% each of the harmless patterns (a re-delivered invoice, a split credit)."""
     rng = np.random.default_rng(seed)
     n = upgrades
-    ids = np.char.add("ord-", np.arange(n).astype(str))
-    tenants = np.char.add("t", (np.arange(n) // 2).astype(str))
-    old_sub = np.char.add(ids, "-old")
-    new_sub = np.char.add(ids, "-new")
-    currency = np.array(["EUR", "USD", "GBP", "JPY"])[rng.integers(0, 4, n)]
+    ids = _join("ord-", pa.array(np.arange(n).astype(str)))
+    tenants = _join("t", pa.array((np.arange(n) // 2).astype(str)))
+    old_sub, new_sub = _join(ids, "-old"), _join(ids, "-new")
+    currency = pa.array(np.array(["EUR", "USD", "GBP", "JPY"])[rng.integers(0, 4, n)])
     billed = rng.integers(10_000, 2_000_000, n)
     cost = billed * 2
-    period_end, days = np.datetime64("2026-12-01"), 30
-    unused = (period_end - EFFECTIVE).astype(int)
+    days, unused = 30, 14
     credit = (2 * billed * unused + days) // (2 * days)
-    faults = {name: rng.random(n) < FAULT_SHARE for name in
-              ("overlap", "gap", "missing", "late", "wrong", "duplicate", "orphan", "currency")}
+    names = ("overlap", "gap", "early", "missing", "late", "wrong", "duplicate", "orphan", "currency",
+             "redelivered", "split")
+    faults = {name: rng.random(n) < FAULT_SHARE for name in names}
+    faults["early"] &= ~faults["gap"]
 
     zeros = np.zeros(n, dtype=np.int64)
     _write(root, Topic.UPGRADE_REQUESTED, _table(Topic.UPGRADE_REQUESTED, {
@@ -101,132 +126,174 @@ def generate(root: Path, upgrades: int, lines_total: int, seed: int = 7) -> dict
         "upgrade_id": ids, "old_subscription_id": old_sub, "new_subscription_id": new_sub,
         "effective_date": np.full(n, "2026-11-17"), "currency": currency, "new_total_cost_minor": cost,
         "billing_frequency": np.full(n, "monthly")}), 250_000)
-    credit_ids = np.char.add(ids, ":credit")
+    credit_ids = _join(ids, ":credit")
     _write(root, Topic.CREDIT_ISSUED, _table(Topic.CREDIT_ISSUED, {
         "partition": zeros.astype(np.int32), "offset": np.arange(n), "event_id": credit_ids, "tenant_id": tenants,
         "credit_id": credit_ids, "upgrade_id": ids, "subscription_id": old_sub, "currency": currency,
         "amount_minor": credit, "forfeit_minor": zeros, "due_by": np.full(n, "2026-12-17"),
-        "basis": np.full(n, "UNUSED_TIME")}), 250_000)
+        "basis": np.full(n, "UNUSED_TIME"), "unused_days": np.full(n, unused), "period_days": np.full(n, days),
+        "period_start": np.full(n, "2026-11-01"), "period_end": np.full(n, "2026-12-01")}), 250_000)
     _write(root, Topic.UPGRADE_STATUS, _table(Topic.UPGRADE_STATUS, {
         "partition": zeros.astype(np.int32), "offset": np.arange(n), "event_id": ids, "tenant_id": tenants,
         "upgrade_id": ids, "status": np.full(n, "completed"), "credit_minor": credit, "forfeit_minor": zeros,
         "currency": currency}), 250_000)
 
-    # Invoices: a switch invoice per upgrade with (old, new, k other) charges, and a credit invoice.
-    base_lines = 3  # old charge, new charge, credit (orphan and duplicate lines are extra)
-    other = max(0, (lines_total - base_lines * n) // n)
-    invoice_rows = []
-    line_count = 0
-    chunk = 100_000
-    offset = 0
-    for start in range(0, n, chunk):
-        sl = slice(start, min(n, start + chunk))
-        m = sl.stop - sl.start
-        ov, gp = faults["overlap"][sl], faults["gap"][sl]
-        old_end = np.where(ov, "2026-11-22", "2026-11-17")
-        new_start = np.where(gp, "2026-11-20", "2026-11-17")
-        switch_lines = []
-        for j in range(m):
-            i = sl.start + j
-            row = [
-                {"line_id": f"{ids[i]}-s1", "subscription_id": old_sub[i], "kind": "charge", "amount_minor": 3000,
-                 "service_start": "2026-11-01", "service_end": old_end[j], "credit_id": None},
-                {"line_id": f"{ids[i]}-s2", "subscription_id": new_sub[i], "kind": "charge",
-                 "amount_minor": int(cost[i]), "service_start": new_start[j], "service_end": "2026-12-17",
-                 "credit_id": None},
-            ]
-            row += [{"line_id": f"{ids[i]}-o{k}", "subscription_id": f"{tenants[i]}-other-{k}", "kind": "charge",
-                     "amount_minor": 1000 + k, "service_start": "2026-11-01", "service_end": "2026-12-01",
-                     "credit_id": None} for k in range(other)]
-            switch_lines.append(row)
-        cr_lines, cr_currency, cr_issued, cr_ids, cr_tenants = [], [], [], [], []
-        for j in range(m):
-            i = sl.start + j
-            if faults["missing"][i]:
-                continue
-            amount = int(credit[i]) - (100 if faults["wrong"][i] else 0)
-            line = {"line_id": f"{ids[i]}-c1", "subscription_id": old_sub[i], "kind": "credit",
-                    "amount_minor": -amount, "service_start": "2026-11-17", "service_end": "2026-12-01",
-                    "credit_id": credit_ids[i]}
-            lines = [line]
-            if faults["orphan"][i]:
-                lines.append({**line, "line_id": f"{ids[i]}-c2", "credit_id": f"{ids[i]}:credit-elsewhere",
-                              "amount_minor": -500})
-            if faults["duplicate"][i]:
-                lines.append({**line, "line_id": f"{ids[i]}-c3"})
-            cr_lines.append(lines)
-            cr_currency.append("CHF" if faults["currency"][i] else currency[i])
-            cr_issued.append("2026-12-24" if faults["late"][i] else "2026-11-27")
-            cr_ids.append(f"inv-{ids[i]}-credit")
-            cr_tenants.append(tenants[i])
-        invoices = pa.table({
-            "invoice_id": pa.array(list(np.char.add(np.char.add("inv-", ids[sl]), "-switch")) + cr_ids),
-            "tenant_id": pa.array(list(tenants[sl]) + cr_tenants),
-            "issued_on": pa.array(["2026-11-17"] * m + cr_issued),
-            "currency": pa.array(list(currency[sl]) + cr_currency),
-            "lines": pa.array(switch_lines + cr_lines, pa.list_(LINE)),
-        })
-        rows = invoices.num_rows
-        line_count += sum(len(x) for x in switch_lines) + sum(len(x) for x in cr_lines)
-        full = _table(Topic.INVOICE_ISSUED, {"partition": np.zeros(rows, np.int32), "offset": np.arange(offset, offset + rows),
-                                             "event_id": invoices["invoice_id"].to_numpy(zero_copy_only=False),
-                                             "tenant_id": invoices["tenant_id"].to_numpy(zero_copy_only=False),
-                                             "invoice_id": invoices["invoice_id"].to_numpy(zero_copy_only=False),
-                                             "issued_on": invoices["issued_on"].to_numpy(zero_copy_only=False),
-                                             "currency": invoices["currency"].to_numpy(zero_copy_only=False)})
-        full = full.set_column(full.schema.get_field_index("lines"), "lines", invoices["lines"])
-        invoice_rows.append(full)
-        offset += rows
-        print(f"\r  invoices: {offset:,} ({line_count:,} lines)", end="", flush=True)
-    print()
-    _write(root, Topic.INVOICE_ISSUED, pa.concat_tables(invoice_rows), 200_000)
+    def lines(line_id, subscription, kind, amount, start, end, credit_id=None):
+        size = len(line_id)
+        return {"line_id": line_id, "subscription_id": subscription, "kind": np.full(size, kind),
+                "amount_minor": amount, "service_start": np.broadcast_to(start, size).astype(str) if isinstance(
+                    start, str) else start, "service_end": np.broadcast_to(end, size).astype(str) if isinstance(
+                    end, str) else end, "credit_id": credit_id if credit_id is not None else pa.nulls(size, pa.string())}
+
+    tables = []
+    # 1. the old plan's current period, billed in advance on 11-01
+    tables.append(_invoices(_join("inv-", old_sub, "-2026-11-01"), tenants, pa.array(np.full(n, "2026-11-01")),
+                            currency, lines(_join(old_sub, "-p1"), old_sub, "charge", billed, "2026-11-01",
+                                            "2026-12-01"), np.ones(n, np.int64)))
+    # 2. the switch invoice: the new plan from 11-17 (a gap: from 11-20; early: from 11-10), and the
+    #    tenant's other subscriptions, `other` lines each
+    other = max(0, (lines_total - 3 * n) // n)
+    new_start = np.where(faults["gap"], "2026-11-20", np.where(faults["early"], "2026-11-10", "2026-11-17"))
+    k = np.arange(other)
+    per = 1 + other
+    switch_lines = {
+        "line_id": _join(pa.array(np.repeat(np.asarray(ids), per)), "-s",
+                         pa.array(np.tile(np.arange(per), n).astype(str))),
+        "subscription_id": pa.array(np.where(np.tile(np.arange(per), n) == 0, np.repeat(np.asarray(new_sub), per),
+                                             np.char.add(np.repeat(np.asarray(tenants).astype(str), per), "-other"))),
+        "kind": np.full(n * per, "charge"),
+        "amount_minor": np.where(np.tile(np.arange(per), n) == 0, np.repeat(cost, per),
+                                 1000 + np.tile(np.concatenate([[0], k]), n)),
+        "service_start": np.where(np.tile(np.arange(per), n) == 0, np.repeat(new_start, per), "2026-11-01"),
+        "service_end": np.where(np.tile(np.arange(per), n) == 0, "2026-12-17", "2026-12-01"),
+        "credit_id": pa.nulls(n * per, pa.string()),
+    }
+    tables.append(_invoices(_join("inv-", ids, "-switch"), tenants, pa.array(np.full(n, "2026-11-17")), currency,
+                            switch_lines, np.full(n, per, np.int64)))
+    # 3. the credit on the next invoice (missing: none; late: after its due date; wrong: 100 short;
+    #    a wrong currency: CHF; split: two lines that add up; orphan: one more line for a credit nobody issued)
+    has = ~faults["missing"]
+    c = np.flatnonzero(has)
+    amount = credit[c] - np.where(faults["wrong"][c], 100, 0)
+    split = faults["split"][c]
+    orphan = faults["orphan"][c]
+    counts = 1 + split + orphan
+    which = np.repeat(np.arange(len(c)), counts)
+    nth = np.arange(len(which)) - np.repeat(np.cumsum(counts) - counts, counts)
+    is_orphan = orphan[which] & (nth == counts[which] - 1)
+    is_split_second = split[which] & (nth == 1) & ~is_orphan
+    first_part = np.where(split, amount // 3, amount)
+    line_amount = np.where(is_orphan, 500, np.where(is_split_second, (amount - first_part)[which],
+                                                    first_part[which]))
+    cid = np.asarray(credit_ids)[c][which]
+    credit_lines = {
+        "line_id": _join(pa.array(np.asarray(ids)[c][which]), "-c", pa.array(nth.astype(str))),
+        "subscription_id": pa.array(np.asarray(old_sub)[c][which]), "kind": np.full(len(which), "credit"),
+        "amount_minor": -line_amount, "service_start": np.full(len(which), "2026-11-17"),
+        "service_end": np.full(len(which), "2026-12-01"),
+        "credit_id": pa.array(np.where(is_orphan, np.char.add(np.asarray(ids)[c][which].astype(str), ":elsewhere"),
+                                       cid)),
+    }
+    credit_invoice_ids = _join("inv-", pa.array(np.asarray(ids)[c]), "-credit")
+    issued = pa.array(np.where(faults["late"][c], "2026-12-24", "2026-11-27"))
+    credit_currency = pa.array(np.where(faults["currency"][c], "CHF", np.asarray(currency)[c]))
+    credit_table = _invoices(credit_invoice_ids, pa.array(np.asarray(tenants)[c]), issued, credit_currency,
+                             credit_lines, counts)
+    tables.append(credit_table)
+    tables.append(credit_table.filter(pa.array(faults["redelivered"][c])))  # the same invoices, delivered again
+    # 4. a duplicate: the credit again on a second invoice
+    d = np.flatnonzero(has & faults["duplicate"])
+    tables.append(_invoices(_join("inv-", pa.array(np.asarray(ids)[d]), "-credit-again"),
+                            pa.array(np.asarray(tenants)[d]), pa.array(np.full(len(d), "2026-11-28")),
+                            pa.array(np.asarray(currency)[d]),
+                            lines(_join(pa.array(np.asarray(ids)[d]), "-d1"), pa.array(np.asarray(old_sub)[d]),
+                                  "credit", -credit[d], "2026-11-17", "2026-12-01", pa.array(np.asarray(credit_ids)[d])),
+                            np.ones(len(d), np.int64)))
+    # 5. an overlap: the old plan's December billed on 12-01 as if nothing had changed
+    o = np.flatnonzero(faults["overlap"])
+    tables.append(_invoices(_join("inv-", pa.array(np.asarray(old_sub)[o]), "-2026-12-01"),
+                            pa.array(np.asarray(tenants)[o]), pa.array(np.full(len(o), "2026-12-01")),
+                            pa.array(np.asarray(currency)[o]),
+                            lines(_join(pa.array(np.asarray(old_sub)[o]), "-p2"), pa.array(np.asarray(old_sub)[o]),
+                                  "charge", billed[o], "2026-12-01", "2027-01-01"), np.ones(len(o), np.int64)))
+    invoices = pa.concat_tables([t.cast(tables[0].schema) for t in tables])
+    rows = invoices.num_rows
+    full = _table(Topic.INVOICE_ISSUED, {"partition": np.zeros(rows, np.int32), "offset": np.arange(rows),
+                                         "event_id": _join(invoices["invoice_id"], ":",
+                                                           pa.array(np.arange(rows).astype(str))),
+                                         "tenant_id": invoices["tenant_id"], "invoice_id": invoices["invoice_id"],
+                                         "issued_on": invoices["issued_on"], "currency": invoices["currency"]})
+    full = full.set_column(full.schema.get_field_index("lines"), "lines", invoices["lines"])
+    _write(root, Topic.INVOICE_ISSUED, full, 200_000)
+    line_count = int(pc.sum(pc.list_value_length(invoices["lines"])).as_py())
     return {"lines": line_count, "faults": {k: int(v.sum()) for k, v in faults.items()}}
 
 
 DUCKDB_SQL = """
-CREATE TEMP VIEW switches AS SELECT upgrade_id, tenant_id, old_subscription_id, new_subscription_id,
-    CAST(effective_date AS DATE) AS effective_date, currency FROM read_parquet('{lake}/topic=billing.switch/*/*.parquet');
-CREATE TEMP VIEW credits AS SELECT credit_id, upgrade_id, tenant_id, currency, amount_minor, forfeit_minor,
-    CAST(due_by AS DATE) AS due_by FROM read_parquet('{lake}/topic=credit.issued/*/*.parquet');
-CREATE TEMP VIEW requests AS SELECT upgrade_id, CAST(period_start AS DATE) ps, CAST(period_end AS DATE) pe, billed_minor
-    FROM read_parquet('{lake}/topic=upgrade.requested/*/*.parquet');
+CREATE TEMP VIEW switches AS SELECT DISTINCT ON (upgrade_id) upgrade_id, tenant_id, old_subscription_id,
+    new_subscription_id, CAST(effective_date AS DATE) AS e, currency
+    FROM read_parquet('{lake}/topic=billing.switch/*/*.parquet') ORDER BY upgrade_id, partition, "offset";
+CREATE TEMP VIEW credits AS SELECT DISTINCT ON (credit_id) credit_id, upgrade_id, tenant_id, currency, amount_minor,
+    forfeit_minor, CAST(due_by AS DATE) AS due_by, partition, "offset"
+    FROM read_parquet('{lake}/topic=credit.issued/*/*.parquet') ORDER BY credit_id, partition, "offset";
+CREATE TEMP VIEW requests AS SELECT DISTINCT ON (upgrade_id) upgrade_id, CAST(period_start AS DATE) ps,
+    CAST(period_end AS DATE) pe, billed_minor FROM read_parquet('{lake}/topic=upgrade.requested/*/*.parquet')
+    ORDER BY upgrade_id, partition, "offset";
+-- what the rules owe: the unused days [e, pe) clamped to the period, and the credit for them
+CREATE TEMP TABLE owed AS SELECT s.upgrade_id, s.e, s.currency,
+    greatest(0, least(q.pe - s.e, q.pe - q.ps)) AS days,
+    (2 * q.billed_minor * greatest(0, least(q.pe - s.e, q.pe - q.ps)) + (q.pe - q.ps)) // (2 * (q.pe - q.ps)) AS credit
+    FROM switches s JOIN requests q USING (upgrade_id);
+-- an invoice counts once (its first delivery), then one row per line
 CREATE TEMP TABLE lines AS SELECT i.invoice_id, i.tenant_id, CAST(i.issued_on AS DATE) issued_on, i.currency,
     l.line_id, l.subscription_id, l.kind, l.amount_minor, CAST(l.service_start AS DATE) service_start,
     CAST(l.service_end AS DATE) service_end, l.credit_id
-    FROM read_parquet('{lake}/topic=invoice.issued/*/*.parquet') i, UNNEST(i.lines) AS t(l);
+    FROM (SELECT DISTINCT ON (invoice_id) * FROM read_parquet('{lake}/topic=invoice.issued/*/*.parquet')
+          ORDER BY invoice_id, partition, "offset") i, UNNEST(i.lines) AS t(l);
+-- per issued credit and invoice carrying it: its lines summed, and which invoice it is (1 = the first)
+CREATE TEMP TABLE credit_invoices AS SELECT c.credit_id, c.upgrade_id, c.currency AS issued_in, c.amount_minor,
+    c.due_by, l.invoice_id, min(l.issued_on) issued_on, min(l.currency) currency, -sum(l.amount_minor) invoiced,
+    row_number() OVER (PARTITION BY c.credit_id ORDER BY min(l.issued_on), l.invoice_id) AS nth
+    FROM credits c JOIN lines l ON l.kind = 'credit' AND l.credit_id = c.credit_id
+    GROUP BY c.credit_id, c.upgrade_id, c.currency, c.amount_minor, c.due_by, l.invoice_id;
 CREATE TEMP TABLE findings AS
-SELECT 'OVERLAP' code, s.upgrade_id, s.currency, l.amount_minor * (l.service_end - greatest(l.service_start, s.effective_date)) // (l.service_end - l.service_start) delta
-  FROM lines l JOIN switches s ON l.subscription_id = s.old_subscription_id
-  WHERE l.kind = 'charge' AND l.service_end > s.effective_date
+SELECT 'OVERLAP' code, upgrade_id, currency, 0 delta FROM (
+    SELECT s.upgrade_id, l.currency, sum(greatest(0, l.service_end - greatest(l.service_start, s.e))) charged,
+           coalesce(min(o.days), 0) credited
+    FROM lines l JOIN switches s ON l.subscription_id = s.old_subscription_id LEFT JOIN owed o USING (upgrade_id)
+    WHERE l.kind = 'charge' GROUP BY s.upgrade_id, l.currency) WHERE charged > credited
 UNION ALL
 SELECT 'NEW_BILLING_GAP', s.upgrade_id, s.currency, 0 FROM switches s JOIN (
     SELECT subscription_id, min(service_start) first FROM lines WHERE kind = 'charge' GROUP BY 1) f
-  ON f.subscription_id = s.new_subscription_id WHERE f.first > s.effective_date
+  ON f.subscription_id = s.new_subscription_id WHERE f.first > s.e
+UNION ALL
+SELECT 'NEW_BILLING_EARLY', s.upgrade_id, s.currency, 0 FROM lines l JOIN switches s
+  ON l.subscription_id = s.new_subscription_id WHERE l.kind = 'charge' AND l.service_start < s.e
 UNION ALL
 SELECT 'MISSING_CREDIT', c.upgrade_id, c.currency, -c.amount_minor FROM credits c
-  WHERE c.due_by < DATE '{run}' AND NOT EXISTS (SELECT 1 FROM lines l WHERE l.kind = 'credit' AND l.credit_id = c.credit_id)
+  WHERE c.due_by < DATE '{run}' AND c.credit_id NOT IN (SELECT credit_id FROM credit_invoices)
 UNION ALL
-SELECT 'LATE_CREDIT', c.upgrade_id, c.currency, 0 FROM credits c JOIN lines l ON l.credit_id = c.credit_id
-  WHERE l.kind = 'credit' AND l.issued_on > c.due_by
+SELECT 'MISSING_CREDIT', o.upgrade_id, o.currency, -o.credit FROM owed o
+  WHERE o.credit > 0 AND o.e + 30 < DATE '{run}' AND o.upgrade_id NOT IN (SELECT upgrade_id FROM credits)
 UNION ALL
-SELECT 'AMOUNT_MISMATCH', c.upgrade_id, c.currency, -l.amount_minor - c.amount_minor FROM credits c
-  JOIN lines l ON l.credit_id = c.credit_id WHERE l.kind = 'credit' AND -l.amount_minor <> c.amount_minor
+SELECT 'LATE_CREDIT', upgrade_id, currency, 0 FROM credit_invoices WHERE issued_on > due_by
 UNION ALL
-SELECT 'AMOUNT_MISMATCH', c.upgrade_id, c.currency, c.amount_minor - r.expected FROM credits c JOIN (
-    SELECT s.upgrade_id, (2 * q.billed_minor * greatest(0, least(q.pe - s.effective_date, q.pe - q.ps)) + (q.pe - q.ps))
-           // (2 * (q.pe - q.ps)) expected FROM switches s JOIN requests q USING (upgrade_id)) r USING (upgrade_id)
-  WHERE c.amount_minor <> r.expected
+SELECT 'AMOUNT_MISMATCH', upgrade_id, currency, invoiced - amount_minor FROM credit_invoices
+  WHERE nth = 1 AND currency = issued_in AND invoiced <> amount_minor
 UNION ALL
-SELECT 'CURRENCY_MISMATCH', c.upgrade_id, c.currency, 0 FROM credits c JOIN lines l ON l.credit_id = c.credit_id
-  WHERE l.kind = 'credit' AND l.currency <> c.currency
+SELECT 'AMOUNT_MISMATCH', c.upgrade_id, c.currency, c.amount_minor - o.credit FROM credits c JOIN owed o
+  USING (upgrade_id) WHERE c.amount_minor <> o.credit
 UNION ALL
-SELECT 'DUPLICATE_CREDIT', upgrade_id, currency, -amount_minor FROM (
-    SELECT c.upgrade_id, c.currency, l.amount_minor,
-           row_number() OVER (PARTITION BY l.credit_id ORDER BY l.issued_on, l.line_id) n
-    FROM credits c JOIN lines l ON l.credit_id = c.credit_id WHERE l.kind = 'credit') WHERE n > 1
+SELECT 'DUPLICATE_CREDIT', upgrade_id, currency, invoiced FROM credit_invoices WHERE nth > 1
+UNION ALL
+SELECT 'DUPLICATE_CREDIT', upgrade_id, currency, amount_minor FROM (
+    SELECT c.*, row_number() OVER (PARTITION BY c.upgrade_id ORDER BY c.partition, c."offset") n
+    FROM credits c WHERE c.upgrade_id IN (SELECT upgrade_id FROM switches)) WHERE n > 1
 UNION ALL
 SELECT 'ORPHAN_CREDIT', NULL, l.currency, -l.amount_minor FROM lines l
   WHERE l.kind = 'credit' AND (l.credit_id IS NULL OR l.credit_id NOT IN (SELECT credit_id FROM credits))
+UNION ALL
+SELECT 'CURRENCY_MISMATCH', upgrade_id, currency, 0 FROM credit_invoices WHERE currency <> issued_in
 UNION ALL
 SELECT 'PREPAID_FORFEIT', upgrade_id, currency, forfeit_minor FROM credits WHERE forfeit_minor > 0;
 COPY (SELECT * FROM findings ORDER BY code, upgrade_id) TO '{out}/findings.parquet' (FORMAT PARQUET);
@@ -249,39 +316,116 @@ def run_duckdb(lake: Path, out: Path) -> tuple[float, dict]:
     return elapsed, counts
 
 
+def run_planshift(work: Path, buckets: int | None = None) -> tuple[float, float, str]:
+    """`planshift reconcile` as a child process: wall seconds, its own peak RSS (GiB), its output."""
+    env = {**os.environ, "PLANSHIFT_DATA_DIR": str(work)}
+    command = [sys.executable, "-m", "planshift", "reconcile", "--date", RUN_DATE, "--no-chart"]
+    if buckets:
+        command += ["--buckets", str(buckets)]
+    began = time.perf_counter()
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate()
+    elapsed = time.perf_counter() - began
+    if proc.returncode != 0:
+        print(out, err)
+        raise SystemExit("planshift reconcile failed")
+    return elapsed, _peak_gib(proc), out.strip()
+
+
+def _peak_gib(proc: subprocess.Popen) -> float:
+    """The child's own peak RSS, from the kernel's accounting of it when it was reaped."""
+    return getattr(proc, "peak_kib", 0) / 1024 / 1024
+
+
+class _Popen(subprocess.Popen):
+    """Popen that reaps its child with wait4, keeping the child's own resource usage."""
+
+    def _try_wait(self, wait_flags):
+        try:
+            pid, status, usage = os.wait4(self.pid, wait_flags)
+        except ChildProcessError:
+            pid, status = self.pid, 0
+        else:
+            if pid == self.pid:
+                self.peak_kib = usage.ru_maxrss
+        return pid, status
+
+
+subprocess.Popen = _Popen  # noqa: F811 - every child of this benchmark reports its own peak
+
+
+def our_counts(work: Path) -> dict:
+    ours = pq.read_table(work / "reports" / "reconciliation" / "summary").to_pandas()
+    return {k: int(v) for k, v in ours.groupby("check_code")["count"].sum().items()}
+
+
+def ensure_lake(work: Path, upgrades: int, lines: int) -> Path:
+    lake = work / "lake"
+    if not (lake / "_manifests").exists():
+        began = time.perf_counter()
+        print(f"generating {upgrades:,} upgrades and ~{lines:,} invoice lines in {work} …", flush=True)
+        info = generate(lake, upgrades, lines)
+        print(f"generated {info['lines']:,} lines in {time.perf_counter() - began:.0f}s; faults {info['faults']}",
+              flush=True)
+    return lake
+
+
+SCALES = ((1_000_000, 100_000), (3_000_000, 300_000), (10_000_000, 1_000_000), (30_000_000, 3_000_000))
+
+
+def scales(work_root: Path, keep: bool) -> None:
+    """Time and peak memory as the lake grows: 1M, 3M, 10M and 30M lines (one run each)."""
+    results = []
+    for lines, upgrades in SCALES:
+        work = work_root / f"{lines // 1_000_000}M"
+        try:
+            lake = ensure_lake(work, upgrades, lines)
+            elapsed, peak, _ = run_planshift(work)
+            duck, duck_counts = run_duckdb(lake, work / "duckdb")
+            agree = our_counts(work) == duck_counts
+            results.append((lines, upgrades, elapsed, peak, duck, agree))
+            print(f"{lines / 1e6:>4.0f}M lines × {upgrades / 1e6:.1f}M upgrades: planshift {elapsed:6.1f}s, "
+                  f"peak {peak:.2f} GiB; DuckDB {duck:6.1f}s (ratio {elapsed / duck:.2f}); "
+                  f"findings per check agree: {agree}", flush=True)
+        finally:
+            if not keep:
+                shutil.rmtree(work, ignore_errors=True)
+    by_lines = {r[0]: r for r in results}
+    if 10_000_000 in by_lines and 30_000_000 in by_lines:
+        ten, thirty = by_lines[10_000_000], by_lines[30_000_000]
+        growth = thirty[2] / ten[2]
+        print(f"\n30M vs 10M: {growth:.2f}× the time (goal ≤ 3.5: {'met' if growth <= 3.5 else 'NOT met'}), "
+              f"peak {thirty[3]:.2f} GiB (goal ≤ 8: {'met' if thirty[3] <= 8 else 'NOT met'}); "
+              f"10M peak {ten[3]:.2f} GiB (goal < 4: {'met' if ten[3] < 4 else 'NOT met'})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--upgrades", type=int, default=1_000_000)
     parser.add_argument("--lines", type=int, default=10_000_000)
     parser.add_argument("--keep", type=Path, help="generate into (or reuse) this folder")
     parser.add_argument("--rounds", type=int, default=3, help="timed runs of each, alternated; medians are compared")
+    parser.add_argument("--scales", action="store_true",
+                        help="instead: one run each at 1M, 3M, 10M and 30M lines (time, peak memory, DuckDB)")
     args = parser.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="planshift-reconcile-bench-"))
-    lake = work / "lake"
     try:
-        if not (lake / "_manifests").exists():
-            began = time.perf_counter()
-            print(f"generating {args.upgrades:,} upgrades and ~{args.lines:,} invoice lines in {work} …")
-            info = generate(lake, args.upgrades, args.lines)
-            print(f"generated {info['lines']:,} lines in {time.perf_counter() - began:.0f}s; faults {info['faults']}")
-        env = {**os.environ, "PLANSHIFT_DATA_DIR": str(work)}
-        ours_s, duck_s = [], []
+        if args.scales:
+            scales(work, keep=args.keep is not None)
+            return
+        lake = ensure_lake(work, args.upgrades, args.lines)
+        ours_s, duck_s, peaks = [], [], []
         for round_no in range(1, args.rounds + 1):  # alternated, so both see the same machine
-            began = time.perf_counter()
-            proc = subprocess.run([sys.executable, "-m", "planshift", "reconcile", "--date", RUN_DATE], env=env,
-                                  capture_output=True, text=True)
-            ours_s.append(time.perf_counter() - began)
-            if proc.returncode != 0:
-                print(proc.stdout, proc.stderr)
-                raise SystemExit("planshift reconcile failed")
+            elapsed, peak, output = run_planshift(work)
+            ours_s.append(elapsed)
+            peaks.append(peak)
             duck, duck_counts = run_duckdb(lake, work / "duckdb")
             duck_s.append(duck)
-            print(f"round {round_no}: planshift {ours_s[-1]:.2f}s, DuckDB {duck:.2f}s, ratio {ours_s[-1] / duck:.2f}")
-        peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # the largest of the runs
-        print(proc.stdout.strip())
-        ours = pq.read_table(work / "reports" / "reconciliation" / "summary").to_pandas()
-        our_counts = ours.groupby("check_code")["count"].sum().to_dict()
-        peak_gib = peak_kib / 1024 / 1024
+            print(f"round {round_no}: planshift {elapsed:.2f}s ({peak:.2f} GiB), DuckDB {duck:.2f}s, "
+                  f"ratio {elapsed / duck:.2f}", flush=True)
+        print(output)
+        ours = our_counts(work)
+        peak_gib = max(peaks)
         elapsed, duck = statistics.median(ours_s), statistics.median(duck_s)
         print(f"\nmedians of {args.rounds} rounds")
         print(f"planshift reconcile : {elapsed:6.1f}s wall, peak RSS {peak_gib:.2f} GiB "
@@ -289,8 +433,9 @@ def main() -> None:
         print(f"DuckDB, same checks : {duck:6.1f}s wall")
         ratio = elapsed / duck
         print(f"ratio planshift/DuckDB: {ratio:.2f}  (goal ≤ 2: {'met' if ratio <= 2 else 'NOT met'})")
-        agree = {k: (our_counts.get(k, 0), duck_counts.get(k, 0)) for k in sorted(set(our_counts) | set(duck_counts))}
-        print("findings per check (planshift, DuckDB):", agree)
+        agree = {k: (ours.get(k, 0), duck_counts.get(k, 0)) for k in sorted(set(ours) | set(duck_counts))}
+        print("findings per check (planshift, DuckDB):", agree,
+              "— agree" if all(a == b for a, b in agree.values()) else "— DISAGREE")
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
