@@ -86,8 +86,11 @@ def _join(*parts) -> pa.Array:
 def _invoices(invoice_id, tenant, issued, currency, lines: dict, counts: np.ndarray) -> pa.Table:
     """Invoice rows whose lines are `lines` (flat columns, grouped by invoice in order) with `counts` per invoice."""
     offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
-    struct = pa.StructArray.from_arrays([pa.array(lines[f.name], f.type) if not isinstance(lines[f.name], pa.Array)
-                                         else lines[f.name].cast(f.type) for f in LINE], fields=list(LINE))
+    def column(value, type_):
+        value = value.cast(type_) if isinstance(value, (pa.Array, pa.ChunkedArray)) else pa.array(value, type_)
+        return value.combine_chunks() if isinstance(value, pa.ChunkedArray) else value
+
+    struct = pa.StructArray.from_arrays([column(lines[f.name], f.type) for f in LINE], fields=list(LINE))
     return pa.table({"invoice_id": invoice_id, "tenant_id": tenant, "issued_on": issued, "currency": currency,
                      "lines": pa.ListArray.from_arrays(offsets, struct)})
 
@@ -361,7 +364,8 @@ def our_counts(work: Path) -> dict:
 
 def ensure_lake(work: Path, upgrades: int, lines: int) -> Path:
     lake = work / "lake"
-    if not (lake / "_manifests").exists():
+    if not (lake / "_manifests" / f"topic={Topic.INVOICE_ISSUED}").exists():  # invoices are written last
+        shutil.rmtree(lake, ignore_errors=True)
         began = time.perf_counter()
         print(f"generating {upgrades:,} upgrades and ~{lines:,} invoice lines in {work} …", flush=True)
         info = generate(lake, upgrades, lines)

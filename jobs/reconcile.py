@@ -53,6 +53,7 @@ DATE_COLUMNS = {"effective_date", "due_by", "issued_on", "service_start", "servi
 LINE_COLUMNS = ["line_id", "subscription_id", "kind", "amount_minor", "service_start", "service_end", "credit_id"]
 INVOICE_COLUMNS = ["invoice_id", "tenant_id", "issued_on", "currency"]
 INVOICES_PER_BUCKET = 4_000_000
+GROUP_INVOICES = 1_000_000  # invoices read together, for one lookup of which lines to keep
 COLUMNS = {
     Topic.BILLING_SWITCH: ["upgrade_id", "tenant_id", "old_subscription_id", "new_subscription_id", "effective_date",
                            "currency", "new_total_cost_minor"],
@@ -127,38 +128,68 @@ def read_events(lake: Lake, topic: str, up_to: str, bucket: int, buckets: int) -
 INVOICE_SCHEMA = pa.schema([SCHEMAS[Topic.INVOICE_ISSUED].field(c) for c in (*INVOICE_COLUMNS, "lines")])
 
 
-def _lines_of_file(path: Path, subscriptions: pa.Array, first_delivery: int, bucket: int,
-                   buckets: int) -> tuple[pa.Table, int]:
-    """One invoice file's kept lines — credits, and charges of `subscriptions` — each with its
-    invoice's columns and `delivery` (the invoice's number in archive order); and how many
-    invoices the file holds."""
+def _read_invoices(path: Path, first_delivery: int, bucket: int, buckets: int) -> tuple[pa.Table, pa.Array]:
+    """One invoice file's invoices (of this bucket's tenants), with each one's `delivery`:
+    its number in archive order."""
     table = pq.read_table(path, columns=INVOICE_SCHEMA.names, schema=INVOICE_SCHEMA)
-    count = table.num_rows
-    delivery = pa.array(np.arange(first_delivery, first_delivery + count))
+    delivery = pa.array(np.arange(first_delivery, first_delivery + table.num_rows))
     if buckets > 1:
         mine = pa.array(bucket_of(table["tenant_id"], buckets) == bucket)
         table, delivery = table.filter(mine), delivery.filter(mine)
-    lines = table["lines"]
-    flat, parents = pc.list_flatten(lines), pc.list_parent_indices(lines)
-    keep = pc.or_(pc.equal(pc.struct_field(flat, "kind"), "credit"),
-                  pc.is_in(pc.struct_field(flat, "subscription_id"), value_set=subscriptions))
+    return table, delivery
+
+
+def _kept_lines(table: pa.Table, delivery: pa.Array, keep: pa.Array) -> pa.Table:
+    """The lines `keep` marks (over the file's flattened lines), with their invoice's columns."""
     kept = pc.indices_nonzero(keep)
-    flat, rows = pc.take(flat, kept), pc.take(parents, kept)
+    lines = table["lines"]
+    flat, rows = pc.take(pc.list_flatten(lines), kept), pc.take(pc.list_parent_indices(lines), kept)
     columns = {name: pc.take(table[name], rows) for name in INVOICE_COLUMNS}
     columns.update({name: pc.struct_field(flat, name) for name in LINE_COLUMNS})
     columns["delivery"] = pc.take(delivery, rows)
-    return pa.table(columns), count
+    return pa.table(columns)
+
+
+def _chunks_of(array) -> list[pa.Array]:
+    return array.chunks if isinstance(array, pa.ChunkedArray) else [array]
 
 
 def read_lines(lake: Lake, up_to: str, subscriptions: pa.Array, bucket: int = 0, buckets: int = 1,
                progress: bool = False) -> pd.DataFrame:
-    """The invoice lines a reconciliation needs, counted once per invoice (`once_per_invoice`)."""
+    """The invoice lines a reconciliation needs — credits, and charges of `subscriptions` —
+    counted once per invoice (`once_per_invoice`).
+
+    Files are read a group at a time (about `GROUP_INVOICES` invoices), in a small thread
+    pool; one set lookup per group tells which lines to keep (a lookup builds its hash table
+    of `subscriptions` each time it is called, so once per file would cost more than the
+    reading), and only the kept lines stay in memory."""
     files = lake.files(Topic.INVOICE_ISSUED, up_to)
-    firsts = np.cumsum([0] + [pq.read_metadata(f).num_rows for f in files])
-    with ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 2))) as pool:
-        parts = list(tqdm(pool.map(lambda i: _lines_of_file(files[i], subscriptions, int(firsts[i]), bucket, buckets)[0],
-                                   range(len(files))),
-                          total=len(files), desc="invoices", unit="file", disable=not progress or None, leave=False))
+    sizes = [pq.read_metadata(f).num_rows for f in files]
+    firsts = np.cumsum([0] + sizes)
+    groups, group, rows = [], [], 0
+    for i, size in enumerate(sizes):
+        if group and rows + size > GROUP_INVOICES:
+            groups.append(group)
+            group, rows = [], 0
+        group.append(i)
+        rows += size
+    if group:
+        groups.append(group)
+    parts = []
+    with ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 2))) as pool, \
+            tqdm(total=len(files), desc="invoices", unit="file", disable=not progress or None, leave=False) as bar:
+        for group in groups:
+            read = list(pool.map(lambda i: _read_invoices(files[i], int(firsts[i]), bucket, buckets), group))
+            flat = [pc.list_flatten(table["lines"]) for table, _ in read]
+            kinds = pa.chunked_array([c for f in flat for c in _chunks_of(pc.struct_field(f, "kind"))], pa.string())
+            subs = pa.chunked_array([c for f in flat for c in _chunks_of(pc.struct_field(f, "subscription_id"))],
+                                    pa.string())
+            keep = pc.or_(pc.equal(kinds, "credit"), pc.is_in(subs, value_set=subscriptions))
+            starts = np.cumsum([0] + [len(f) for f in flat])
+            parts.extend(pool.map(lambda j: _kept_lines(read[j][0], read[j][1],
+                                                        keep.slice(int(starts[j]), len(flat[j]))),
+                                  range(len(read))))
+            bar.update(len(group))
     if not parts:
         empty = {name: pa.array([], INVOICE_SCHEMA.field(name).type) for name in INVOICE_COLUMNS}
         empty.update({f.name: pa.array([], f.type) for f in INVOICE_SCHEMA.field("lines").type.value_type})

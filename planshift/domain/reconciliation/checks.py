@@ -162,13 +162,15 @@ def credit_invoices(ledger: Ledger) -> pd.DataFrame:
     credit's lines on it summed (`invoiced_minor`, positive), its first line, and whether
     it is the credit's first invoice (earliest issued, then by invoice_id)."""
     lines = ledger.credit_lines
-    per = pd.DataFrame({"credit": lines["credit"], "invoice_id": lines["invoice_id"],
-                        "issued_on": lines["issued_on"], "currency": lines["currency"],
-                        "line_id": lines["line_id"], "invoiced_minor": -lines["amount_minor"].to_numpy("int64")})
-    grouped = per.groupby(["credit", "invoice_id"], observed=True, sort=False)
-    table = grouped.agg(issued_on=("issued_on", "first"), currency=("currency", "first"),
-                        line_id=("line_id", "first"), invoiced_minor=("invoiced_minor", "sum")).reset_index()
+    per = pd.DataFrame({"credit": lines["credit"], "invoice": lines["invoice"],
+                        "invoiced_minor": -lines["amount_minor"].to_numpy("int64")})
+    grouped = per.groupby(["credit", "invoice"], sort=False)
+    first_line = grouped.cumcount().to_numpy() == 0
+    table = grouped["invoiced_minor"].sum().reset_index()
+    firsts = lines[first_line].set_index(["credit", "invoice"])  # the invoice's columns, from its first line
+    table = table.join(firsts[["invoice_id", "issued_on", "currency", "line_id"]], on=["credit", "invoice"])
     table = table.sort_values(["credit", "issued_on", "invoice_id"], kind="stable").reset_index(drop=True)
+    table = table.drop(columns="invoice")
     table["first_invoice"] = ~table["credit"].duplicated()
     return table
 

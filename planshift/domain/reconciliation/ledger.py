@@ -22,7 +22,6 @@ from datetime import date
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from planshift.domain.reconciliation.owed import owed_credit
 
@@ -44,12 +43,13 @@ class Ledger:
                  credit of no switched upgrade)
     completed    one row per completed upgrade: `tenant_id, upgrade_id, currency, credit_minor,
                  forfeit_minor, upgrade`
-    old_charges  the charges of each upgrade's old subscription: the invoice line columns
-                 (`invoice_id, tenant_id, issued_on, currency, line_id, subscription_id, kind,
-                 amount_minor, service_start, service_end, credit_id`) and `upgrade`
+    old_charges  the charges of each upgrade's old subscription: `invoice_id, line_id, currency,
+                 amount_minor, service_start, service_end, upgrade`
     new_charges  the same, of each upgrade's new subscription
-    credit_lines the credit lines of issued credits: the line columns, `credit`, `upgrade`
-    orphan_lines the credit lines whose `credit_id` planshift never issued
+    credit_lines the credit lines of issued credits: `invoice_id, line_id, issued_on, currency,
+                 amount_minor, credit, upgrade, invoice` (`invoice`: a number per invoice_id)
+    orphan_lines the credit lines whose `credit_id` planshift never issued: `tenant_id,
+                 invoice_id, line_id, currency, amount_minor, credit_id`
     run_date     the day the report is for
     """
 
@@ -67,17 +67,54 @@ class Ledger:
         return np.datetime64(self.run_date, "ns")
 
 
+CHARGE_COLUMNS = ["invoice_id", "line_id", "currency", "amount_minor", "service_start", "service_end"]
+CREDIT_LINE_COLUMNS = ["invoice_id", "line_id", "issued_on", "currency", "amount_minor"]
+ORPHAN_COLUMNS = ["tenant_id", "invoice_id", "line_id", "currency", "amount_minor", "credit_id"]
+
+
+def _arrow(column: pd.Series) -> pa.ChunkedArray:
+    array = pa.array(column, pa.string())
+    return array if isinstance(array, pa.ChunkedArray) else pa.chunked_array([array], pa.string())
+
+
+def codes(*columns: pd.Series) -> list[np.ndarray]:
+    """Integer codes of string columns over one dictionary (one hashing pass, in Arrow's C++):
+    equal strings get equal codes across all the columns; a missing value is -1."""
+    chunks = [c for column in columns for c in _arrow(column).chunks]
+    encoded = pa.chunked_array(chunks, pa.string()).dictionary_encode()
+    flat = np.concatenate([c.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+                           for c in encoded.chunks]) if encoded.num_chunks else np.array([], np.int64)
+    out, at = [], 0
+    for column in columns:
+        out.append(flat[at:at + len(column)])
+        at += len(column)
+    return out
+
+
+def lookup(values: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """For each value code, the first row of `keys` with that code; -1 if none (or missing)."""
+    size = int(max(values.max(initial=-1), keys.max(initial=-1))) + 1
+    first = np.full(size + 1, -1, np.int64)  # slot `size` stays -1: where a missing value (-1) looks
+    valid = np.flatnonzero(keys >= 0)[::-1]  # reversed: the first row of each key is written last
+    first[keys[valid]] = valid
+    return first[np.where(values >= 0, values, size)]
+
+
 def positions(values: pd.Series, keys: pd.Series) -> np.ndarray:
-    """For each value, the row of `keys` holding it (the first, if several), -1 if none:
-    one hash lookup in Arrow's C++ (pandas would box every string)."""
-    found = pc.index_in(pa.array(values), value_set=pa.array(keys))
-    return found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    """For each value, the row of `keys` holding it (the first, if several), -1 if none."""
+    mine, theirs = codes(values, keys)
+    return lookup(mine, theirs)
+
+
+def first_rows(key_codes: np.ndarray) -> np.ndarray:
+    """Whether each row is the first of its key (an event archived twice is one event)."""
+    return lookup(key_codes, key_codes) == np.arange(len(key_codes))
 
 
 def first_per(frame: pd.DataFrame, key: str) -> pd.DataFrame:
-    """The first row of each `key` (an event archived twice is one event)."""
-    codes = positions(frame[key], frame[key])  # a row's key points at the key's first row
-    keep = codes == np.arange(len(frame))
+    """The first row of each `key`."""
+    (key_codes,) = codes(frame[key])
+    keep = first_rows(key_codes)
     return frame if keep.all() else frame[keep].reset_index(drop=True)
 
 
@@ -87,9 +124,10 @@ def once_per_invoice(lines: pd.DataFrame, delivery: np.ndarray) -> pd.DataFrame:
     the first delivery of each `invoice_id` are kept."""
     if len(lines) == 0:
         return lines
-    frame = pd.DataFrame({"invoice_id": lines["invoice_id"], "delivery": delivery})
-    first = frame.groupby("invoice_id", sort=False, observed=True)["delivery"].transform("min")
-    keep = (frame["delivery"] == first).to_numpy()
+    (invoice,) = codes(lines["invoice_id"])
+    first = np.full(invoice.max(initial=0) + 1, np.iinfo(np.int64).max, np.int64)
+    np.minimum.at(first, invoice, delivery)
+    keep = delivery == first[invoice]
     return lines if keep.all() else lines[keep].reset_index(drop=True)
 
 
@@ -98,46 +136,60 @@ def build(switches: pd.DataFrame, requests: pd.DataFrame, credits: pd.DataFrame,
     """Put the archived events together (see `Ledger` for the columns each needs).
 
     `lines` are the invoice lines, one row per line with their invoice's `invoice_id,
-    tenant_id, issued_on, currency`, already counted once per invoice (`once_per_invoice`)."""
-    upgrades = first_per(switches, "upgrade_id").reset_index(drop=True)
-    requests = first_per(requests, "upgrade_id")
-    at = positions(upgrades["upgrade_id"], requests["upgrade_id"])
-    terms = ["period_start", "period_end", "billed_minor", "prepaid_term_start", "prepaid_term_end",
-             "prepaid_paid_minor"]
+    tenant_id, issued_on, currency`, already counted once per invoice (`once_per_invoice`).
+    Every kind of id is encoded once (`codes`), and rows are matched on those integers."""
+    switch_ids, request_ids, credit_upgrades, completed_ids = codes(
+        switches["upgrade_id"], requests["upgrade_id"], credits["upgrade_id"], completed["upgrade_id"])
+    keep = first_rows(switch_ids)
+    upgrades = switches[keep].reset_index(drop=True)
+    switch_ids = switch_ids[keep]
+    at = lookup(switch_ids, request_ids)  # the first request of each upgrade
     upgrades["has_request"] = at >= 0
-    for column in terms:
+    for column in ("period_start", "period_end", "billed_minor", "prepaid_term_start", "prepaid_term_end",
+                   "prepaid_paid_minor"):
         taken = requests[column].take(np.maximum(at, 0)).reset_index(drop=True) if len(requests) \
             else pd.Series(pd.NA, index=upgrades.index, dtype=requests[column].dtype)
         upgrades[column] = taken.where(pd.Series(at >= 0), other=pd.NA)
     owed = owed_credit(upgrades)
     upgrades["owed_minor"], upgrades["owed_days"] = owed["credit_minor"], owed["unused_days"]
 
-    credits = first_per(credits, "credit_id").reset_index(drop=True)
-    credits["upgrade"] = positions(credits["upgrade_id"], upgrades["upgrade_id"])
+    credit_ids, line_credit_ids = codes(credits["credit_id"], lines["credit_id"])
+    keep = first_rows(credit_ids)
+    credits = credits[keep].reset_index(drop=True)
+    credit_ids, credit_upgrades = credit_ids[keep], credit_upgrades[keep]
+    credits["upgrade"] = lookup(credit_upgrades, switch_ids)
     first_credit = np.full(len(upgrades), -1, np.int64)
-    linked = credits["upgrade"].to_numpy()
-    for row in np.flatnonzero(linked >= 0)[::-1]:  # the earliest credit of each upgrade wins
-        first_credit[linked[row]] = row
+    linked = np.flatnonzero(credits["upgrade"].to_numpy() >= 0)[::-1]  # the earliest credit of each upgrade wins
+    first_credit[credits["upgrade"].to_numpy()[linked]] = linked
     upgrades["credit"] = first_credit
 
-    completed = first_per(completed, "upgrade_id").reset_index(drop=True)
-    completed["upgrade"] = positions(completed["upgrade_id"], upgrades["upgrade_id"])
+    keep = first_rows(completed_ids)
+    completed = completed[keep].reset_index(drop=True)
+    completed["upgrade"] = lookup(completed_ids[keep], switch_ids)
 
-    charges = lines[(lines["kind"] == "charge").to_numpy()].reset_index(drop=True)
-    old_charges = _placed(charges, positions(charges["subscription_id"], upgrades["old_subscription_id"]), "upgrade")
-    new_charges = _placed(charges, positions(charges["subscription_id"], upgrades["new_subscription_id"]), "upgrade")
-    credited = lines[(lines["kind"] == "credit").to_numpy()].reset_index(drop=True)
-    issued_as = positions(credited["credit_id"], credits["credit_id"])
-    credit_lines = _placed(credited, issued_as, "credit")
-    credit_lines["upgrade"] = credits["upgrade"].to_numpy()[credit_lines["credit"].to_numpy()] \
-        if len(credit_lines) else np.array([], np.int64)
-    orphan_lines = credited[issued_as < 0].reset_index(drop=True)
+    old_subs, new_subs, line_subs = codes(upgrades["old_subscription_id"], upgrades["new_subscription_id"],
+                                          lines["subscription_id"])
+    (invoice,) = codes(lines["invoice_id"])
+    kind = lines["kind"].to_numpy()
+    charge = kind == "charge"
+    old_at = np.where(charge, lookup(line_subs, old_subs), -1)
+    new_at = np.where(charge, lookup(line_subs, new_subs), -1)
+    credit_at = np.where(kind == "credit", lookup(line_credit_ids, credit_ids), -1)
+    orphan = (kind == "credit") & (credit_at < 0)
+    old_charges = _placed(lines, old_at, CHARGE_COLUMNS, upgrade=old_at)
+    new_charges = _placed(lines, new_at, CHARGE_COLUMNS, upgrade=new_at)
+    credit_upgrade = np.where(credit_at >= 0, credits["upgrade"].to_numpy()[np.maximum(credit_at, 0)]
+                              if len(credits) else -1, -1)
+    credit_lines = _placed(lines, credit_at, CREDIT_LINE_COLUMNS, credit=credit_at, upgrade=credit_upgrade,
+                           invoice=invoice)
+    orphan_lines = lines.loc[orphan, ORPHAN_COLUMNS].reset_index(drop=True)
     return Ledger(upgrades, credits, completed, old_charges, new_charges, credit_lines, orphan_lines, run_date)
 
 
-def _placed(lines: pd.DataFrame, rows: np.ndarray, column: str) -> pd.DataFrame:
-    """The lines that found a row (`rows` ≥ 0), with that row in `column`."""
-    found = rows >= 0
-    placed = lines[found].reset_index(drop=True)
-    placed[column] = rows[found]
+def _placed(lines: pd.DataFrame, rows: np.ndarray, columns: list[str], **numbers: np.ndarray) -> pd.DataFrame:
+    """The lines that found a row (`rows` ≥ 0): `columns`, and each of `numbers` at those lines."""
+    found = np.flatnonzero(rows >= 0)
+    placed = lines[columns].take(found).reset_index(drop=True)
+    for name, values in numbers.items():
+        placed[name] = values[found]
     return placed
