@@ -15,14 +15,15 @@ previous run of the same date, so readers see the old run or the new one. The sa
 inputs give byte-identical files: rows are sorted, nothing depends on the clock. A
 one-page PNG chart of the findings by check and currency goes to `charts/findings-D.png`.
 
-Memory stays bounded as the lake grows: the invoice files are read one at a time (in a
-small thread pool: Arrow releases the GIL), and of their lines only credits and the
-charges of switched subscriptions are kept. Beyond that the work is split into **tenant
+Memory stays bounded as the lake grows: the invoice files are read a group at a time (in
+a small thread pool: Arrow releases the GIL), and of their lines only credits and the
+charges of switched subscriptions are kept, in Arrow. Then the work is split into **tenant
 buckets** (`--buckets N`; by default one per 4 million archived invoices): every check
-looks at one tenant's upgrades and invoices only, so each bucket is an independent task —
-its own read of the lake filtered to its tenants, its own ledger and checks — whose
-findings are concatenated. A larger deployment could hand the buckets to a distributed
-engine (Dask, Spark) unchanged. `bench/reconcile_scale.py` measures it beside DuckDB.
+looks at one tenant's upgrades and invoices only, so each bucket — its events, its ledger
+(pandas), its checks — is an independent task, done one after another here, whose findings
+are concatenated; the pandas work, the bulk of the memory, follows the bucket, not the
+month. A larger deployment could hand the buckets to a distributed engine (Dask, Spark)
+after the same split. `bench/reconcile_scale.py` measures it beside DuckDB.
 """
 
 from __future__ import annotations
@@ -109,34 +110,36 @@ def _array(column: pd.Series) -> pa.Array:
 
 
 def bucket_of(tenants: pa.Array | pa.ChunkedArray, buckets: int) -> np.ndarray:
-    """Each tenant's bucket: a stable hash of its id, modulo the number of buckets."""
-    values = np.asarray(tenants.to_numpy(zero_copy_only=False) if hasattr(tenants, "to_numpy") else tenants,
-                        dtype=object)
-    return (pd.util.hash_array(values, categorize=True) % np.uint64(buckets)).astype(np.int64)
-
-
-def _in_bucket(table: pa.Table, bucket: int, buckets: int) -> pa.Table:
+    """Each row's tenant bucket: a stable hash of the tenant id, modulo the number of buckets
+    (each distinct id is hashed once)."""
     if buckets == 1:
-        return table
-    return table.filter(pa.array(bucket_of(table["tenant_id"], buckets) == bucket))
+        return np.zeros(len(tenants), np.int64)
+    if isinstance(tenants, pa.ChunkedArray):
+        tenants = tenants.combine_chunks()
+    encoded = pc.dictionary_encode(tenants)
+    distinct = np.asarray(encoded.dictionary.to_numpy(zero_copy_only=False), dtype=object)
+    per_tenant = (pd.util.hash_array(distinct, categorize=False) % np.uint64(buckets)).astype(np.int64)
+    return per_tenant[encoded.indices.to_numpy(zero_copy_only=False)]
 
 
-def read_events(lake: Lake, topic: str, up_to: str, bucket: int, buckets: int) -> pd.DataFrame:
-    return _frame(_in_bucket(lake.read(topic, COLUMNS[topic], up_to), bucket, buckets))
+def split(table: pa.Table, buckets: int, by: np.ndarray | None = None) -> list[pa.Table]:
+    """`table`'s rows per tenant bucket (in their order within each bucket)."""
+    if buckets == 1:
+        return [table]
+    bucket = bucket_of(table["tenant_id"], buckets) if by is None else by
+    order = np.argsort(bucket, kind="stable")
+    ordered = table.take(pa.array(order))
+    ends = np.cumsum(np.bincount(bucket, minlength=buckets))
+    return [ordered.slice(int(end - size), int(size)) for end, size in zip(ends, np.bincount(bucket, minlength=buckets))]
 
 
 INVOICE_SCHEMA = pa.schema([SCHEMAS[Topic.INVOICE_ISSUED].field(c) for c in (*INVOICE_COLUMNS, "lines")])
 
 
-def _read_invoices(path: Path, first_delivery: int, bucket: int, buckets: int) -> tuple[pa.Table, pa.Array]:
-    """One invoice file's invoices (of this bucket's tenants), with each one's `delivery`:
-    its number in archive order."""
+def _read_invoices(path: Path, first_delivery: int) -> tuple[pa.Table, pa.Array]:
+    """One invoice file's invoices, with each one's `delivery`: its number in archive order."""
     table = pq.read_table(path, columns=INVOICE_SCHEMA.names, schema=INVOICE_SCHEMA)
-    delivery = pa.array(np.arange(first_delivery, first_delivery + table.num_rows))
-    if buckets > 1:
-        mine = pa.array(bucket_of(table["tenant_id"], buckets) == bucket)
-        table, delivery = table.filter(mine), delivery.filter(mine)
-    return table, delivery
+    return table, pa.array(np.arange(first_delivery, first_delivery + table.num_rows))
 
 
 def _kept_lines(table: pa.Table, delivery: pa.Array, keep: pa.Array) -> pa.Table:
@@ -154,10 +157,9 @@ def _chunks_of(array) -> list[pa.Array]:
     return array.chunks if isinstance(array, pa.ChunkedArray) else [array]
 
 
-def read_lines(lake: Lake, up_to: str, subscriptions: pa.Array, bucket: int = 0, buckets: int = 1,
-               progress: bool = False) -> pd.DataFrame:
+def read_lines(lake: Lake, up_to: str, subscriptions: pa.Array, progress: bool = False) -> pa.Table:
     """The invoice lines a reconciliation needs — credits, and charges of `subscriptions` —
-    counted once per invoice (`once_per_invoice`).
+    with their invoice's columns and `delivery` (see `once_per_invoice`), as one Arrow table.
 
     Files are read a group at a time (about `GROUP_INVOICES` invoices), in a small thread
     pool; one set lookup per group tells which lines to keep (a lookup builds its hash table
@@ -179,7 +181,7 @@ def read_lines(lake: Lake, up_to: str, subscriptions: pa.Array, bucket: int = 0,
     with ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 2))) as pool, \
             tqdm(total=len(files), desc="invoices", unit="file", disable=not progress or None, leave=False) as bar:
         for group in groups:
-            read = list(pool.map(lambda i: _read_invoices(files[i], int(firsts[i]), bucket, buckets), group))
+            read = list(pool.map(lambda i: _read_invoices(files[i], int(firsts[i])), group))
             flat = [pc.list_flatten(table["lines"]) for table, _ in read]
             kinds = pa.chunked_array([c for f in flat for c in _chunks_of(pc.struct_field(f, "kind"))], pa.string())
             subs = pa.chunked_array([c for f in flat for c in _chunks_of(pc.struct_field(f, "subscription_id"))],
@@ -189,15 +191,14 @@ def read_lines(lake: Lake, up_to: str, subscriptions: pa.Array, bucket: int = 0,
             parts.extend(pool.map(lambda j: _kept_lines(read[j][0], read[j][1],
                                                         keep.slice(int(starts[j]), len(flat[j]))),
                                   range(len(read))))
+            del read, flat, kinds, subs, keep
             bar.update(len(group))
     if not parts:
         empty = {name: pa.array([], INVOICE_SCHEMA.field(name).type) for name in INVOICE_COLUMNS}
         empty.update({f.name: pa.array([], f.type) for f in INVOICE_SCHEMA.field("lines").type.value_type})
         empty["delivery"] = pa.array([], pa.int64())
         parts = [pa.table(empty)]
-    lines = _frame(pa.concat_tables(parts))
-    delivery = lines.pop("delivery").to_numpy("int64")
-    return rules.once_per_invoice(lines, delivery)
+    return pa.concat_tables(parts).combine_chunks()
 
 
 def count_buckets(lake: Lake, up_to: str) -> int:
@@ -205,21 +206,43 @@ def count_buckets(lake: Lake, up_to: str) -> int:
     return max(1, math.ceil(invoices / INVOICES_PER_BUCKET))
 
 
-def reconcile_bucket(lake: Lake, run_date: date, bucket: int, buckets: int,
-                     progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """One tenant bucket, start to end: its events, its ledger, its findings and upgrades."""
-    up_to = run_date.isoformat()
-    switches = read_events(lake, Topic.BILLING_SWITCH, up_to, bucket, buckets)
-    subscriptions = pc.unique(pa.concat_arrays([_array(switches["old_subscription_id"]),
-                                                _array(switches["new_subscription_id"])]))
-    with ThreadPoolExecutor(max_workers=1) as background:  # the invoices (mostly Arrow work) meanwhile
-        lines = background.submit(read_lines, lake, up_to, subscriptions, bucket, buckets, progress)
-        credits = read_events(lake, Topic.CREDIT_ISSUED, up_to, bucket, buckets)
-        requests = read_events(lake, Topic.UPGRADE_REQUESTED, up_to, bucket, buckets)
-        statuses = read_events(lake, Topic.UPGRADE_STATUS, up_to, bucket, buckets)
-        completed = statuses[(statuses["status"] == "completed").to_numpy()].reset_index(drop=True)
+@dataclass
+class Bucket:
+    """One tenant bucket's archived events, as Arrow tables: an independent task."""
+
+    switches: pa.Table
+    credits: pa.Table
+    requests: pa.Table
+    completed: pa.Table
+    lines: pa.Table
+
+
+def read_buckets(lake: Lake, up_to: str, buckets: int, progress: bool = False) -> list[Bucket]:
+    """The lake up to `up_to`, read once and split into tenant buckets."""
+    switches = lake.read(Topic.BILLING_SWITCH, COLUMNS[Topic.BILLING_SWITCH], up_to)
+    subscriptions = pc.unique(pa.chunked_array(_chunks_of(switches["old_subscription_id"])
+                                               + _chunks_of(switches["new_subscription_id"]), pa.string()))
+    with ThreadPoolExecutor(max_workers=1) as background:  # the invoices, the bulk, while the rest is read
+        reading = background.submit(read_lines, lake, up_to, subscriptions, progress)
+        topics = {topic: lake.read(topic, COLUMNS[topic], up_to)
+                  for topic in (Topic.CREDIT_ISSUED, Topic.UPGRADE_REQUESTED, Topic.UPGRADE_STATUS)}
+        statuses = topics.pop(Topic.UPGRADE_STATUS)
+        completed = statuses.filter(pc.equal(statuses["status"], "completed"))
         del statuses
-        ledger = rules.build(switches, requests, credits, completed, lines.result(), run_date)
+        others = [split(t, buckets) for t in (switches, topics[Topic.CREDIT_ISSUED],
+                                              topics[Topic.UPGRADE_REQUESTED], completed)]
+        lines = reading.result()
+    parts = [*others, split(lines, buckets)]
+    return [Bucket(*(p[b] for p in parts)) for b in range(buckets)]
+
+
+def reconcile_bucket(bucket: Bucket, run_date: date) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One tenant bucket, start to end: its ledger, its findings and its upgrades."""
+    lines = _frame(bucket.lines)
+    delivery = lines.pop("delivery").to_numpy("int64")
+    ledger = rules.build(_frame(bucket.switches), _frame(bucket.requests), _frame(bucket.credits),
+                         _frame(bucket.completed), rules.once_per_invoice(lines, delivery), run_date)
+    del lines
     findings = rules.findings_table(ledger, rules.run_checks(ledger))
     return findings, rules.upgrades_table(ledger, findings)
 
@@ -229,9 +252,12 @@ def reconcile(settings: Settings, run_date: date, progress: bool = True, chart: 
     began = time.perf_counter()
     lake = Lake.for_settings(settings)
     buckets = buckets or count_buckets(lake, run_date.isoformat())
-    parts = [reconcile_bucket(lake, run_date, b, buckets, progress)
-             for b in tqdm(range(buckets), desc="tenant buckets", unit="bucket",
-                           disable=not progress or buckets == 1 or None, leave=False)]
+    work = read_buckets(lake, run_date.isoformat(), buckets, progress)
+    parts = []
+    for b in tqdm(range(buckets), desc="tenant buckets", unit="bucket",
+                  disable=not progress or buckets == 1 or None, leave=False):
+        parts.append(reconcile_bucket(work[b], run_date))
+        work[b] = None  # this bucket's events are done with
     findings = _sorted_concat([f for f, _ in parts], ["check_code", "tenant_id", "upgrade_id", "credit_id",
                                                       "invoice_id", "line_id"], nulls_first=True)
     upgrades = _sorted_concat([u for _, u in parts], ["tenant_id", "upgrade_id"])

@@ -128,6 +128,7 @@ def once_per_invoice(lines: pd.DataFrame, delivery: np.ndarray) -> pd.DataFrame:
     first = np.full(invoice.max(initial=0) + 1, np.iinfo(np.int64).max, np.int64)
     np.minimum.at(first, invoice, delivery)
     keep = delivery == first[invoice]
+    lines = lines.assign(invoice=invoice)  # a number per invoice_id, which `build` uses
     return lines if keep.all() else lines[keep].reset_index(drop=True)
 
 
@@ -136,7 +137,8 @@ def build(switches: pd.DataFrame, requests: pd.DataFrame, credits: pd.DataFrame,
     """Put the archived events together (see `Ledger` for the columns each needs).
 
     `lines` are the invoice lines, one row per line with their invoice's `invoice_id,
-    tenant_id, issued_on, currency`, already counted once per invoice (`once_per_invoice`).
+    tenant_id, issued_on, currency`, already counted once per invoice (`once_per_invoice`,
+    which also numbers them per invoice: `invoice`).
     Every kind of id is encoded once (`codes`), and rows are matched on those integers."""
     switch_ids, request_ids, credit_upgrades, completed_ids = codes(
         switches["upgrade_id"], requests["upgrade_id"], credits["upgrade_id"], completed["upgrade_id"])
@@ -169,7 +171,7 @@ def build(switches: pd.DataFrame, requests: pd.DataFrame, credits: pd.DataFrame,
 
     old_subs, new_subs, line_subs = codes(upgrades["old_subscription_id"], upgrades["new_subscription_id"],
                                           lines["subscription_id"])
-    (invoice,) = codes(lines["invoice_id"])
+    (invoice,) = [lines["invoice"].to_numpy()] if "invoice" in lines else codes(lines["invoice_id"])
     kind = lines["kind"].to_numpy()
     charge = kind == "charge"
     old_at = np.where(charge, lookup(line_subs, old_subs), -1)
