@@ -54,7 +54,8 @@ DATE_COLUMNS = {"effective_date", "due_by", "issued_on", "service_start", "servi
 LINE_COLUMNS = ["line_id", "subscription_id", "kind", "amount_minor", "service_start", "service_end", "credit_id"]
 INVOICE_COLUMNS = ["invoice_id", "tenant_id", "issued_on", "currency"]
 INVOICES_PER_BUCKET = 4_000_000
-GROUP_INVOICES = 1_000_000  # invoices read together, for one lookup of which lines to keep
+GROUP_INVOICES = 1_000_000  # at least this many invoices are read together, for one lookup of the lines to keep
+GROUPS = 4  # … and the invoices in at most about this many groups
 COLUMNS = {
     Topic.BILLING_SWITCH: ["upgrade_id", "tenant_id", "old_subscription_id", "new_subscription_id", "effective_date",
                            "currency", "new_total_cost_minor"],
@@ -161,16 +162,19 @@ def read_lines(lake: Lake, up_to: str, subscriptions: pa.Array, progress: bool =
     """The invoice lines a reconciliation needs — credits, and charges of `subscriptions` —
     with their invoice's columns and `delivery` (see `once_per_invoice`), as one Arrow table.
 
-    Files are read a group at a time (about `GROUP_INVOICES` invoices), in a small thread
-    pool; one set lookup per group tells which lines to keep (a lookup builds its hash table
-    of `subscriptions` each time it is called, so once per file would cost more than the
-    reading), and only the kept lines stay in memory."""
+    Files are read a group at a time (`GROUPS` groups of at least `GROUP_INVOICES` invoices),
+    in a small thread pool; one set lookup per group tells which lines to keep (a lookup
+    builds its hash table of `subscriptions` each time it is called, so once per file would
+    cost more than the reading), and only the kept lines stay in memory."""
     files = lake.files(Topic.INVOICE_ISSUED, up_to)
     sizes = [pq.read_metadata(f).num_rows for f in files]
     firsts = np.cumsum([0] + sizes)
+    # A fixed number of groups, not a fixed size: the lookup's table grows with the lake, so
+    # a lookup per fixed-size group would make the work grow with the square of the lake.
+    per_group = max(GROUP_INVOICES, math.ceil(sum(sizes) / GROUPS))
     groups, group, rows = [], [], 0
     for i, size in enumerate(sizes):
-        if group and rows + size > GROUP_INVOICES:
+        if group and rows + size > per_group:
             groups.append(group)
             group, rows = [], 0
         group.append(i)
