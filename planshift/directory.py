@@ -197,36 +197,36 @@ class SqliteDirectory:
         the target subscription holds licences of another SKU: it is another
         subscription, and writing over its licences would lose them.
         """
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            self._refuse_unsafe(tenant_id, source_subscription_id, target_subscription_id, target_sku)
-            db.execute("CREATE TEMP TABLE IF NOT EXISTS batch_users (user_id TEXT PRIMARY KEY) WITHOUT ROWID")
-            db.execute("DELETE FROM batch_users")
+        def fill(db: sqlite3.Connection) -> int:
             db.executemany("INSERT OR IGNORE INTO batch_users VALUES (?)", ((u,) for u in user_ids))
-            result = self._move_batch_users(tenant_id, upgrade_id, source_subscription_id, target_subscription_id,
-                                            target_sku, len(set(user_ids)))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        return result
+            return len(set(user_ids))
+
+        return self._move(tenant_id, upgrade_id, source_subscription_id, target_subscription_id, target_sku, fill)
 
     def sweep(self, tenant_id: str, upgrade_id: str, source_subscription_id: str, target_subscription_id: str,
               target_sku: str) -> MigrationResult:
         """Move every user who still holds a source licence (CONTRACT.md §4 r2: users who
         took one after the batches were planned), as `migrate` does, in one transaction;
         they are remembered, so `swept()` counts them however often this is redone."""
+        def fill(db: sqlite3.Connection) -> int:
+            db.execute("INSERT INTO batch_users SELECT user_id FROM licences WHERE tenant_id = ? AND subscription_id = ?",
+                       (tenant_id, source_subscription_id))
+            db.execute("INSERT OR IGNORE INTO swept_users SELECT ?, user_id FROM batch_users", (upgrade_id,))
+            return db.execute("SELECT count(*) FROM batch_users").fetchone()[0]
+
+        return self._move(tenant_id, upgrade_id, source_subscription_id, target_subscription_id, target_sku, fill)
+
+    def _move(self, tenant_id: str, upgrade_id: str, source_subscription_id: str, target_subscription_id: str,
+              target_sku: str, fill) -> MigrationResult:
+        """One SQLite transaction: refuse an unsafe move, `fill(db)` the temp table `batch_users`
+        (it returns how many users it holds), then move them."""
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
             self._refuse_unsafe(tenant_id, source_subscription_id, target_subscription_id, target_sku)
             db.execute("CREATE TEMP TABLE IF NOT EXISTS batch_users (user_id TEXT PRIMARY KEY) WITHOUT ROWID")
             db.execute("DELETE FROM batch_users")
-            db.execute("INSERT INTO batch_users SELECT user_id FROM licences WHERE tenant_id = ? AND subscription_id = ?",
-                       (tenant_id, source_subscription_id))
-            db.execute("INSERT OR IGNORE INTO swept_users SELECT ?, user_id FROM batch_users", (upgrade_id,))
-            count = db.execute("SELECT count(*) FROM batch_users").fetchone()[0]
+            count = fill(db)
             result = self._move_batch_users(tenant_id, upgrade_id, source_subscription_id, target_subscription_id,
                                             target_sku, count)
             db.execute("COMMIT")

@@ -26,6 +26,26 @@ DAY = date(2026, 11, 17)  # a Tuesday
 STANDARD, PREMIUM = "M365_BUSINESS_STANDARD", "M365_BUSINESS_PREMIUM"
 
 
+class FlakyDirectory:
+    """The real embedded directory, whose writes fail while `down` (a licence-service outage)."""
+
+    def __init__(self, store):
+        self.store, self.down = store, False
+
+    def migrate(self, *args, **kwargs):
+        if self.down:
+            raise ConnectionError("licence directory unreachable")
+        return self.store.migrate(*args, **kwargs)
+
+    def sweep(self, *args, **kwargs):
+        if self.down:
+            raise ConnectionError("licence directory unreachable")
+        return self.store.sweep(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+
 class Pipeline:
     def __init__(self, tmp_path: Path, directory: Any = None, start: datetime | None = None, **settings: Any):
         self.settings = Settings.from_env({}).with_(data_dir=tmp_path / "var", **{"batch_size": 10, **settings})

@@ -28,7 +28,7 @@ from consumers.intake import TenantState
 from planshift.contract import Topic
 from planshift.directory import Licence
 from planshift.domain.lifecycle import FINAL, is_forward
-from tests.drivers import STANDARD, Pipeline
+from tests.drivers import STANDARD, FlakyDirectory, Pipeline
 
 TENANTS = ("t0", "t1", "t2")
 UPGRADES = ("ord-1", "ord-2", "ord-3")
@@ -37,26 +37,6 @@ ODDITIES = (None, None, None, "same-target", "impossible-date", "offset", "exist
 
 def source(tenant: str) -> str:
     return f"{tenant}-sub-m365_business_standard"
-
-
-class FlakyDirectory:
-    """The real embedded directory, whose writes fail while `down` (an outage)."""
-
-    def __init__(self, store):
-        self.store, self.down = store, False
-
-    def migrate(self, *args, **kwargs):
-        if self.down:
-            raise ConnectionError("licence directory unreachable")
-        return self.store.migrate(*args, **kwargs)
-
-    def sweep(self, *args, **kwargs):
-        if self.down:
-            raise ConnectionError("licence directory unreachable")
-        return self.store.sweep(*args, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self.store, name)
 
 
 class Lifecycle(RuleBasedStateMachine):

@@ -16,7 +16,7 @@ import pytest
 from planshift.contract import Status, Topic
 from planshift.directory import Licence, MigrationRefused
 from planshift.domain.lifecycle import FINAL, NEXT, is_forward, may_follow
-from tests.drivers import PREMIUM, STANDARD, Pipeline
+from tests.drivers import PREMIUM, STANDARD, FlakyDirectory, Pipeline
 
 SOURCE = "contoso-sub-m365_business_standard"
 TARGET = "contoso-sub-m365_business_premium-ord-1"
@@ -25,6 +25,13 @@ TARGET = "contoso-sub-m365_business_premium-ord-1"
 @pytest.fixture
 def world(tmp_path):
     return Pipeline(tmp_path)
+
+
+def wait_for_credit_check(world: Pipeline) -> None:
+    """Two users, paying by invoice: the upgrade waits in credit_check_pending."""
+    world.seed("contoso", 2)
+    world.publish(world.request(licenses=2, payment_method="invoice"))
+    world.run()
 
 
 def completed_normally(world: Pipeline, upgrade_id: str = "ord-1") -> dict:
@@ -152,9 +159,7 @@ def test_case_3_users_added_mid_upgrade_are_moved_before_the_switch(world):
 # -- 4. a credit-check approval re-checks what changed while it waited ------------------
 
 def test_case_4_approval_rechecks_licence_holders(world):
-    world.seed("contoso", 2)
-    world.publish(world.request(licenses=2, payment_method="invoice"))
-    world.run()
+    wait_for_credit_check(world)
     assert world.status_names("ord-1") == ["accepted", "credit_check_pending"]
     world.store.put([Licence("contoso", "third", SOURCE, STANDARD)])  # a third user, during the check
     world.decide("ord-1", approved=True)
@@ -166,9 +171,7 @@ def test_case_4_approval_rechecks_licence_holders(world):
 
 
 def test_case_4_approval_rechecks_service_health(world):
-    world.seed("contoso", 2)
-    world.publish(world.request(licenses=2, payment_method="invoice"))
-    world.run()
+    wait_for_credit_check(world)
     world.set_health("EXCHANGE", "incident")
     world.decide("ord-1", approved=True)
     world.run()
@@ -177,9 +180,7 @@ def test_case_4_approval_rechecks_service_health(world):
 
 
 def test_case_4_an_approval_with_nothing_changed_migrates(world):
-    world.seed("contoso", 2)
-    world.publish(world.request(licenses=2, payment_method="invoice"))
-    world.run()
+    wait_for_credit_check(world)
     world.decide("ord-1", approved=True)
     world.run()
     assert world.status_names("ord-1") == ["accepted", "credit_check_pending", "migrating", "completed"]
@@ -227,21 +228,6 @@ def test_case_5_a_settlement_that_fails_every_attempt_fails_the_upgrade_and_free
 
 
 # -- 6. a failed upgrade never completes or bills ---------------------------------------
-
-class FlakyDirectory:
-    """The real directory, whose migrations fail while `down` (a licence API outage)."""
-
-    def __init__(self, store):
-        self.store, self.down = store, False
-
-    def migrate(self, *args, **kwargs):
-        if self.down:
-            raise ConnectionError("licence directory unreachable")
-        return self.store.migrate(*args, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self.store, name)
-
 
 def test_case_6_redriving_a_failed_upgrades_batch_neither_completes_nor_bills_it(tmp_path):
     world = Pipeline(tmp_path, directory=FlakyDirectory)
@@ -308,18 +294,14 @@ def test_case_9_an_unanswered_credit_check_expires_once_and_frees_the_tenant(wor
 
 def test_case_9_expiry_days_are_configurable(tmp_path):
     world = Pipeline(tmp_path, credit_check_expiry_days=1)
-    world.seed("contoso", 2)
-    world.publish(world.request(licenses=2, payment_method="invoice"))
-    world.run()
+    wait_for_credit_check(world)
     assert world.advance(86400) == 0  # Wednesday 09:30: the one business day is not over
     assert world.advance(15 * 3600) == 1  # Thursday 00:30
     assert world.codes("ord-1") == ["CREDIT_CHECK_EXPIRED"]
 
 
 def test_case_9_a_decision_in_time_cancels_the_expiry(world):
-    world.seed("contoso", 2)
-    world.publish(world.request(licenses=2, payment_method="invoice"))
-    world.run()
+    wait_for_credit_check(world)
     world.decide("ord-1", approved=False)
     world.run()
     assert world.advance(30 * 86400) == 0
@@ -371,9 +353,7 @@ def test_replaying_every_topic_after_completion_changes_nothing(world):
 
 
 def test_a_late_decision_for_a_rejected_upgrade_changes_nothing(world):
-    world.seed("contoso", 2)
-    world.publish(world.request(licenses=2, payment_method="invoice"))
-    world.run()
+    wait_for_credit_check(world)
     world.decide("ord-1", approved=False)
     world.decide("ord-1", approved=True)
     world.run()
@@ -392,9 +372,7 @@ def test_rule_tests_need_no_broker():
 def test_the_admins_status_view_says_why_a_credit_check_waits_and_until_when(world):
     from planshift.cli.commands import describe_status
 
-    world.seed("contoso", 2)
-    world.publish(world.request(licenses=2, payment_method="invoice"))
-    world.run()
+    wait_for_credit_check(world)
     text = describe_status(world.statuses("ord-1"))
     assert "CREDIT_CHECK_PENDING" in text
     assert "credit check pending (paying by invoice), due by 2026-11-19" in text

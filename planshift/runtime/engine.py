@@ -18,6 +18,7 @@ it fires once.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple, Protocol
@@ -114,8 +115,10 @@ class Sink(Protocol):
                     headers: list[tuple[str, bytes]]) -> None: ...
 
 
-class TimerRecord(NamedTuple):
-    """What a timer's log lines and dead-letter headers name as its record."""
+class Record(NamedTuple):
+    """A record as the engine reads it: the fields of kafka-python's ConsumerRecord it uses.
+    A timer's handler sees one too (topic `TIMER_TOPIC`, offset -1), and the test driver's
+    records are these."""
 
     topic: str
     partition: int
@@ -124,6 +127,13 @@ class TimerRecord(NamedTuple):
     key: bytes | None
     value: bytes | None
     headers: list
+
+    @property
+    def event(self) -> dict[str, Any] | None:
+        return None if self.value is None else json.loads(self.value)
+
+    def header(self, name: str) -> str | None:
+        return next((v.decode() for k, v in self.headers if k == name), None)
 
 
 class Engine:
@@ -291,7 +301,7 @@ class Engine:
                     timers.pop(key, None)
                     continue
                 name = key[len(TIMER_PREFIX):]
-                record = TimerRecord(TIMER_TOPIC, partition, -1, now_ms, name.encode(), None, [])
+                record = Record(TIMER_TOPIC, partition, -1, now_ms, name.encode(), None, [])
                 logs.hold_record(record, timer.get("data"))
                 for attempt in range(1, self.config.max_attempts + 1):
                     ctx = self._context(TIMER_TOPIC, record, name, {})

@@ -220,12 +220,8 @@ class StreamProcessor(Stoppable):
                             return
             if self._commit_due(idle=not batches):
                 self._commit()
-        except FENCED + LOST_GENERATION as exc:
-            log.warning("transaction lost; resetting to the committed offsets", error=repr(exc))
-            self._recover(fenced=isinstance(exc, FENCED))
         except KafkaError as exc:
-            log.error("transaction failed; aborting and resetting to the committed offsets", error=repr(exc))
-            self._recover(fenced=False)
+            self._transaction_failed(exc)
         finally:
             logs.hold_record(None)  # the last record's context ends with its batch
 
@@ -248,10 +244,15 @@ class StreamProcessor(Stoppable):
                 self._begin()
             self.engine.fire_timers(now_ms)
             self._commit()
-        except FENCED + LOST_GENERATION as exc:
+        except KafkaError as exc:
+            self._transaction_failed(exc)
+
+    def _transaction_failed(self, exc: KafkaError) -> None:
+        """The open transaction cannot commit: drop it and go back to the committed state."""
+        if isinstance(exc, FENCED + LOST_GENERATION):
             log.warning("transaction lost; resetting to the committed offsets", error=repr(exc))
             self._recover(fenced=isinstance(exc, FENCED))
-        except KafkaError as exc:
+        else:
             log.error("transaction failed; aborting and resetting to the committed offsets", error=repr(exc))
             self._recover(fenced=False)
 

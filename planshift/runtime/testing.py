@@ -18,33 +18,14 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, NamedTuple
+from typing import Any, Callable, Iterable
 
 from planshift import kafka_clients, logs
 from planshift.contract import TOPICS, dlq
 from planshift.partitioning import murmur2
-from planshift.runtime.engine import SKIP, Engine, ProcessorConfig
+from planshift.runtime.engine import SKIP, Engine, ProcessorConfig, Record
 from planshift.runtime.state import PartitionStore
 from planshift.settings import Settings
-
-
-class Record(NamedTuple):
-    """A record as a consumer sees it (the fields of kafka-python's ConsumerRecord it reads)."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]]
-
-    @property
-    def event(self) -> dict[str, Any] | None:
-        return None if self.value is None else json.loads(self.value)
-
-    def header(self, name: str) -> str | None:
-        return next((v.decode() for k, v in self.headers if k == name), None)
 
 
 class Topics:
