@@ -11,9 +11,8 @@ the `service.health` table. For each request:
     `license.batches` and `migrating`.
 
 The tenant's lock is taken on acceptance and released when the upgrade ends: settlement
-(completed) and the migration workers (failed) write `upgrade.ended` in the same
-transaction as that status, or intake itself rejects the upgrade after a declined
-credit check. Intake does not read `upgrade.status` while it runs: two of every three
+writes `upgrade.ended` in the same transaction as its `completed` or `failed` status, or
+intake itself rejects the upgrade (a declined, expired or re-checked credit check). Intake does not read `upgrade.status` while it runs: two of every three
 statuses there are its own, and reading them back cost about a quarter of its time.
 
 State, per partition store (every input event carries tenant_id):
