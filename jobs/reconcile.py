@@ -143,24 +143,27 @@ def _read_invoices(path: Path, first_delivery: int) -> tuple[pa.Table, pa.Array]
     return table, pa.array(np.arange(first_delivery, first_delivery + table.num_rows))
 
 
-def _kept_lines(table: pa.Table, delivery: pa.Array, keep: pa.Array) -> pa.Table:
-    """The lines `keep` marks (over the file's flattened lines), with their invoice's columns."""
+def _kept_lines(table: pa.Table, delivery: pa.Array, keep: pa.Array, buckets: int) -> list[pa.Table]:
+    """The lines `keep` marks (over the file's flattened lines), with their invoice's columns,
+    split into tenant buckets (file by file, in the pool: small hash tables, in parallel)."""
     kept = pc.indices_nonzero(keep)
     lines = table["lines"]
     flat, rows = pc.take(pc.list_flatten(lines), kept), pc.take(pc.list_parent_indices(lines), kept)
     columns = {name: pc.take(table[name], rows) for name in INVOICE_COLUMNS}
     columns.update({name: pc.struct_field(flat, name) for name in LINE_COLUMNS})
     columns["delivery"] = pc.take(delivery, rows)
-    return pa.table(columns)
+    return split(pa.table(columns), buckets)
 
 
 def _chunks_of(array) -> list[pa.Array]:
     return array.chunks if isinstance(array, pa.ChunkedArray) else [array]
 
 
-def read_lines(lake: Lake, up_to: str, subscriptions: pa.Array, progress: bool = False) -> pa.Table:
+def read_lines(lake: Lake, up_to: str, subscriptions: pa.Array, buckets: int = 1,
+               progress: bool = False) -> list[pa.Table]:
     """The invoice lines a reconciliation needs — credits, and charges of `subscriptions` —
-    with their invoice's columns and `delivery` (see `once_per_invoice`), as one Arrow table.
+    with their invoice's columns and `delivery` (see `once_per_invoice`), as one Arrow table
+    per tenant bucket.
 
     Files are read a group at a time (`GROUPS` groups of at least `GROUP_INVOICES` invoices),
     in a small thread pool; one set lookup per group tells which lines to keep (a lookup
@@ -193,7 +196,7 @@ def read_lines(lake: Lake, up_to: str, subscriptions: pa.Array, progress: bool =
             keep = pc.or_(pc.equal(kinds, "credit"), pc.is_in(subs, value_set=subscriptions))
             starts = np.cumsum([0] + [len(f) for f in flat])
             parts.extend(pool.map(lambda j: _kept_lines(read[j][0], read[j][1],
-                                                        keep.slice(int(starts[j]), len(flat[j]))),
+                                                        keep.slice(int(starts[j]), len(flat[j])), buckets),
                                   range(len(read))))
             del read, flat, kinds, subs, keep
             bar.update(len(group))
@@ -201,8 +204,8 @@ def read_lines(lake: Lake, up_to: str, subscriptions: pa.Array, progress: bool =
         empty = {name: pa.array([], INVOICE_SCHEMA.field(name).type) for name in INVOICE_COLUMNS}
         empty.update({f.name: pa.array([], f.type) for f in INVOICE_SCHEMA.field("lines").type.value_type})
         empty["delivery"] = pa.array([], pa.int64())
-        parts = [pa.table(empty)]
-    return pa.concat_tables(parts).combine_chunks()
+        parts = [[pa.table(empty)] * buckets]
+    return [pa.concat_tables([part[b] for part in parts]).combine_chunks() for b in range(buckets)]
 
 
 def count_buckets(lake: Lake, up_to: str) -> int:
@@ -227,7 +230,7 @@ def read_buckets(lake: Lake, up_to: str, buckets: int, progress: bool = False) -
     subscriptions = pc.unique(pa.chunked_array(_chunks_of(switches["old_subscription_id"])
                                                + _chunks_of(switches["new_subscription_id"]), pa.string()))
     with ThreadPoolExecutor(max_workers=1) as background:  # the invoices, the bulk, while the rest is read
-        reading = background.submit(read_lines, lake, up_to, subscriptions, progress)
+        reading = background.submit(read_lines, lake, up_to, subscriptions, buckets, progress)
         topics = {topic: lake.read(topic, COLUMNS[topic], up_to)
                   for topic in (Topic.CREDIT_ISSUED, Topic.UPGRADE_REQUESTED, Topic.UPGRADE_STATUS)}
         statuses = topics.pop(Topic.UPGRADE_STATUS)
@@ -236,7 +239,7 @@ def read_buckets(lake: Lake, up_to: str, buckets: int, progress: bool = False) -
         others = [split(t, buckets) for t in (switches, topics[Topic.CREDIT_ISSUED],
                                               topics[Topic.UPGRADE_REQUESTED], completed)]
         lines = reading.result()
-    parts = [*others, split(lines, buckets)]
+    parts = [*others, lines]
     return [Bucket(*(p[b] for p in parts)) for b in range(buckets)]
 
 
