@@ -49,7 +49,7 @@ from planshift.directory import LicenceDirectory, SqliteDirectory
 from planshift.domain.batches import batch_events
 from planshift.domain.credit_check import add_business_days, credit_check_reason
 from planshift.domain.eligibility import TenantView, evaluate, reason, recheck, request_date, source_subscription
-from planshift.domain.lifecycle import is_final, may_follow
+from planshift.domain.lifecycle import ADMIN_LOCK, is_final, may_follow
 from planshift.domain.validity import check_request
 from planshift.errors import PermanentError
 from planshift.events import event, rfc3339
@@ -64,7 +64,6 @@ log = get_logger(__name__)
 
 GROUP_ID = "planshift-intake"
 COMMIT_INTERVAL_MS = 1000
-ADMIN_LOCK = timedelta(hours=1)
 EXPIRY_TIMER = "credit-check-expiry:"
 
 

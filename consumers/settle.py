@@ -37,6 +37,7 @@ from typing import Any
 from planshift.contract import Status, Topic, billing_switch_id, credit_id, status_id
 from planshift.directory import LicenceDirectory, SqliteDirectory
 from planshift.domain.eligibility import reason
+from planshift.domain.lifecycle import ADMIN_LOCK
 from planshift.domain.settlement import Migration, Next, progress, settle, take
 from planshift.errors import PermanentError
 from planshift.events import event, rfc3339, upgrade_ended
@@ -48,7 +49,6 @@ from planshift.settings import Settings
 log = get_logger(__name__)
 
 GROUP_ID = "planshift-settle"
-ADMIN_LOCK = timedelta(hours=1)
 
 
 class Settlement:

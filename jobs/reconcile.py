@@ -104,12 +104,6 @@ def _frame(table: pa.Table) -> pd.DataFrame:
                                          pa.int64(): pd.Int64Dtype()}.get)
 
 
-def _array(column: pd.Series) -> pa.Array:
-    """A string column as one Arrow array."""
-    array = pa.array(column, pa.string())
-    return array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
-
-
 def bucket_of(tenants: pa.Array | pa.ChunkedArray, buckets: int) -> np.ndarray:
     """Each row's tenant bucket: a stable hash of the tenant id, modulo the number of buckets
     (each distinct id is hashed once)."""
@@ -159,7 +153,12 @@ def _chunks_of(array) -> list[pa.Array]:
     return array.chunks if isinstance(array, pa.ChunkedArray) else [array]
 
 
-def read_lines(lake: Lake, up_to: str, subscriptions: pa.Array, buckets: int = 1,
+def invoice_files(lake: Lake, up_to: str) -> list[tuple[Path, int]]:
+    """The invoice files up to `up_to`, each with its number of invoices (from its footer)."""
+    return [(path, pq.read_metadata(path).num_rows) for path in lake.files(Topic.INVOICE_ISSUED, up_to)]
+
+
+def read_lines(invoices: list[tuple[Path, int]], subscriptions: pa.Array, buckets: int = 1,
                progress: bool = False) -> list[pa.Table]:
     """The invoice lines a reconciliation needs — credits, and charges of `subscriptions` —
     with their invoice's columns and `delivery` (see `once_per_invoice`), as one Arrow table
@@ -169,8 +168,8 @@ def read_lines(lake: Lake, up_to: str, subscriptions: pa.Array, buckets: int = 1
     in a small thread pool; one set lookup per group tells which lines to keep (a lookup
     builds its hash table of `subscriptions` each time it is called, so once per file would
     cost more than the reading), and only the kept lines stay in memory."""
-    files = lake.files(Topic.INVOICE_ISSUED, up_to)
-    sizes = [pq.read_metadata(f).num_rows for f in files]
+    files = [path for path, _ in invoices]
+    sizes = [rows for _, rows in invoices]
     firsts = np.cumsum([0] + sizes)
     # A fixed number of groups, not a fixed size: the lookup's table grows with the lake, so
     # a lookup per fixed-size group would make the work grow with the square of the lake.
@@ -208,9 +207,8 @@ def read_lines(lake: Lake, up_to: str, subscriptions: pa.Array, buckets: int = 1
     return [pa.concat_tables([part[b] for part in parts]).combine_chunks() for b in range(buckets)]
 
 
-def count_buckets(lake: Lake, up_to: str) -> int:
-    invoices = sum(pq.read_metadata(f).num_rows for f in lake.files(Topic.INVOICE_ISSUED, up_to))
-    return max(1, math.ceil(invoices / INVOICES_PER_BUCKET))
+def count_buckets(invoices: list[tuple[Path, int]]) -> int:
+    return max(1, math.ceil(sum(rows for _, rows in invoices) / INVOICES_PER_BUCKET))
 
 
 @dataclass
@@ -224,13 +222,14 @@ class Bucket:
     lines: pa.Table
 
 
-def read_buckets(lake: Lake, up_to: str, buckets: int, progress: bool = False) -> list[Bucket]:
+def read_buckets(lake: Lake, up_to: str, buckets: int, invoices: list[tuple[Path, int]],
+                 progress: bool = False) -> list[Bucket]:
     """The lake up to `up_to`, read once and split into tenant buckets."""
     switches = lake.read(Topic.BILLING_SWITCH, COLUMNS[Topic.BILLING_SWITCH], up_to)
     subscriptions = pc.unique(pa.chunked_array(_chunks_of(switches["old_subscription_id"])
                                                + _chunks_of(switches["new_subscription_id"]), pa.string()))
     with ThreadPoolExecutor(max_workers=1) as background:  # the invoices, the bulk, while the rest is read
-        reading = background.submit(read_lines, lake, up_to, subscriptions, buckets, progress)
+        reading = background.submit(read_lines, invoices, subscriptions, buckets, progress)
         topics = {topic: lake.read(topic, COLUMNS[topic], up_to)
                   for topic in (Topic.CREDIT_ISSUED, Topic.UPGRADE_REQUESTED, Topic.UPGRADE_STATUS)}
         statuses = topics.pop(Topic.UPGRADE_STATUS)
@@ -258,8 +257,9 @@ def reconcile(settings: Settings, run_date: date, progress: bool = True, chart: 
               buckets: int | None = None) -> ReconcileResult:
     began = time.perf_counter()
     lake = Lake.for_settings(settings)
-    buckets = buckets or count_buckets(lake, run_date.isoformat())
-    work = read_buckets(lake, run_date.isoformat(), buckets, progress)
+    invoices = invoice_files(lake, run_date.isoformat())
+    buckets = buckets or count_buckets(invoices)
+    work = read_buckets(lake, run_date.isoformat(), buckets, invoices, progress)
     parts = []
     for b in tqdm(range(buckets), desc="tenant buckets", unit="bucket",
                   disable=not progress or buckets == 1 or None, leave=False):

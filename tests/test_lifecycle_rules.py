@@ -9,8 +9,6 @@ embedded licence directory. The broker suite keeps what needs a broker
 
 from __future__ import annotations
 
-from datetime import date
-
 import pytest
 
 from planshift.contract import Status, Topic
@@ -359,14 +357,6 @@ def test_a_late_decision_for_a_rejected_upgrade_changes_nothing(world):
     world.run()
     assert world.status_names("ord-1") == ["accepted", "credit_check_pending", "rejected"]
     assert world.events(Topic.LICENSE_BATCHES) == []
-
-
-def test_rule_tests_need_no_broker():
-    """This module imports no Kafka client and starts no broker: it runs in milliseconds."""
-    import tests.drivers as drivers
-
-    assert "kafka_broker" not in globals() and drivers.Pipeline
-    assert date(2026, 11, 17).weekday() == 1
 
 
 def test_the_admins_status_view_says_why_a_credit_check_waits_and_until_when(world):

@@ -11,7 +11,11 @@ Intake, migration and settlement all ask this module, so the rule is written onc
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from planshift.contract import Status
+
+ADMIN_LOCK = timedelta(hours=1)  # CONTRACT.md §3: the admin centre is locked at most an hour after migration starts
 
 FINAL = frozenset({Status.REJECTED, Status.FAILED, Status.COMPLETED})
 

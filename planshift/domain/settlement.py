@@ -46,7 +46,6 @@ class Migration:
     done: int = 0  # bit n set: batch n is in
     batches_done: int = 0
     users_done: int = 0
-    resets: int = 0
     step: int = 0  # progress reports made
 
     @classmethod
@@ -57,13 +56,13 @@ class Migration:
             return cls(status=Status.COMPLETED)
         return cls(status=raw.get("status", Status.MIGRATING), tenant_id=raw.get("tenant_id"),
                    done=int(raw.get("done", "0"), 16), batches_done=raw.get("batches_done", 0),
-                   users_done=raw.get("users_done", 0), resets=raw.get("resets", 0), step=raw.get("step", 0))
+                   users_done=raw.get("users_done", 0), step=raw.get("step", 0))
 
     def as_state(self) -> dict[str, Any]:
         if is_final(self.status):  # the counts are in the final status; keep the store small
             return {"status": self.status, "tenant_id": self.tenant_id}
         return {"status": self.status, "tenant_id": self.tenant_id, "done": format(self.done, "x"),
-                "batches_done": self.batches_done, "users_done": self.users_done, "resets": self.resets,
+                "batches_done": self.batches_done, "users_done": self.users_done,
                 "step": self.step}
 
 
@@ -83,7 +82,6 @@ def take(migration: Migration, completion: Mapping[str, Any]) -> tuple[Migration
         done=migration.done | 1 << batch_no,
         batches_done=migration.batches_done + 1,
         users_done=migration.users_done + completion["users_migrated"] + completion["users_already_migrated"],
-        resets=migration.resets + len(completion["service_plan_resets"]),
     )
     if migration.batches_done >= batch_count:
         return migration, Next.SETTLE

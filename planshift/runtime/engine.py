@@ -273,6 +273,12 @@ class Engine:
             self._timers[partition] = {key: value["due"] for key, value in store.items()
                                        if key.startswith(TIMER_PREFIX)}
 
+    def replace_stores(self, stores: dict[int, PartitionStore]) -> None:
+        """Every store replaced (a restart): what was in memory is gone."""
+        self.stores.clear()
+        self._timers.clear()
+        self.adopt_stores(stores)
+
     def drop_store(self, partition: int) -> None:
         self.stores.pop(partition, None)
         self._timers.pop(partition, None)

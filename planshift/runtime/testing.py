@@ -21,11 +21,12 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterable
 
 from planshift import kafka_clients, logs
-from planshift.contract import TOPICS, dlq
+from planshift.contract import dlq
 from planshift.partitioning import murmur2
 from planshift.runtime.engine import SKIP, Engine, ProcessorConfig, Record
 from planshift.runtime.state import PartitionStore
 from planshift.settings import Settings
+from planshift.topics import planned_topics
 
 
 class Topics:
@@ -35,10 +36,7 @@ class Topics:
         self.settings = settings
         self.clock = clock
         self.records: dict[str, list[Record]] = defaultdict(list)
-        counts = {spec.name: spec.partitions for spec in TOPICS}
-        counts.update({spec.name: settings.tenant_partitions for spec in TOPICS if spec.copartitioned})
-        counts["license.batches"] = settings.batch_partitions
-        self._partitions = {settings.topic(name): n for name, n in counts.items()}
+        self._partitions = {plan.name: plan.partitions for plan in planned_topics(settings)}
 
     def partition_count(self, topic: str) -> int:
         if topic.endswith(".changelog"):
@@ -105,8 +103,10 @@ class TestDriver:
         self.clock = clock or Clock()
         self.topics = topics or Topics(self.settings, self.clock)
         self.engine = Engine(self.settings, config, _TopicsSink(self.topics), self.clock)
-        self.engine.table_values = tables if tables is not None else {t: {} for t in config.tables}
-        self.engine.table_values.update({t: self.engine.table_values.get(t, {}) for t in config.tables})
+        tables = tables if tables is not None else {}
+        for topic in config.tables:
+            tables.setdefault(topic, {})
+        self.engine.table_values = tables
         self._read: dict[str, int] = defaultdict(int)  # per topic: records already handed to this consumer
 
     # -- input -------------------------------------------------------------------
@@ -188,9 +188,7 @@ class TestDriver:
                     fold(store(record.partition), json.loads(record.value))
         for p in partitions:
             store(p)
-        self.engine.stores.clear()
-        self.engine._timers.clear()
-        self.engine.adopt_stores(stores)
+        self.engine.replace_stores(stores)
 
     # -- output ------------------------------------------------------------------
     def read(self, topic: str) -> list[dict[str, Any]]:

@@ -15,8 +15,9 @@ import pandas as pd
 
 from planshift.domain.reconciliation.ledger import Ledger
 from planshift.domain.reconciliation.owed import days, round_half_up_div
+from planshift.domain.settlement import CREDIT_DUE as SETTLEMENT_CREDIT_DUE
 
-CREDIT_DUE = np.timedelta64(30, "D")  # CONTRACT.md §3: a credit is due on an invoice by effective_date + 30 days
+CREDIT_DUE = np.timedelta64(SETTLEMENT_CREDIT_DUE.days, "D")  # the due period settlement gives every credit
 
 
 def finding(code: str, rows: int | pd.Index, **columns) -> pd.DataFrame:

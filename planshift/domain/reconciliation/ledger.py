@@ -25,9 +25,6 @@ import pyarrow as pa
 
 from planshift.domain.reconciliation.owed import owed_credit
 
-DAY = np.timedelta64(1, "D")
-
-
 @dataclass
 class Ledger:
     """One reconciliation's inputs, each a plain DataFrame.
@@ -100,22 +97,9 @@ def lookup(values: np.ndarray, keys: np.ndarray) -> np.ndarray:
     return first[np.where(values >= 0, values, size)]
 
 
-def positions(values: pd.Series, keys: pd.Series) -> np.ndarray:
-    """For each value, the row of `keys` holding it (the first, if several), -1 if none."""
-    mine, theirs = codes(values, keys)
-    return lookup(mine, theirs)
-
-
 def first_rows(key_codes: np.ndarray) -> np.ndarray:
     """Whether each row is the first of its key (an event archived twice is one event)."""
     return lookup(key_codes, key_codes) == np.arange(len(key_codes))
-
-
-def first_per(frame: pd.DataFrame, key: str) -> pd.DataFrame:
-    """The first row of each `key`."""
-    (key_codes,) = codes(frame[key])
-    keep = first_rows(key_codes)
-    return frame if keep.all() else frame[keep].reset_index(drop=True)
 
 
 def once_per_invoice(lines: pd.DataFrame, delivery: np.ndarray) -> pd.DataFrame:
