@@ -39,7 +39,7 @@ setup() {
     "$VENV/bin/python" -m pip install -q -e '.[dev,bench]'
     echo "$want" > "$stamp"
   fi
-  "$VENV/bin/python" -c 'from planshift.broker import ensure_kafka_jars; from planshift.settings import Settings; ensure_kafka_jars(Settings.from_env())'
+  "$VENV/bin/python" -c 'from planshift.ops.broker import ensure_kafka_jars; from planshift.settings import Settings; ensure_kafka_jars(Settings.from_env())'
 }
 
 cmd=${1:-}

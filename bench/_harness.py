@@ -9,9 +9,9 @@ import time
 import uuid
 from pathlib import Path
 
-from planshift.broker import LocalBroker, free_port
+from planshift.kafka.topics import create_topics
+from planshift.ops.broker import LocalBroker, free_port
 from planshift.settings import Settings
-from planshift.topics import create_topics
 
 
 @contextlib.contextmanager

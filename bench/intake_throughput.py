@@ -38,11 +38,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._harness import bench_settings  # noqa: E402
 from consumers import intake  # noqa: E402
-from planshift import kafka_clients  # noqa: E402
 from planshift.contract import Topic  # noqa: E402
-from planshift.directory import Licence, SqliteDirectory  # noqa: E402
-from planshift.events import with_envelope  # noqa: E402
-from planshift.topics import create_topics, ensure_topic  # noqa: E402
+from planshift.events import (
+    encode_json,
+    event_headers,
+    with_envelope,  # noqa: E402
+)
+from planshift.kafka import clients  # noqa: E402
+from planshift.kafka.topics import create_topics, ensure_topic  # noqa: E402
+from planshift.storage.directory import Licence, SqliteDirectory  # noqa: E402
 from producers.samples import upgrade_request  # noqa: E402
 
 
@@ -54,14 +58,14 @@ def seed_directory(settings, n: int) -> None:
 
 
 def prefill(settings, n: int) -> None:
-    producer = kafka_clients.producer(settings, linger_ms=20, batch_size=512 * 1024)
+    producer = clients.producer(settings, linger_ms=20, batch_size=512 * 1024)
     today = date.today()
     topic = settings.topic(Topic.UPGRADE_REQUESTED)
-    headers = kafka_clients.event_headers(Topic.UPGRADE_REQUESTED)
+    headers = event_headers(Topic.UPGRADE_REQUESTED)
     for t in range(n):
         request = with_envelope(upgrade_request(f"t{t:06d}", f"ord-{t:06d}", today=today, licenses=3),
                                 "upgrade.requested")
-        producer.send(topic, key=request["tenant_id"].encode(), value=kafka_clients.encode_json(request),
+        producer.send(topic, key=request["tenant_id"].encode(), value=encode_json(request),
                       headers=headers)
     producer.flush()
     producer.close()
@@ -71,10 +75,10 @@ def plain_loop(settings, n: int, outputs: int = 1) -> float:
     """The baseline: consume, decode, produce `outputs` records per input, commit offsets now and then."""
     out = settings.topic(f"bench.plain{outputs}.out")
     ensure_topic(settings, out, 6, {})
-    consumer = kafka_clients.consumer(settings, settings.topic(f"bench-plain{outputs}"),
+    consumer = clients.consumer(settings, settings.topic(f"bench-plain{outputs}"),
                                       max_poll_records=2000)
     consumer.subscribe([settings.topic(Topic.UPGRADE_REQUESTED)])
-    producer = kafka_clients.producer(settings, linger_ms=5, batch_size=256 * 1024)
+    producer = clients.producer(settings, linger_ms=5, batch_size=256 * 1024)
     began = None
     seen = 0
     while seen < n:
@@ -85,7 +89,7 @@ def plain_loop(settings, n: int, outputs: int = 1) -> float:
             for r in records:
                 value = json.loads(r.value)
                 for i in range(outputs):
-                    producer.send(out, key=r.key, value=kafka_clients.encode_json(
+                    producer.send(out, key=r.key, value=encode_json(
                         {"upgrade_id": value["upgrade_id"], "n": i, "tenant_id": value["tenant_id"]}),
                         headers=HEADERS)
                 seen += 1
@@ -119,7 +123,7 @@ def intake_instances(settings, n: int, instances: int, timeout: float = 300) -> 
     (CLOCK_MONOTONIC is one clock for every process on the machine)."""
     import multiprocessing
 
-    from planshift.topic_reader import stable_end_offsets
+    from planshift.kafka.reader import stable_end_offsets
 
     context = multiprocessing.get_context("spawn")
     stop, results = context.Event(), context.Queue()

@@ -33,12 +33,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._harness import bench_settings  # noqa: E402
-from planshift import kafka_clients  # noqa: E402
 from planshift.contract import Topic  # noqa: E402
-from planshift.directory import Licence, SqliteDirectory  # noqa: E402
-from planshift.events import with_envelope  # noqa: E402
-from planshift.topic_reader import read_topic  # noqa: E402
-from planshift.topics import create_topics  # noqa: E402
+from planshift.events import (
+    encode_json,
+    event_headers,
+    with_envelope,  # noqa: E402
+)
+from planshift.kafka import clients  # noqa: E402
+from planshift.kafka.reader import read_topic  # noqa: E402
+from planshift.kafka.topics import create_topics  # noqa: E402
+from planshift.storage.directory import Licence, SqliteDirectory  # noqa: E402
 from producers.samples import upgrade_request  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,7 +92,7 @@ def seed(settings, tenant: str, users: int) -> str:
 def group_members(settings, group: str) -> int:
     from kafka.errors import KafkaError
 
-    admin = kafka_clients.admin(settings)
+    admin = clients.admin(settings)
     try:
         described = admin.describe_groups([settings.topic(group)])
     except KafkaError:  # the group does not exist yet
@@ -105,7 +109,7 @@ def run_once(settings, tenant: str, users: int, instances: int, remote: tuple[fl
     env = {**os.environ, "PLANSHIFT_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
            "PLANSHIFT_TOPIC_PREFIX": settings.topic_prefix, "PLANSHIFT_DATA_DIR": str(settings.data_dir),
            "PLANSHIFT_LOG_LEVEL": "WARNING"}
-    cli = [sys.executable, "-m", "planshift", "run"]
+    cli = [sys.executable, "-m", "cli", "run"]
     commands = [cli + ["intake"], cli + ["settle"]]
     for i in range(instances):
         if remote is None:
@@ -124,10 +128,10 @@ def run_once(settings, tenant: str, users: int, instances: int, remote: tuple[fl
             time.sleep(0.2)
         request = with_envelope(upgrade_request(tenant, f"ord-{tenant}", licenses=users), "upgrade.requested")
         began = time.perf_counter()
-        with kafka_clients.producer(settings) as producer:
+        with clients.producer(settings) as producer:
             producer.send(settings.topic(Topic.UPGRADE_REQUESTED), key=tenant.encode(),
-                          value=kafka_clients.encode_json(request),
-                          headers=kafka_clients.event_headers(Topic.UPGRADE_REQUESTED))
+                          value=encode_json(request),
+                          headers=event_headers(Topic.UPGRADE_REQUESTED))
         status_topic = settings.topic(Topic.UPGRADE_STATUS)
         while True:
             statuses = [r.value["status"] for r in read_topic(settings, status_topic)

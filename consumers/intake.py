@@ -45,20 +45,27 @@ from typing import Any, Callable, Mapping
 
 from planshift.catalogue import Catalogue
 from planshift.contract import Status, Topic, batch_key
-from planshift.directory import LicenceDirectory, SqliteDirectory
 from planshift.domain.batches import batch_events
 from planshift.domain.credit_check import add_business_days, credit_check_reason
-from planshift.domain.eligibility import TenantView, evaluate, reason, recheck, request_date, source_subscription
+from planshift.domain.eligibility import (
+    TenantView,
+    evaluate,
+    reason,
+    recheck,
+    request_date,
+    source_subscription,
+)
 from planshift.domain.lifecycle import ADMIN_LOCK, is_final, may_follow
 from planshift.domain.validity import check_request
 from planshift.errors import PermanentError
 from planshift.events import event, rfc3339
+from planshift.kafka.partitioning import spread
 from planshift.logs import get_logger
-from planshift.partitioning import spread
 from planshift.runtime import Context, ProcessorConfig, Source, StreamProcessor
 from planshift.runtime.state import PartitionStore
 from planshift.schema import InvalidEvent
 from planshift.settings import Settings
+from planshift.storage.directory import LicenceDirectory, SqliteDirectory
 
 log = get_logger(__name__)
 

@@ -27,11 +27,11 @@ from __future__ import annotations
 from typing import Any
 
 from planshift.contract import Topic
-from planshift.directory import LicenceDirectory, SqliteDirectory
 from planshift.events import event
 from planshift.logs import get_logger
 from planshift.runtime import Context, ProcessorConfig, Source, StreamProcessor
 from planshift.settings import Settings
+from planshift.storage.directory import LicenceDirectory, SqliteDirectory
 
 log = get_logger(__name__)
 

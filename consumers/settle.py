@@ -35,16 +35,16 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from planshift.contract import Status, Topic, billing_switch_id, credit_id, status_id
-from planshift.directory import LicenceDirectory, SqliteDirectory
 from planshift.domain.eligibility import reason
 from planshift.domain.lifecycle import ADMIN_LOCK
 from planshift.domain.settlement import Migration, Next, progress, settle, take
 from planshift.errors import PermanentError
 from planshift.events import event, rfc3339, upgrade_ended
 from planshift.logs import get_logger
-from planshift.reports import write_reset_report
 from planshift.runtime import Context, ProcessorConfig, Source, StreamProcessor
 from planshift.settings import Settings
+from planshift.storage.directory import LicenceDirectory, SqliteDirectory
+from planshift.storage.reports import write_reset_report
 
 log = get_logger(__name__)
 

@@ -46,8 +46,8 @@ from tqdm import tqdm
 
 from planshift.contract import Topic
 from planshift.domain import reconciliation as rules
-from planshift.lake import SCHEMAS, Lake
 from planshift.settings import Settings
+from planshift.storage.lake import SCHEMAS, Lake
 
 DATE_COLUMNS = {"effective_date", "due_by", "issued_on", "service_start", "service_end", "period_start",
                 "period_end", "prepaid_term_start", "prepaid_term_end"}
@@ -285,30 +285,6 @@ def _sorted_concat(frames: list[pd.DataFrame], by: list[str], nulls_first: bool 
     if len(frames) == 1:
         return frames[0]
     return rules.reports.sort_rows(pd.concat(frames, ignore_index=True), by, nulls_first)
-
-
-def tune_memory() -> None:
-    """For the `planshift reconcile` process only (never called by the library): keep freed
-    memory for reuse instead of handing it back to the kernel at once.
-
-    The job allocates and frees many large, short-lived arrays; by default both Arrow's
-    allocator and glibc's return that memory straight away, and the next array of the
-    same size faults it in again page by page."""
-    import ctypes
-
-    try:
-        pa.set_memory_pool(pa.jemalloc_memory_pool())
-        pa.jemalloc_set_decay_ms(1000)
-    except (NotImplementedError, AttributeError):  # a pyarrow built without jemalloc
-        pass
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc
-        return
-    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
-    libc.mallopt(m_trim_threshold, 1 << 30)
-    libc.mallopt(m_top_pad, 1 << 28)
-    libc.mallopt(m_mmap_threshold, 1 << 25)  # glibc's ceiling on 64-bit
 
 
 def write_partition(dataset: Path, run_date: date, frame: pd.DataFrame) -> Path:

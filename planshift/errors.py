@@ -7,3 +7,7 @@ class PermanentError(Exception):
     """A record that no retry can make work (a migration the directory refuses, an
     upgrade id that belongs to another tenant): the runtime dead-letters it at once,
     after telling the consumer's `on_failure`, instead of retrying it."""
+
+
+class OperationError(RuntimeError):
+    """An operator's command cannot be carried out as asked (one line, exit code 1)."""

@@ -1,10 +1,13 @@
-"""Building events: the envelope every event carries (CONTRACT.md §1)."""
+"""Building events: the envelope every event carries (CONTRACT.md §1), and their bytes on the wire."""
 
 from __future__ import annotations
 
+import functools
 import uuid
 from datetime import datetime, timezone
 from typing import Any
+
+import orjson
 
 from planshift.contract import SCHEMA_VERSION, Topic
 
@@ -49,3 +52,18 @@ def upgrade_ended(tenant_id: str, upgrade_id: str, status: str) -> dict[str, Any
     """The internal `upgrade.ended` event, written in the same transaction as the
     upgrade's `completed` or `failed` status: intake's signal to free the tenant."""
     return event(Topic.UPGRADE_ENDED, tenant_id, f"{upgrade_id}:ended", upgrade_id=upgrade_id, status=status)
+
+
+def encode_json(value: Any) -> bytes:
+    # Compact, UTF-8 and key-ordered: the same event always has the same bytes.
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+
+
+def encode_key(key: str | None) -> bytes | None:
+    return None if key is None else key.encode()
+
+
+@functools.lru_cache(maxsize=256)
+def event_headers(event_type: str, schema_version: int = 1) -> list[tuple[str, bytes]]:
+    """The headers every event carries; one shared (never modified) list per event type."""
+    return [("event_type", event_type.encode()), ("schema_version", str(schema_version).encode())]

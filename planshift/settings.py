@@ -58,6 +58,11 @@ class Settings:
     # become visible to read_committed readers up to this much later. None: each
     # consumer's own default (intake 1000 ms, the others 200 ms).
     commit_interval_ms: int | None = None
+    # The runtime's sends go straight into kafka-python's open record batches
+    # (`planshift/kafka/fastpath.py`, which uses its private parts). Off
+    # (PLANSHIFT_FAST_SENDS=0): the public `KafkaProducer.send`, slower but safe from a
+    # kafka-python upgrade that changes those parts.
+    fast_sends: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -106,6 +111,7 @@ class Settings:
             validate_outputs=(get("PLANSHIFT_VALIDATE_OUTPUTS") or "0").lower() in ("1", "true", "yes"),
             commit_interval_ms=(get_int("PLANSHIFT_COMMIT_INTERVAL_MS", 0)
                                 if get("PLANSHIFT_COMMIT_INTERVAL_MS") else None),
+            fast_sends=(get("PLANSHIFT_FAST_SENDS") or "1").lower() not in ("0", "false", "no"),
         )
         settings.validate()
         return settings

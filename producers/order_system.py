@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from planshift import kafka_clients
 from planshift.contract import Topic
-from planshift.events import with_envelope
+from planshift.events import encode_json, encode_key, event_headers, with_envelope
+from planshift.kafka import clients
 from planshift.schema import InvalidEvent, Violation, validate
 from planshift.settings import Settings
 
@@ -39,16 +39,16 @@ class UpgradeRequestPublisher:
 
     def __init__(self, settings: Settings, **producer_overrides: Any):
         self.topic = settings.topic(Topic.UPGRADE_REQUESTED)
-        self._producer = kafka_clients.producer(settings, **producer_overrides)
-        self._headers = kafka_clients.event_headers(Topic.UPGRADE_REQUESTED)
+        self._producer = clients.producer(settings, **producer_overrides)
+        self._headers = event_headers(Topic.UPGRADE_REQUESTED)
 
     def publish(self, event: dict[str, Any]):
         """Validate and send; raise InvalidEvent before sending anything invalid."""
         event = validate(Topic.UPGRADE_REQUESTED, with_envelope(event, Topic.UPGRADE_REQUESTED))
         return self._producer.send(
             self.topic,
-            key=kafka_clients.encode_key(event["tenant_id"]),
-            value=kafka_clients.encode_json(event),
+            key=encode_key(event["tenant_id"]),
+            value=encode_json(event),
             headers=self._headers,
         )
 

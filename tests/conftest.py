@@ -1,6 +1,6 @@
 """Shared fixtures: one real Apache Kafka broker for the whole run, unique names per test.
 
-The broker is started through `planshift.broker.LocalBroker`, the same code as
+The broker is started through `planshift.ops.broker.LocalBroker`, the same code as
 `planshift broker start`, on free ports with its data in a temporary folder, and
 stopped (SIGTERM) at the end of the session.
 """
@@ -16,9 +16,10 @@ from typing import Callable
 
 import pytest
 
-from planshift.broker import LocalBroker, free_port
+from planshift.events import encode_json, encode_key, event_headers
+from planshift.kafka.topics import create_topics
+from planshift.ops.broker import LocalBroker, free_port
 from planshift.settings import Settings
-from planshift.topics import create_topics
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 30.0, interval: float = 0.1,
@@ -83,9 +84,9 @@ def settings(kafka_broker, broker_settings, tmp_path: Path, unique_name) -> Sett
 @pytest.fixture
 def topic_factory(kafka_broker, broker_settings, unique_name):
     """Create a bare topic with a unique name: `topic_factory(partitions=3)`."""
-    from planshift import kafka_clients
+    from planshift.kafka import clients
 
-    admin = kafka_clients.admin(broker_settings)
+    admin = clients.admin(broker_settings)
 
     def make(partitions: int = 1, **configs: str) -> str:
         name = unique_name("topic")
@@ -102,18 +103,18 @@ def topic_factory(kafka_broker, broker_settings, unique_name):
 import contextlib  # noqa: E402
 import threading  # noqa: E402
 
-from planshift import kafka_clients  # noqa: E402
-from planshift.topic_reader import read_topic  # noqa: E402
+from planshift.kafka import clients  # noqa: E402
+from planshift.kafka.reader import read_topic  # noqa: E402
 
 
 def produce(settings: Settings, topic: str, records: list[tuple[str | None, object]], headers=None) -> None:
     """Send (key, value) pairs to a contract topic; a value that is bytes is sent as is."""
-    producer = kafka_clients.producer(settings)
+    producer = clients.producer(settings)
     try:
         for key, value in records:
-            raw = value if isinstance(value, (bytes, type(None))) else kafka_clients.encode_json(value)
-            producer.send(settings.topic(topic), key=kafka_clients.encode_key(key), value=raw,
-                          headers=headers or kafka_clients.event_headers(topic))
+            raw = value if isinstance(value, (bytes, type(None))) else encode_json(value)
+            producer.send(settings.topic(topic), key=encode_key(key), value=raw,
+                          headers=headers or event_headers(topic))
         producer.flush(30)
     finally:
         producer.close()
@@ -148,7 +149,7 @@ def running(processor, timeout: float = 30.0):
 
 def seed_users(settings: Settings, tenant_id: str, subscription_id: str, sku: str, count: int,
                prefix: str = "u", disabled: tuple[str, ...] = ()) -> list[str]:
-    from planshift.directory import Licence, SqliteDirectory
+    from planshift.storage.directory import Licence, SqliteDirectory
 
     directory = SqliteDirectory.for_settings(settings)
     users = [f"{prefix}-{i:06d}" for i in range(count)]
@@ -158,14 +159,14 @@ def seed_users(settings: Settings, tenant_id: str, subscription_id: str, sku: st
 
 
 def spawn(settings: Settings, log_path: Path, *args: str, **env: str):
-    """`python -m planshift ARGS` as a child process on the test's broker, topics and data."""
+    """`python -m cli ARGS` as a child process on the test's broker, topics and data."""
     import subprocess
     import sys
 
     environment = {**os.environ, "PLANSHIFT_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
                    "PLANSHIFT_TOPIC_PREFIX": settings.topic_prefix, "PLANSHIFT_DATA_DIR": str(settings.data_dir), **env}
     with open(log_path, "ab") as log:
-        return subprocess.Popen([sys.executable, "-m", "planshift", *args], env=environment, stdout=log, stderr=log)
+        return subprocess.Popen([sys.executable, "-m", "cli", *args], env=environment, stdout=log, stderr=log)
 
 
 def kill_when(process, condition: Callable[[], object], message: str, timeout: float = 60.0) -> None:

@@ -16,10 +16,10 @@ from consumers.intake import intake_config
 from consumers.migrate import migration_config
 from consumers.settle import settlement_config
 from planshift.contract import Topic
-from planshift.directory import Licence, SqliteDirectory
-from planshift.events import rfc3339, with_envelope
+from planshift.events import encode_json, rfc3339, with_envelope
 from planshift.runtime.testing import Clock, TestDriver, Topics, deliver
 from planshift.settings import Settings
+from planshift.storage.directory import Licence, SqliteDirectory
 from producers.samples import upgrade_request
 
 DAY = date(2026, 11, 17)  # a Tuesday
@@ -137,6 +137,5 @@ class Pipeline:
 
 
 def _json(value: dict[str, Any]) -> bytes:
-    from planshift import kafka_clients
 
-    return kafka_clients.encode_json(value)
+    return encode_json(value)

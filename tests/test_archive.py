@@ -9,9 +9,9 @@ import pyarrow.parquet as pq
 
 from planshift.contract import Topic
 from planshift.events import event
-from planshift.lake import Lake
-from planshift.topic_reader import read_topic
-from tests.conftest import kill_when, spawn, produce, wait_for
+from planshift.kafka.reader import read_topic
+from planshift.storage.lake import Lake
+from tests.conftest import kill_when, produce, spawn, wait_for
 
 STATUSES = 20_000  # enough that the archiver cannot finish between two looks at its manifests
 

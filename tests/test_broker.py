@@ -8,11 +8,12 @@ import sys
 
 import pytest
 
-from planshift.broker import BrokerError, LocalBroker, free_port
 from planshift.contract import Topic
-from planshift.kafka_clients import encode_json, producer
-from planshift.topic_reader import read_values
-from planshift.topics import create_topics
+from planshift.events import encode_json
+from planshift.kafka.clients import producer
+from planshift.kafka.reader import read_values
+from planshift.kafka.topics import create_topics
+from planshift.ops.broker import BrokerError, LocalBroker, free_port
 
 
 def test_session_broker_answers_metadata(kafka_broker, broker_settings):
@@ -89,7 +90,7 @@ def test_cli_status_start_stop(own_broker, monkeypatch):
 
     def cli(*args):
         import os
-        return subprocess.run([sys.executable, "-m", "planshift", *args], capture_output=True, text=True,
+        return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True,
                               env={**os.environ, **env}, timeout=120)
 
     down = cli("broker", "status")

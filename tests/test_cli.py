@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from planshift.cli import build_parser, main
+from cli import build_parser, main
 from planshift.contract import Topic
-from planshift.topic_reader import read_topic
+from planshift.kafka.reader import read_topic
 
 
 def subcommand_paths(parser, prefix=()):
@@ -41,7 +41,7 @@ def test_every_command_has_help(path, capsys):
     ["publish", "upgrade-requests"],
 ])
 def test_bad_argument_is_one_line_and_exit_2(argv):
-    proc = subprocess.run([sys.executable, "-m", "planshift", *argv], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-m", "cli", *argv], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "error:" in lines[0], proc.stderr
@@ -49,16 +49,16 @@ def test_bad_argument_is_one_line_and_exit_2(argv):
 
 def test_bad_environment_is_one_line_and_exit_2():
     env = {**os.environ, "PLANSHIFT_PREPAID_POLICY": "refund"}
-    proc = subprocess.run([sys.executable, "-m", "planshift", "topics", "list"], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "cli", "topics", "list"], capture_output=True, text=True,
                           env=env, timeout=60)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "PLANSHIFT_PREPAID_POLICY" in proc.stderr
 
 
 def test_unreachable_broker_is_one_line_and_exit_1(tmp_path):
-    from planshift.broker import free_port
+    from planshift.ops.broker import free_port
 
     env = {**os.environ, "PLANSHIFT_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}"}
-    proc = subprocess.run([sys.executable, "-m", "planshift", "topics", "create"], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "cli", "topics", "create"], capture_output=True, text=True,
                           env=env, timeout=60)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [

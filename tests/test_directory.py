@@ -9,9 +9,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from planshift.cli import main
-from planshift.directory import (PARQUET_SCHEMA, DirectoryError, Licence, SqliteDirectory, export_parquet,
-                                 import_parquet)
+from cli import main
+from planshift.storage.directory import (
+    PARQUET_SCHEMA,
+    DirectoryError,
+    Licence,
+    SqliteDirectory,
+    export_parquet,
+    import_parquet,
+)
 
 
 def write(path, rows, schema=PARQUET_SCHEMA):

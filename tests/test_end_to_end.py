@@ -11,8 +11,8 @@ from consumers.archive import archiver
 from jobs.reconcile import reconcile
 from planshift.contract import Topic
 from planshift.events import with_envelope
-from planshift.lake import Lake
-from planshift.topic_reader import read_topic
+from planshift.kafka.reader import read_topic
+from planshift.storage.lake import Lake
 from producers import billing
 from producers.samples import upgrade_request
 from tests.conftest import produce, running, seed_users, wait_for

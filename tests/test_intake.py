@@ -9,7 +9,7 @@ import pytest
 
 from consumers import intake
 from planshift.contract import Topic
-from planshift.topic_reader import read_topic
+from planshift.kafka.reader import read_topic
 from producers.samples import upgrade_request
 from tests.conftest import produce, running, seed_users, values, wait_for
 

@@ -7,11 +7,11 @@ from collections import Counter
 from datetime import date
 
 from planshift.contract import Topic
-from planshift.directory import Licence, SqliteDirectory
 from planshift.events import with_envelope
-from planshift.topic_reader import read_topic, stable_end_offsets
+from planshift.kafka.reader import read_topic, stable_end_offsets
+from planshift.storage.directory import Licence, SqliteDirectory
 from producers.samples import upgrade_request
-from tests.conftest import kill_when, spawn, produce, wait_for
+from tests.conftest import kill_when, produce, spawn, wait_for
 
 TENANTS = 3000
 

@@ -8,11 +8,11 @@ operators' own `planshift dlq redrive`.
 
 from __future__ import annotations
 
+from cli import main
 from consumers import intake, migrate, settle
-from planshift.cli import main
 from planshift.contract import Topic
-from planshift.directory import Licence, SqliteDirectory
-from planshift.topic_reader import read_topic
+from planshift.kafka.reader import read_topic
+from planshift.storage.directory import Licence, SqliteDirectory
 from tests.conftest import produce, running, seed_users, values, wait_for
 from tests.test_intake import request, status_names, wait_status
 

@@ -22,12 +22,18 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
 
 from consumers.intake import TenantState
 from planshift.contract import Topic
-from planshift.directory import Licence
 from planshift.domain.lifecycle import FINAL, is_forward
+from planshift.storage.directory import Licence
 from tests.drivers import STANDARD, FlakyDirectory, Pipeline
 
 TENANTS = ("t0", "t1", "t2")

@@ -12,8 +12,8 @@ from __future__ import annotations
 import pytest
 
 from planshift.contract import Status, Topic
-from planshift.directory import Licence, MigrationRefused
 from planshift.domain.lifecycle import FINAL, NEXT, is_forward, may_follow
+from planshift.storage.directory import Licence, MigrationRefused
 from tests.drivers import PREMIUM, STANDARD, FlakyDirectory, Pipeline
 
 SOURCE = "contoso-sub-m365_business_standard"
@@ -360,7 +360,7 @@ def test_a_late_decision_for_a_rejected_upgrade_changes_nothing(world):
 
 
 def test_the_admins_status_view_says_why_a_credit_check_waits_and_until_when(world):
-    from planshift.cli.commands import describe_status
+    from cli.status import describe_status
 
     wait_for_credit_check(world)
     text = describe_status(world.statuses("ord-1"))

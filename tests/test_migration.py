@@ -11,13 +11,13 @@ import pyarrow.parquet as pq
 
 from consumers import intake, migrate, settle
 from planshift.contract import Topic
-from planshift.directory import Licence, SqliteDirectory
 from planshift.domain.money import prorate
 from planshift.events import with_envelope
-from planshift.reports import reset_report_path
-from planshift.topic_reader import read_topic, stable_end_offsets
+from planshift.kafka.reader import read_topic, stable_end_offsets
+from planshift.storage.directory import Licence, SqliteDirectory
+from planshift.storage.reports import reset_report_path
 from producers.samples import month_period, upgrade_request
-from tests.conftest import kill_when, spawn, produce, running, values, wait_for
+from tests.conftest import kill_when, produce, running, spawn, values, wait_for
 
 SOURCE_SKU, TARGET_SKU = "M365_BUSINESS_STANDARD", "M365_BUSINESS_PREMIUM"
 

@@ -9,7 +9,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from planshift.domain.money import prepaid_credit, prorate, round_half_up, subscription_credit, unused_time_credit
+from planshift.domain.money import (
+    prepaid_credit,
+    prorate,
+    round_half_up,
+    subscription_credit,
+    unused_time_credit,
+)
 
 
 def test_the_contracts_worked_example():

@@ -7,12 +7,13 @@ import contextlib
 from collections import Counter
 from datetime import date
 
+from cli import main
 from consumers import intake, migrate, settle
-from planshift.cli import main
 from planshift.contract import Topic
-from planshift.directory import SqliteDirectory
 from planshift.events import with_envelope
-from planshift.operations import dead_letters, redrive, reset_offsets
+from planshift.ops.deadletters import dead_letters, redrive
+from planshift.ops.offsets import reset_offsets
+from planshift.storage.directory import SqliteDirectory
 from producers.samples import upgrade_request
 from tests.conftest import produce, running, seed_users, values, wait_for
 

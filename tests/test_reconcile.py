@@ -14,16 +14,17 @@ from itertools import count
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import HealthCheck, given, settings as hypothesis_settings
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from jobs.reconcile import reconcile
 from planshift.contract import Topic
 from planshift.domain.money import subscription_credit
 from planshift.events import event
-from planshift.lake import Lake, event_date, to_row
 from planshift.runtime.testing import TestDriver
 from planshift.settings import Settings
+from planshift.storage.lake import Lake, event_date, to_row
 from producers.billing import BillingSimulator, billing_config
 from producers.samples import upgrade_request
 

@@ -8,7 +8,7 @@ import orjson
 import pytest
 from kafka.record.memory_records import MemoryRecordsBuilder
 
-from planshift.kafka_clients import _append_record
+from planshift.kafka.fastpath import _append_record
 
 HEADERS = [("event_type", b"upgrade.status"), ("schema_version", b"1")]
 
@@ -43,7 +43,7 @@ def test_batches_are_byte_identical_to_kafka_pythons(batch_size):
 def test_keys_hash_as_kafkas_murmur2():
     from kafka.partitioner.default import murmur2 as kafkas
 
-    from planshift.partitioning import murmur2
+    from planshift.kafka.partitioning import murmur2
 
     rnd = random.Random(5)
     keys = [bytes(rnd.randrange(256) for _ in range(rnd.randrange(0, 64))) for _ in range(5000)]
@@ -52,7 +52,7 @@ def test_keys_hash_as_kafkas_murmur2():
 
 
 def test_an_upgrades_batches_go_round_robin_over_every_partition():
-    from planshift.partitioning import spread
+    from planshift.kafka.partitioning import spread
 
     for upgrade in ("ord-1", "ord-20261117-0042", "ümlaut"):
         placed = [spread(upgrade, n, 12) for n in range(36)]

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 
-from planshift.cli import main
+from cli import main
 from planshift.contract import Topic
 from planshift.events import with_envelope
 from producers.samples import upgrade_request
@@ -34,7 +34,7 @@ def test_run_all_settles_restarts_a_dead_child_and_stops_cleanly(settings, tmp_p
            "PLANSHIFT_BATCH_SIZE": "10"}
     log_path = tmp_path / "all.log"
     with open(log_path, "ab") as log:
-        supervisor = subprocess.Popen([sys.executable, "-m", "planshift", "run", "all", "--migrate-instances", "2"],
+        supervisor = subprocess.Popen([sys.executable, "-m", "cli", "run", "all", "--migrate-instances", "2"],
                                       env=env, stdout=log, stderr=log)
     try:
         started = wait_for(lambda: len(children_started(log_path)) >= 4 and children_started(log_path), 60,

@@ -6,9 +6,9 @@ from collections import Counter
 
 import pytest
 
+from planshift.kafka.assignor import _sticky_balance
+from planshift.kafka.topics import ensure_topic
 from planshift.runtime import ProcessorConfig, Source, StreamProcessor
-from planshift.runtime.assignor import _sticky_balance
-from planshift.topics import ensure_topic
 from tests.conftest import produce, running, values, wait_for
 
 
@@ -57,7 +57,7 @@ def test_a_record_that_keeps_failing_is_dead_lettered_and_the_rest_goes_on(topic
         wait_for(lambda: len(values(settings, "numbers.dlq")) == 2, message="two dead letters")
         wait_for(lambda: len(values(settings, "totals")) == 2, message="two totals")
     assert [v["total"] for v in values(settings, "totals")] == [1, 6]  # 13 left no state behind
-    from planshift.topic_reader import read_topic
+    from planshift.kafka.reader import read_topic
 
     dead = {d.value if isinstance(d.value, bytes) else d.value["n"]: d for d in
             read_topic(settings, settings.topic("numbers.dlq"))}
@@ -122,7 +122,7 @@ def test_a_handled_batch_is_freed_at_once_not_by_the_garbage_collector(topics):
     and with it every batch, alive until a full garbage collection)."""
     import gc
 
-    from planshift.topics import create_topics
+    from planshift.kafka.topics import create_topics
 
     settings = topics
     create_topics(settings)  # service.health, the table

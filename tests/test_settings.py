@@ -52,15 +52,15 @@ def test_every_variable_is_read():
 
 
 def test_security_settings_reach_every_client_kind(monkeypatch):
-    from planshift import kafka_clients
+    from planshift.kafka import clients
 
     captured = {}
     for kind in ("KafkaAdminClient", "KafkaConsumer", "KafkaProducer"):
-        monkeypatch.setattr(kafka_clients, kind, lambda *a, _k=kind, **kw: captured.setdefault(_k, kw))
+        monkeypatch.setattr(clients, kind, lambda *a, _k=kind, **kw: captured.setdefault(_k, kw))
     s = Settings.from_env({"PLANSHIFT_SECURITY_PROTOCOL": "SSL", "PLANSHIFT_SSL_CAFILE": "/ca.pem"})
-    kafka_clients.admin(s)
-    kafka_clients.consumer(s, "g")
-    kafka_clients.producer(s, transactional_id="t")
+    clients.admin(s)
+    clients.consumer(s, "g")
+    clients.producer(s, transactional_id="t")
     for kind, config in captured.items():
         assert config["security_protocol"] == "SSL" and config["ssl_cafile"] == "/ca.pem", kind
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from kafka.admin import ConfigResource, ConfigResourceType
 
-from planshift import kafka_clients
 from planshift.contract import CONSUMED_TOPICS, TOPICS, dlq
-from planshift.topics import create_topics, existing_partitions, planned_topics
+from planshift.kafka import clients
+from planshift.kafka.topics import create_topics, existing_partitions, planned_topics
 
 
 def test_create_twice_creates_once(kafka_broker, broker_settings, unique_name):
@@ -29,7 +29,7 @@ def test_partitions_and_retention_follow_the_contract(settings):
     for name in CONSUMED_TOPICS:
         assert have[settings.topic(dlq(name))] == 1
 
-    admin = kafka_clients.admin(settings)
+    admin = clients.admin(settings)
     try:
         resources = [ConfigResource(ConfigResourceType.TOPIC, settings.topic(n)) for n in
                      ("service.health", "upgrade.requested", "invoice.issued", "upgrade.requested.dlq")]

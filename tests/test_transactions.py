@@ -6,28 +6,29 @@ import json
 
 from kafka import TopicPartition
 
-from planshift import kafka_clients
-from planshift.topic_reader import read_topic, read_values
+from planshift.events import encode_json, event_headers
+from planshift.kafka import clients
+from planshift.kafka.reader import read_topic, read_values
 from tests.conftest import wait_for
 
 
 def test_aborted_transaction_stays_invisible_to_read_committed(settings, topic_factory, unique_name):
     topic = topic_factory(partitions=2)
-    producer = kafka_clients.producer(settings, transactional_id=unique_name("tx"))
+    producer = clients.producer(settings, transactional_id=unique_name("tx"))
     try:
         producer.init_transactions()
         producer.begin_transaction()
-        producer.send(topic, key=b"a", value=kafka_clients.encode_json({"n": 1}))
-        producer.send(topic, key=b"b", value=kafka_clients.encode_json({"n": 2}))
+        producer.send(topic, key=b"a", value=encode_json({"n": 1}))
+        producer.send(topic, key=b"b", value=encode_json({"n": 2}))
         producer.commit_transaction()
 
         producer.begin_transaction()
-        producer.send(topic, key=b"a", value=kafka_clients.encode_json({"n": "aborted"}))
+        producer.send(topic, key=b"a", value=encode_json({"n": "aborted"}))
         producer.flush()
         producer.abort_transaction()
 
         producer.begin_transaction()
-        producer.send(topic, key=b"b", value=kafka_clients.encode_json({"n": 3}))
+        producer.send(topic, key=b"b", value=encode_json({"n": 3}))
         producer.commit_transaction()
     finally:
         producer.close()
@@ -36,7 +37,7 @@ def test_aborted_transaction_stays_invisible_to_read_committed(settings, topic_f
     assert committed == [1, 2, 3]
 
     # The aborted record is in the log: a read_uncommitted reader does see it.
-    uncommitted = kafka_clients.consumer(settings, None, isolation_level="read_uncommitted")
+    uncommitted = clients.consumer(settings, None, isolation_level="read_uncommitted")
     try:
         tps = [TopicPartition(topic, p) for p in (0, 1)]
         uncommitted.assign(tps)
@@ -56,11 +57,11 @@ def test_aborted_transaction_stays_invisible_to_read_committed(settings, topic_f
 
 def test_open_transaction_is_not_read_until_committed(settings, topic_factory, unique_name):
     topic = topic_factory()
-    producer = kafka_clients.producer(settings, transactional_id=unique_name("tx"))
+    producer = clients.producer(settings, transactional_id=unique_name("tx"))
     try:
         producer.init_transactions()
         producer.begin_transaction()
-        producer.send(topic, value=kafka_clients.encode_json({"n": "pending"}))
+        producer.send(topic, value=encode_json({"n": "pending"}))
         producer.flush()
         # The record is written but its transaction is open: nothing is stable yet.
         assert read_values(settings, topic, timeout=10) == []
@@ -73,7 +74,7 @@ def test_open_transaction_is_not_read_until_committed(settings, topic_factory, u
 def test_consumers_read_committed_with_the_cooperative_assignor(settings):
     from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 
-    consumer = kafka_clients.consumer(settings, "any-group")
+    consumer = clients.consumer(settings, "any-group")
     try:
         assert consumer.config["isolation_level"] == "read_committed"
         assert consumer.config["enable_auto_commit"] is False
@@ -90,8 +91,8 @@ def test_the_runtimes_sends_land_where_send_puts_them_and_live_or_die_with_the_t
     from kafka.partitioner.default import murmur2
 
     topic, unseen = topic_factory(partitions=6), topic_factory(partitions=3)
-    producer = kafka_clients.producer(settings, transactional_id=unique_name("tx"), batch_size=16 * 1024)
-    sends = kafka_clients.TransactionalSends(producer)
+    producer = clients.producer(settings, transactional_id=unique_name("tx"), batch_size=16 * 1024)
+    sends = clients.TransactionalSends(producer)
     fallbacks = []  # the records that went through KafkaProducer.send
     original_send = producer.send
     producer.send = lambda *args, **kwargs: fallbacks.append(kwargs["key"]) or original_send(*args, **kwargs)
@@ -101,17 +102,17 @@ def test_the_runtimes_sends_land_where_send_puts_them_and_live_or_die_with_the_t
         producer.begin_transaction()
         sends.begin()
         for n, key in enumerate(keys):
-            sends.send(topic, key, kafka_clients.encode_json({"n": n, "pad": "x" * 300}),
-                       kafka_clients.event_headers("test.event"))
-        sends.send(topic, b"pinned", kafka_clients.encode_json({"n": "pinned"}), [], partition=5)
-        sends.send(topic, None, kafka_clients.encode_json({"n": "keyless"}), [])
-        sends.send(topic, b"large", kafka_clients.encode_json({"n": "large", "pad": "x" * 40_000}), [])
-        sends.send(unseen, b"unseen", kafka_clients.encode_json({"n": "unseen"}), [], partition=2)
+            sends.send(topic, key, encode_json({"n": n, "pad": "x" * 300}),
+                       event_headers("test.event"))
+        sends.send(topic, b"pinned", encode_json({"n": "pinned"}), [], partition=5)
+        sends.send(topic, None, encode_json({"n": "keyless"}), [])
+        sends.send(topic, b"large", encode_json({"n": "large", "pad": "x" * 40_000}), [])
+        sends.send(unseen, b"unseen", encode_json({"n": "unseen"}), [], partition=2)
         producer.commit_transaction()
 
         producer.begin_transaction()
         sends.begin()
-        sends.send(topic, keys[0], kafka_clients.encode_json({"n": "aborted"}), [])
+        sends.send(topic, keys[0], encode_json({"n": "aborted"}), [])
         producer.flush()
         producer.abort_transaction()
     finally:

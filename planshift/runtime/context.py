@@ -42,6 +42,8 @@ class Context:
     writes: dict[str, Any] = field(default_factory=dict)
     unlogged: set[str] = field(default_factory=set)  # keys whose state is derived, not logged
     clock: Callable[[], float] = time.time  # the runtime's clock (a test driver's own in tests)
+    value: bytes | None = None  # the record's value as it came (the archiver keeps it)
+    forwards: list[tuple[str, bytes | None, bytes | None, list]] = field(default_factory=list)
 
     def now(self) -> datetime:
         """The moment this record is handled, in UTC: handlers use it, not the system clock,
@@ -82,6 +84,11 @@ class Context:
     def emit(self, topic: str, key: str | None, value: dict[str, Any], event_type: str | None = None,
              placement: Callable[[int], int] | None = None) -> None:
         self.outputs.append(Output(topic, key, value, event_type or topic, placement))
+
+    def forward(self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> None:
+        """Send a record as it is (no envelope, no encoding) to `topic`, its name on the
+        cluster: the re-drive sends a dead letter back this way."""
+        self.forwards.append((topic, key, value, headers))
 
     def pending_writes(self) -> list[tuple[str, Any, bool]]:
         """(key, value, logged) triples; value None means delete."""

@@ -23,19 +23,20 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple, Protocol
 
-from planshift import kafka_clients, logs
+from planshift import logs
 from planshift.contract import dlq
-from planshift.deadletters import dead_letter_headers
 from planshift.errors import PermanentError
+from planshift.events import encode_json, encode_key, event_headers
 from planshift.logs import get_logger
 from planshift.runtime.context import TIMER_PREFIX, Context
+from planshift.runtime.deadletters import dead_letter_headers
 from planshift.runtime.state import PartitionStore, changelog_topic
 from planshift.schema import InvalidEvent, parse, parse_json, schema_names, validate
 from planshift.settings import Settings
 
 log = get_logger(__name__)
 
-SKIP = object()  # a record its source's `wanted` refused
+RAW = "(raw)"  # Source.schema of a source whose handler takes the record's bytes as they are
 TIMER_TOPIC = "(timer)"  # Context.topic of a timer's handler
 
 
@@ -45,7 +46,9 @@ class Source:
 
     topic: str  # contract name
     handle: Callable[[Context, dict[str, Any]], None]
-    schema: str | None = None  # schema name; default: the topic name; "" for JSON without a schema
+    # Schema name; default: the topic name; "" for JSON without a schema; RAW: the value's
+    # bytes, undecoded (the dead-letter re-drive).
+    schema: str | None = None
     # Rules beyond the schema (CONTRACT.md §3 r2: real dates, a new target, …): raises
     # InvalidEvent for an event that matches its schema but is impossible. Such an event
     # takes the invalid path: `on_invalid`, then its dead-letter topic.
@@ -53,9 +56,6 @@ class Source:
     # Called, in the same transaction as the dead letter, for a record that breaks its
     # schema, so a consumer can tell the sender (intake emits `rejected`).
     on_invalid: Callable[[Context, bytes | None, InvalidEvent], None] | None = None
-    # A cheap test on the raw value: records it refuses are skipped undecoded (their
-    # offsets still commit). Must accept every record the handler could act on.
-    wanted: Callable[[bytes | None], bool] | None = None
     # Called with the valid events of each polled batch before any is handled, so a
     # consumer can fetch what they need in one round trip instead of one per record.
     prepare: Callable[[list[dict[str, Any]]], None] | None = None
@@ -86,6 +86,12 @@ class ProcessorConfig:
     session_timeout_ms: int = 15_000  # an instance that is gone for good loses its partitions after this
     poll_timeout_ms: int = 500  # returns at once when records wait; bounds how soon stop() is seen
     timer_interval_ms: int = 1000  # how often the processor looks for due timers
+    # Sinks outside Kafka (`planshift/runtime/sinks.py`), flushed at every commit.
+    sinks: tuple[Any, ...] = ()
+    # Commit as soon as a poll returns nothing. Off for a consumer that writes files (the
+    # archiver): it commits every `commit_every` records or `commit_interval_ms`, so a
+    # trickle of records does not make a file each.
+    commit_when_idle: bool = True
 
 
 @dataclass
@@ -155,9 +161,9 @@ class Engine:
 
     # -- records -----------------------------------------------------------------
     @staticmethod
-    def decode(source: Source, record) -> dict[str, Any] | InvalidEvent | object:
-        if source.wanted is not None and not source.wanted(record.value):
-            return SKIP
+    def decode(source: Source, record) -> dict[str, Any] | bytes | InvalidEvent:
+        if source.schema == RAW:
+            return record.value
         try:
             if source.schema == "":
                 event = parse_json(record.value)
@@ -225,7 +231,7 @@ class Engine:
         return Context(
             topic=topic, partition=record.partition, offset=record.offset, timestamp=record.timestamp,
             key=key, headers=headers, store=self.stores.get(record.partition),
-            tables=self.table_values, clock=self.clock,
+            tables=self.table_values, clock=self.clock, value=record.value,
         )
 
     def _validate(self, ctx: Context) -> None:
@@ -241,8 +247,10 @@ class Engine:
             if topic is None:
                 topic = self._topic_names[output.topic] = self.settings.topic(output.topic)
             partition = None if output.placement is None else output.placement(sink.partition_count(topic))
-            sink.send(topic, kafka_clients.encode_key(output.key), kafka_clients.encode_json(output.value),
-                      kafka_clients.event_headers(output.event_type), partition)
+            sink.send(topic, encode_key(output.key), encode_json(output.value),
+                      event_headers(output.event_type), partition)
+        for topic, key, value, headers in ctx.forwards:
+            sink.send(topic, key, value, headers)
         if ctx.writes:
             if self.changelog is None:
                 raise RuntimeError(f"{self.config.group_id} is stateless but its handler wrote state")
@@ -256,7 +264,7 @@ class Engine:
                 if not logged:
                     continue
                 sink.send(self.changelog, key.encode(),
-                          None if value is None else kafka_clients.encode_json(value), [], ctx.partition)
+                          None if value is None else encode_json(value), [], ctx.partition)
 
     def dead_letter(self, record, exc: BaseException, attempts: int) -> None:
         headers = dead_letter_headers(record, self.group, exc, attempts)

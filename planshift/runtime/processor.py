@@ -1,34 +1,16 @@
 """The consume → handle → produce loop, written once, with exactly-once output.
 
-Commit protocol
----------------
-Work is grouped into transactions of at most `commit_every` records or
-`commit_interval_ms` milliseconds, whichever comes first:
+Every planshift consumer runs on it — intake, migration, settlement, the billing
+simulator, the archiver (whose output is the lake, a `Sink` flushed at commit) and the
+dead-letter re-drive (a bounded run over a dead-letter topic). The rules of a record
+live in the broker-free `Engine`; this class is the Kafka half: polling, the
+transactions (`checkpoint.py` writes the commit protocol down step by step),
+rebalances, and recovery.
 
-1. `begin_transaction()` before the first record of the interval is handled.
-2. Per record, the handler runs on a `Context` and returns. Only then are its output
-   events sent (straight into the producer's open batches: `kafka_clients.TransactionalSends`)
-   and its state writes applied to the in-memory store *and* sent to the store's
-   changelog partition. A record whose handler keeps failing is sent to
-   `<topic>.dlq` instead, with the headers of CONTRACT.md §7. Everything sent is part
-   of the open transaction, invisible to `read_committed` readers.
-3. `send_offsets_to_transaction(offsets, consumer.group_metadata())`: the next offsets
-   of every handled partition join the transaction, so they commit if and only if
-   the outputs and state changes do. The group metadata (generation and member id)
-   lets the group coordinator refuse a zombie that lost its partitions in a rebalance
-   it did not see (KIP-447); a transactional id alone could not.
-4. `commit_transaction()`: flushes every pending send, then commits atomically.
-
-If any step fails, the transaction is aborted and every assigned partition is reset
-to its committed offset, with its store rebuilt from the changelog, so the in-memory
-state again matches what Kafka holds. A fenced producer cannot even abort: it is
-closed and replaced, and the same reset follows.
-
-Why in this order: outputs and state are sent before the offsets so that a crash
-anywhere before step 4 leaves an open transaction that the broker aborts (or that
-the next producer with the same transactional id aborts at `init_transactions`), and
-the records are handled again from the committed offsets with the committed state.
-Nothing is visible until step 4, and after step 4 everything is.
+If any step of a commit fails, the transaction is aborted and every assigned partition
+is reset to its committed offset, with its store rebuilt from the changelog, so the
+in-memory state again matches what Kafka holds. A fenced producer cannot even abort:
+it is closed and replaced, and the same reset follows.
 
 Rebalances: before partitions are revoked the open transaction is committed (bounded
 by the producer's timeouts; on failure it is aborted), then their stores are dropped.
@@ -39,7 +21,6 @@ handled. SIGTERM and SIGINT finish the record in hand, commit, and leave the gro
 from __future__ import annotations
 
 import dataclasses
-import gc
 import signal
 import threading
 import time
@@ -55,12 +36,14 @@ from kafka.errors import (
     RebalanceInProgressError,
     UnknownMemberIdError,
 )
-from kafka.structs import OffsetAndMetadata
 
-from planshift import kafka_clients, logs
+from planshift import logs
+from planshift.kafka import clients, fastpath
+from planshift.kafka.assignor import CopartitionedCooperativeStickyAssignor
+from planshift.kafka.topics import ensure_topic, existing_partitions
 from planshift.logs import get_logger
-from planshift.runtime.assignor import CopartitionedCooperativeStickyAssignor
-from planshift.runtime.engine import SKIP, Engine, ProcessorConfig, Source
+from planshift.runtime.checkpoint import Checkpoint
+from planshift.runtime.engine import Engine, ProcessorConfig, Source
 from planshift.runtime.state import restore
 from planshift.runtime.tables import GlobalTable
 from planshift.settings import Settings
@@ -77,20 +60,7 @@ FENCED = (ProducerFencedError, InvalidProducerEpochError)
 LOST_GENERATION = (CommitFailedError, IllegalGenerationError, UnknownMemberIdError, RebalanceInProgressError)
 
 
-class Stoppable:
-    """A long-running loop that SIGTERM or Ctrl-C asks to finish what it holds and stop."""
-
-    _stop: threading.Event
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def install_signal_handlers(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: self.stop())
-
-
-class StreamProcessor(Stoppable):
+class StreamProcessor:
     def __init__(self, settings: Settings, config: ProcessorConfig, clock: Callable[[], float] = time.time):
         self.settings = settings
         if config.commit_interval_ms is None:
@@ -98,14 +68,14 @@ class StreamProcessor(Stoppable):
                                          or DEFAULT_COMMIT_INTERVAL_MS)
         self.config = config
         # Everything a record's rules decide happens in the engine; this class is the Kafka half.
-        self._sink = _KafkaSink()
-        self.engine = Engine(settings, config, self._sink, clock)
+        self._outlet = _KafkaOutlet()
+        self.engine = Engine(settings, config, self._outlet, clock)
         self.metrics = self.engine.metrics
         self._sources = self.engine.sources
-        self._offsets: dict[TopicPartition, int] = {}
-        self._in_txn = False
-        self._txn_records = 0
-        self._txn_started = 0.0
+        self.checkpoint = Checkpoint(self.metrics, config.commit_every, config.commit_interval_ms,
+                                     config.commit_when_idle, config.sinks)
+        # The topics whose reading position a sink owns (cluster name → sink).
+        self._positions = {settings.topic(t): sink for sink in config.sinks for t in sink.topics}
         self._timers_checked = 0.0
         self._stop = threading.Event()
         self._tables: dict[str, GlobalTable] = {}
@@ -113,32 +83,40 @@ class StreamProcessor(Stoppable):
         self.transactional_id = f"{settings.topic_prefix}{config.group_id}-{config.instance}"
         self.consumer = None
         self.producer = None
-        self._sends: kafka_clients.TransactionalSends | None = None
+
+    def stop(self) -> None:
+        """Finish the record in hand, commit, leave the group (from any thread)."""
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM and Ctrl-C stop the processor cleanly (for a process that runs only it)."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stop())
 
     # -- lifecycle ---------------------------------------------------------------
     def run(self, until: Callable[["StreamProcessor"], bool] | None = None) -> None:
-        """Process until stopped (or until `until(self)` is true, for tests and benchmarks)."""
+        """Process until stopped, or until `until(self)` is true between transactions (a
+        bounded run: the re-drive, tests and benchmarks)."""
         self._start()
         try:
             while not self._stop.is_set():
                 self._refresh_tables()
                 self._poll_once()
                 self._fire_timers()
-                if until is not None and until(self) and not self._in_txn:
+                if until is not None and not self.checkpoint.open and until(self):
                     break
         finally:
             self._shutdown()
 
     def _start(self) -> None:
-        _collect_less_often()
+        fastpath.install_rejoin_fix()
         if self._changelog:
             self._ensure_changelog()
         for topic in self.config.tables:
             table = GlobalTable(self.settings, self.settings.topic(topic))
             table.bootstrap()
             self._tables[topic] = table
-        self.producer = self._new_producer()
-        self.consumer = kafka_clients.consumer(
+        self.consumer = clients.consumer(
             self.settings, self.settings.topic(self.config.group_id),
             partition_assignment_strategy=[CopartitionedCooperativeStickyAssignor],
             max_poll_records=self.config.max_poll_records,
@@ -148,28 +126,33 @@ class StreamProcessor(Stoppable):
             group_instance_id=self.transactional_id,
             session_timeout_ms=self.config.session_timeout_ms,
         )
+        self.producer = self._new_producer()
         self.consumer.subscribe(list(self._sources), listener=_Listener(self))
         log.info("processor started", group=self.config.group_id, transactional_id=self.transactional_id,
-                 topics=list(self._sources))
+                 topics=list(self._sources), fast_sends=self.settings.fast_sends)
 
     def _new_producer(self):
-        producer = kafka_clients.producer(
+        producer = clients.producer(
             self.settings, transactional_id=self.transactional_id,
             transaction_timeout_ms=self.config.transaction_timeout_ms, linger_ms=50, batch_size=256 * 1024,
         )
         producer.init_transactions()  # aborts what a previous incarnation left open
-        kafka_clients.find_group_coordinator(producer, self.settings.topic(self.config.group_id))
-        self._sends = kafka_clients.TransactionalSends(producer)
-        self._sink.bind(self._sends, producer)
+        if self.settings.fast_sends:
+            fastpath.find_group_coordinator(producer, self.settings.topic(self.config.group_id))
+            sends = fastpath.FastSends(producer)
+        else:
+            sends = clients.PublicSends(producer)
+        self._outlet.bind(sends, producer)
+        self.checkpoint.bind(producer, sends, self.consumer)
         return producer
 
     def _shutdown(self) -> None:
         try:
-            if self._in_txn:
-                self._commit()
+            if self.checkpoint.open:
+                self.checkpoint.commit()
         except Exception:  # noqa: BLE001 - closing down: abort and let Kafka keep the committed state
             log.exception("commit at shutdown failed; the open transaction is aborted")
-            self._abort()
+            self.checkpoint.abort()
         finally:
             if self.consumer is not None:
                 self.consumer.close()
@@ -185,8 +168,7 @@ class StreamProcessor(Stoppable):
         # Called from run(), not from _poll_once: kafka-python's poll(timeout_ms=0) keeps
         # a timeout exception whose traceback holds every frame up the stack. Were one of
         # them _poll_once's, each polled batch (records, decoded events) would live on
-        # until the garbage collector found the cycle instead of going when the batch is
-        # done: a tenth of intake's time went to collecting them.
+        # until the garbage collector found the cycle instead of going when the batch is done.
         for table in self._tables.values():
             table.refresh()
         self.engine.table_values = {name: table.values for name, table in self._tables.items()}
@@ -195,40 +177,32 @@ class StreamProcessor(Stoppable):
         batches = self.consumer.poll(timeout_ms=self.config.poll_timeout_ms)
         if batches and self.metrics.first_record_at is None:
             self.metrics.first_record_at = time.monotonic()
+        checkpoint, engine, metrics = self.checkpoint, self.engine, self.metrics
         try:
             for tp, records in batches.items():
                 source = self._sources[tp.topic]
-                engine = self.engine
                 decoded = [engine.decode(source, r) for r in records]
                 if source.prepare is not None:
                     engine.prepare(source, [d for d in decoded if isinstance(d, dict)])
                 for record, event in zip(records, decoded):
-                    if not self._in_txn:
-                        self._begin()
-                    if event is not SKIP:
-                        engine.process(source, record, event)
-                    self._offsets[tp] = record.offset + 1
-                    self._txn_records += 1
-                    self.metrics.records += 1
-                    self.metrics.records_by_topic[source.topic] = \
-                        self.metrics.records_by_topic.get(source.topic, 0) + 1
-                    if self._commit_due():
-                        self._commit()
+                    if not checkpoint.open:
+                        checkpoint.begin()
+                    engine.process(source, record, event)
+                    checkpoint.track(tp, record.offset)
+                    metrics.records += 1
+                    metrics.records_by_topic[source.topic] = metrics.records_by_topic.get(source.topic, 0) + 1
+                    if checkpoint.due(stopping=self._stop.is_set()):
+                        checkpoint.commit()
                         if self._stop.is_set():
                             # The records fetched but not handled are past the position
                             # yet not committed: whoever reads next starts with them.
                             return
-            if self._commit_due(idle=not batches):
-                self._commit()
+            if checkpoint.due(idle=not batches, stopping=self._stop.is_set()):
+                checkpoint.commit()
         except KafkaError as exc:
             self._transaction_failed(exc)
         finally:
             logs.hold_record(None)  # the last record's context ends with its batch
-
-    def _begin(self) -> None:
-        self.producer.begin_transaction()
-        self._sends.begin()
-        self._in_txn, self._txn_records, self._txn_started = True, 0, time.monotonic()
 
     def _fire_timers(self) -> None:
         """Due timers fire in a transaction of their own (at most once a timer interval)."""
@@ -240,10 +214,10 @@ class StreamProcessor(Stoppable):
         if not self.engine.timers_due(now_ms):
             return
         try:
-            if not self._in_txn:
-                self._begin()
+            if not self.checkpoint.open:
+                self.checkpoint.begin()
             self.engine.fire_timers(now_ms)
-            self._commit()
+            self.checkpoint.commit()
         except KafkaError as exc:
             self._transaction_failed(exc)
 
@@ -256,35 +230,7 @@ class StreamProcessor(Stoppable):
             log.error("transaction failed; aborting and resetting to the committed offsets", error=repr(exc))
             self._recover(fenced=False)
 
-    def _commit_due(self, idle: bool = False) -> bool:
-        return self._in_txn and (idle or self._stop.is_set()
-                                 or self._txn_records >= self.config.commit_every
-                                 or (time.monotonic() - self._txn_started) * 1000 >= self.config.commit_interval_ms)
-
-    # -- commit and recovery --------------------------------------------------------
-    def _commit(self) -> None:
-        if not self._in_txn:
-            return
-        offsets = {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in self._offsets.items()}
-        if offsets:
-            self.producer.send_offsets_to_transaction(offsets, self.consumer.group_metadata())
-        self.producer.commit_transaction()
-        self._in_txn = False
-        self._offsets.clear()
-        self.metrics.commits += 1
-        self.metrics.finished_at = time.monotonic()
-
-    def _abort(self) -> None:
-        if self._in_txn:
-            try:
-                self.producer.abort_transaction()
-            except Exception:  # noqa: BLE001 - a fenced or broken producer is replaced below
-                log.warning("abort failed; replacing the producer")
-                self._replace_producer()
-            self.metrics.aborts += 1
-        self._in_txn = False
-        self._offsets.clear()
-
+    # -- recovery ------------------------------------------------------------------
     def _replace_producer(self) -> None:
         try:
             self.producer.close(timeout=5)
@@ -296,33 +242,35 @@ class StreamProcessor(Stoppable):
         """Drop the open transaction (a fenced producer cannot abort: it is replaced) and
         put `tps` (default: every assigned partition) back to their committed state."""
         if fenced:
-            self._in_txn = False
-            self._offsets.clear()
-            self.metrics.aborts += 1
+            self.checkpoint.forget()
             self._replace_producer()
-        else:
-            self._abort()
+        elif not self.checkpoint.abort():
+            self._replace_producer()
         self._reset_to_committed(list(self.consumer.assignment()) if tps is None else tps)
 
     def _reset_to_committed(self, tps: list[TopicPartition]) -> None:
+        self._seek(tps)
+        self._restore({tp.partition for tp in tps})
+
+    def _seek(self, tps) -> None:
+        """Each partition to where reading resumes: its committed offset, or where the sink
+        that owns the topic's position says."""
         for tp in tps:
             committed = self.consumer.committed(tp)
+            sink = self._positions.get(tp.topic)
+            if sink is not None:
+                committed = sink.resume(self._sources[tp.topic].topic, tp.partition, committed)
             if committed is None:
                 self.consumer.seek_to_beginning(tp)
             else:
                 self.consumer.seek(tp, committed)
-        self._restore({tp.partition for tp in tps})
 
     # -- state -------------------------------------------------------------------
     def _ensure_changelog(self) -> None:
-        from planshift.topics import ensure_topic
-
         partitions = max(self._partition_count(t) for t in self._sources)
         ensure_topic(self.settings, self._changelog, partitions, {"cleanup.policy": "compact"})
 
     def _partition_count(self, topic: str) -> int:
-        from planshift.topics import existing_partitions
-
         have = existing_partitions(self.settings, [topic])
         if topic not in have:
             raise LookupError(f"topic {topic!r} does not exist; run 'planshift topics create'")
@@ -341,20 +289,38 @@ class StreamProcessor(Stoppable):
                  seconds=round(time.monotonic() - began, 3))
 
     def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        owned = [tp for tp in assigned if tp.topic in self._positions]
+        if owned:
+            self._seek(owned)
         new = {tp.partition for tp in assigned} - set(self.engine.stores)
         self._restore(new)
 
     def _on_revoked(self, revoked: set[TopicPartition]) -> None:
-        if self._in_txn:
+        if self.checkpoint.open:
             try:
-                self._commit()
+                self.checkpoint.commit()
             except Exception as exc:  # noqa: BLE001 - bounded: abort and let the new owner redo it
                 log.warning("commit on revocation failed; aborting", error=repr(exc))
                 # The partitions kept go back to their committed offsets too.
                 self._recover(isinstance(exc, FENCED), [tp for tp in self.consumer.assignment() if tp not in revoked])
+                self._discard(revoked)
         still_owned = {tp.partition for tp in self.consumer.assignment() if tp not in revoked}
         for partition in {tp.partition for tp in revoked} - still_owned:
             self.engine.drop_store(partition)
+
+    def _on_lost(self, lost: set[TopicPartition]) -> None:
+        # Another member may already own them: abandon the open work without committing.
+        if self.checkpoint.open and not self.checkpoint.abort():
+            self._replace_producer()
+        self._discard(lost)
+        for tp in lost:
+            self.engine.drop_store(tp.partition)
+
+    def _discard(self, tps) -> None:
+        for tp in tps:
+            sink = self._positions.get(tp.topic)
+            if sink is not None:
+                sink.discard(self._sources[tp.topic].topic, tp.partition)
 
     def caught_up(self, topic: str, ends: dict[int, int]) -> bool:
         """Whether this instance has read `topic` (contract name) up to `ends` on every partition."""
@@ -371,18 +337,6 @@ class StreamProcessor(Stoppable):
         return set(self.consumer.assignment()) if self.consumer else set()
 
 
-def _collect_less_often() -> None:
-    """Full garbage collections at most once per 100 young-generation rounds (default 10).
-
-    A processor keeps its partitions' state in memory and it grows with every record,
-    so CPython's rule (a full collection whenever a quarter more objects have survived)
-    fires every few thousand records and walks all of them: intake spent 7% of its time
-    there. Records and events themselves are freed by reference counting; only cyclic
-    garbage waits longer for a full collection. Never lowers a threshold set by the host."""
-    young, middle, old = gc.get_threshold()
-    gc.set_threshold(young, middle, max(old, 100))
-
-
 class _Listener(ConsumerRebalanceListener):
     def __init__(self, processor: StreamProcessor):
         self.processor = processor
@@ -396,23 +350,19 @@ class _Listener(ConsumerRebalanceListener):
             self.processor._on_assigned(set(assigned))
 
     def on_partitions_lost(self, lost):
-        # Another member may already own them: abandon the open work without committing.
-        processor = self.processor
-        if processor._in_txn:
-            processor._abort()
-        for tp in lost:
-            processor.engine.drop_store(tp.partition)
+        if lost:
+            self.processor._on_lost(set(lost))
 
 
-class _KafkaSink:
+class _KafkaOutlet:
     """The engine's records go into the processor's open transaction. `bind` makes
-    `send` the current producer's own (one call less per record on the hot path)."""
+    `send` the current sends' own (one call less per record on the hot path)."""
 
     def __init__(self) -> None:
         self.send = self.partition_count = None
         self._producer = None
 
-    def bind(self, sends: kafka_clients.TransactionalSends, producer) -> None:
+    def bind(self, sends, producer) -> None:
         self.send, self.partition_count, self._producer = sends.send, sends.partition_count, producer
 
     def dead_letter(self, topic, key, value, headers) -> None:

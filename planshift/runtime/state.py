@@ -23,9 +23,9 @@ from typing import Any, Callable, Iterator
 
 from kafka import TopicPartition
 
-from planshift import kafka_clients
+from planshift.kafka import clients
+from planshift.kafka.reader import read_to_end
 from planshift.settings import Settings
-from planshift.topic_reader import read_to_end
 
 
 def changelog_topic(settings: Settings, group_id: str, store: str = "state") -> str:
@@ -81,7 +81,7 @@ def restore(settings: Settings, topic: str, partitions: list[int], timeout: floa
 
 def _read_partitions(settings: Settings, topic: str, stores: dict[int, PartitionStore],
                      apply: Callable[[PartitionStore, Any], None], timeout: float) -> None:
-    consumer = kafka_clients.consumer(settings, None)
+    consumer = clients.consumer(settings, None)
     try:
         tps = [TopicPartition(topic, p) for p in stores]
         consumer.assign(tps)

@@ -11,11 +11,11 @@ from typing import Any
 
 from kafka import TopicPartition
 
-from planshift import kafka_clients
+from planshift.kafka import clients
+from planshift.kafka.reader import read_new, read_to_end
 from planshift.logs import get_logger
 from planshift.schema import InvalidEvent, parse
 from planshift.settings import Settings
-from planshift.topic_reader import read_to_end
 
 log = get_logger(__name__)
 
@@ -29,7 +29,7 @@ class GlobalTable:
         self._consumer = None
 
     def bootstrap(self, timeout: float = 60.0) -> None:
-        self._consumer = kafka_clients.consumer(self.settings, None)
+        self._consumer = clients.consumer(self.settings, None)
         partitions = self._consumer.partitions_for_topic(self.topic)
         if not partitions:
             raise LookupError(f"topic {self.topic!r} does not exist; run 'planshift topics create'")
@@ -41,11 +41,7 @@ class GlobalTable:
 
     def refresh(self) -> None:
         if self._consumer is not None:
-            self._apply(self._consumer.poll(timeout_ms=0))
-
-    def _apply(self, batches) -> None:
-        for records in batches.values():
-            for record in records:
+            for record in read_new(self._consumer):
                 self._take(record)
 
     def _take(self, r) -> None:

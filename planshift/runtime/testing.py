@@ -20,13 +20,14 @@ from collections import defaultdict
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable
 
-from planshift import kafka_clients, logs
+from planshift import logs
 from planshift.contract import dlq
-from planshift.partitioning import murmur2
-from planshift.runtime.engine import SKIP, Engine, ProcessorConfig, Record
+from planshift.events import encode_json, encode_key, event_headers
+from planshift.kafka.partitioning import murmur2
+from planshift.kafka.topics import planned_topics
+from planshift.runtime.engine import Engine, ProcessorConfig, Record
 from planshift.runtime.state import PartitionStore
 from planshift.settings import Settings
-from planshift.topics import planned_topics
 
 
 class Topics:
@@ -115,9 +116,9 @@ class TestDriver:
         """Write one record to a contract topic (as its producer would) and let this consumer handle it."""
         if key is None and isinstance(value, dict):
             key = value.get("tenant_id")
-        raw = value if isinstance(value, (bytes, type(None))) else kafka_clients.encode_json(value)
-        record = self.topics.append(self.settings.topic(topic), kafka_clients.encode_key(key), raw,
-                                    headers if headers is not None else kafka_clients.event_headers(topic))
+        raw = value if isinstance(value, (bytes, type(None))) else encode_json(value)
+        record = self.topics.append(self.settings.topic(topic), encode_key(key), raw,
+                                    headers if headers is not None else event_headers(topic))
         self.handle_pending(topic)
         return record
 
@@ -142,11 +143,12 @@ class TestDriver:
         if isinstance(event, dict):
             self.engine.prepare(source, [event])
         try:
-            if event is not SKIP:
-                self.engine.process(source, record, event)
+            self.engine.process(source, record, event)
         finally:
             logs.hold_record(None)  # as the processor does when a polled batch is done
         self.engine.metrics.records += 1
+        for sink in self.engine.config.sinks:  # each record is its own commit here
+            sink.flush()
 
     def replay(self, topic: str) -> int:
         """Handle every record of a source topic again, from the start (`planshift replay --to-start`)."""

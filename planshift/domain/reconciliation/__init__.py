@@ -13,8 +13,14 @@ guide (docs/FINANCE.md) explains every column and check with a worked invoice.
 
 from planshift.domain.reconciliation.checks import CHECK_CODES, INFO_CODES, run_checks
 from planshift.domain.reconciliation.ledger import Ledger, build, once_per_invoice
-from planshift.domain.reconciliation.reports import (FINDING_COLUMNS, SUMMARY_COLUMNS, UPGRADE_COLUMNS,
-                                                     findings_table, summary_table, upgrades_table)
+from planshift.domain.reconciliation.reports import (
+                                                     FINDING_COLUMNS,
+                                                     SUMMARY_COLUMNS,
+                                                     UPGRADE_COLUMNS,
+                                                     findings_table,
+                                                     summary_table,
+                                                     upgrades_table,
+)
 
 __all__ = ["CHECK_CODES", "FINDING_COLUMNS", "INFO_CODES", "SUMMARY_COLUMNS", "UPGRADE_COLUMNS", "Ledger", "build",
            "findings_table", "once_per_invoice", "run_checks", "summary_table", "upgrades_table"]

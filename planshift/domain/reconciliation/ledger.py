@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from planshift.domain.reconciliation.owed import owed_credit
 
+
 @dataclass
 class Ledger:
     """One reconciliation's inputs, each a plain DataFrame.

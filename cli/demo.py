@@ -15,19 +15,31 @@ from __future__ import annotations
 import json
 import threading
 import time
-from datetime import datetime, timedelta, timezone
 from collections import Counter, defaultdict
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from planshift.broker import LocalBroker
+import planshift
 from planshift.contract import Topic, dlq
-from planshift.directory import Licence, SqliteDirectory
-from planshift.lake import Lake
+from planshift.events import encode_json, event_headers
+from planshift.kafka.reader import end_offsets, read_topic
+from planshift.kafka.topics import create_topics
+from planshift.ops.broker import LocalBroker
 from planshift.settings import Settings
-from planshift.topic_reader import end_offsets, read_topic
-from planshift.topics import create_topics
+from planshift.storage.directory import Licence, SqliteDirectory
+from planshift.storage.lake import Lake
 
-SAMPLES = Path(__file__).resolve().parent.parent / "data" / "sample-upgrade-requests.jsonl"
+SAMPLES = Path(planshift.__file__).resolve().parent / "data" / "sample-upgrade-requests.jsonl"
+
+
+def register(sub) -> None:
+    demo = sub.add_parser("demo", help="start the broker, create topics, publish sample requests, read them back")
+    demo.add_argument("--file", type=Path, default=None, help="requests to publish (default: the shipped samples)")
+    demo.set_defaults(handler=run_demo, needs_broker=False)
+
+
+def run_demo(args, settings: Settings) -> int:
+    return run(settings, args.file)
 
 
 def step(text: str) -> None:
@@ -53,10 +65,10 @@ def seed_directory(settings: Settings, file: Path) -> int:
 
 
 def run(settings: Settings, file: Path | None = None) -> int:
+    from cli.publish import publish_with_progress
     from consumers import intake, migrate, settle
     from consumers.archive import archiver
     from jobs.reconcile import reconcile
-    from planshift.cli.commands import _publish_with_progress
     from producers import billing
 
     file = file or SAMPLES
@@ -71,19 +83,19 @@ def run(settings: Settings, file: Path | None = None) -> int:
     print(f"{seed_directory(settings, file)} licences of the sample tenants' users")
 
     step(f"4. an order system publishes {file.name}")
-    report = _publish_with_progress(settings, file)
+    report = publish_with_progress(settings, file)
     for number, message in report.errors:
         print(f"  line {number} refused by the publisher: {message}")
     print(report.describe())
     # The publisher refuses what breaks the schema; an order system that skips it
     # still reaches intake, which dead-letters the record and tells the sender.
-    from planshift import kafka_clients
     from planshift.events import with_envelope
+    from planshift.kafka import clients
     broken = with_envelope(json.loads(file.read_text().splitlines()[0]), Topic.UPGRADE_REQUESTED)
     broken.update(upgrade_id="ord-broken-0001", tenant_id="litware", licenses="many")
-    with kafka_clients.producer(settings) as producer:
-        producer.send(settings.topic(Topic.UPGRADE_REQUESTED), key=b"litware", value=kafka_clients.encode_json(broken),
-                      headers=kafka_clients.event_headers(Topic.UPGRADE_REQUESTED))
+    with clients.producer(settings) as producer:
+        producer.send(settings.topic(Topic.UPGRADE_REQUESTED), key=b"litware", value=encode_json(broken),
+                      headers=event_headers(Topic.UPGRADE_REQUESTED))
     print("and a schema-breaking request (ord-broken-0001) sent without the publisher's check")
 
     step("5. intake → migration workers → settlement → billing system → archive")
@@ -114,7 +126,7 @@ def run(settings: Settings, file: Path | None = None) -> int:
         thread.join(60)
     for name, p in zip(names, processors):
         print(f"{name:<20} handled {p.metrics.records:>4} records in {p.metrics.commits} transactions")
-    print(f"{'archive':<20} wrote {lake_writer.archived:>4} events to {Lake.for_settings(settings).root}")
+    print(f"{'archive':<20} wrote {lake_writer.sink.archived:>4} events to {Lake.for_settings(settings).root}")
 
     step("6. what the admins see on upgrade.status")
     statuses = defaultdict(list)
@@ -162,16 +174,16 @@ DEMO_SEED = "demo-7"  # with the sample upgrades: one credit short, one late, on
 
 
 def _approve(settings: Settings, check: dict) -> None:
-    from planshift import kafka_clients
     from planshift.events import event
+    from planshift.kafka import clients
 
     decision = event(Topic.CREDIT_CHECK_DECIDED, check["tenant_id"], f"{check['upgrade_id']}:decision",
                      upgrade_id=check["upgrade_id"], approved=True,
                      decided_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
-    with kafka_clients.producer(settings) as producer:
+    with clients.producer(settings) as producer:
         producer.send(settings.topic(Topic.CREDIT_CHECK_DECIDED), key=check["tenant_id"].encode(),
-                      value=kafka_clients.encode_json(decision),
-                      headers=kafka_clients.event_headers(Topic.CREDIT_CHECK_DECIDED))
+                      value=encode_json(decision),
+                      headers=event_headers(Topic.CREDIT_CHECK_DECIDED))
 
 
 def _invoices_archived(settings: Settings) -> bool:

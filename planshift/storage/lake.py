@@ -10,8 +10,8 @@ its name carries the partition and offset range. A flush of the archiver can wri
 several files (one per event date), so it is made visible as a whole by its manifest,
 written last and atomically: a file no manifest names is the leftover of a crashed
 flush, ignored by readers and removed by the archiver when it resumes. The archiver
-resumes each partition after the highest offset its manifests cover, so a record is
-archived once, whatever the crashes.
+skips records at or below the highest offset a partition's manifests cover, so a record
+is archived once, whatever the crashes (`consumers/archive.py`).
 
 Each topic's rows have the envelope, the Kafka coordinates, the fields reconciliation
 reads (typed), and the whole event as JSON (`value`), so nothing of an event is lost.

@@ -1,6 +1,6 @@
 """Running consumers as supervised child processes (`run all`, `run migrate --instances N`).
 
-Each child is `python -m planshift run <consumer> --instance <id>`, with the same
+Each child is `python -m cli run <consumer> --instance <id>`, with the same
 environment. A child that dies is restarted after a short back-off (doubling up to
 30 s, reset once it has stayed up a minute). SIGTERM or Ctrl-C is passed on to every
 child, which drains and commits, and the supervisor waits for them all.
@@ -33,7 +33,7 @@ class Child:
     due_at: float = field(default=0.0)
 
     def start(self) -> None:
-        self.process = subprocess.Popen([sys.executable, "-m", "planshift", *self.argv])
+        self.process = subprocess.Popen([sys.executable, "-m", "cli", *self.argv])
         self.started_at = time.monotonic()
         log.info("child started", child=self.name, pid=self.process.pid)
 

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 from kafka import TopicPartition
 
-from planshift import kafka_clients
+from planshift.kafka import clients
 from planshift.settings import Settings
 
 
@@ -42,6 +42,12 @@ def _decode(value: bytes | None) -> Any:
         return value
 
 
+def read_new(consumer) -> Iterator:
+    """The raw records an assigned reader has waiting now, without waiting for more."""
+    for records in consumer.poll(timeout_ms=0).values():
+        yield from records
+
+
 def read_to_end(consumer, tps: list[TopicPartition], timeout: float, what: str) -> Iterator:
     """The raw records of `tps` from the consumer's positions up to the ends those
     partitions have now (seek first to read from the start); the consumer stays open."""
@@ -63,7 +69,7 @@ def read_to_end(consumer, tps: list[TopicPartition], timeout: float, what: str) 
 def iter_topic(settings: Settings, topic: str, timeout: float = 30.0,
                partitions: list[int] | None = None) -> Iterator[Record]:
     """Every committed record of `topic` up to its end as of now, partition by partition order."""
-    consumer = kafka_clients.consumer(settings, None, enable_auto_commit=False)
+    consumer = clients.consumer(settings, None, enable_auto_commit=False)
     try:
         available = consumer.partitions_for_topic(topic)
         if available is None:
@@ -93,7 +99,7 @@ def read_values(settings: Settings, topic: str, timeout: float = 30.0) -> list[A
 
 def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
     """Each partition's last stable offset (read_committed): where a reader is caught up."""
-    consumer = kafka_clients.consumer(settings, None)
+    consumer = clients.consumer(settings, None)
     try:
         tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
         return {tp.partition: offset for tp, offset in consumer.end_offsets(tps).items()} if tps else {}

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import struct
 
-
 _WORDS = [struct.Struct(f"<{n}I") for n in range(64)]  # keys of up to 255 bytes: no format string per call
 
 

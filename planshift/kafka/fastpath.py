@@ -1,31 +1,41 @@
-"""The one place that builds kafka-python clients, so every client gets the same settings.
+"""The runtime's fast paths through kafka-python's private parts, in this module only.
 
-Every consumer reads `read_committed` (kafka-python defaults to `read_uncommitted`,
-which would show records of aborted transactions) with the cooperative-sticky
-assignor (a rebalance moves only the partitions that must move) and with
-auto-commit off (offsets are committed inside the producer's transaction).
+Everything here uses internals of kafka-python 3.0.x (pinned `<3.1` in pyproject.toml)
+and is installed explicitly by the runtime (`planshift/runtime/processor.py`); nothing
+else in planshift touches a private attribute of kafka-python:
+
+- `FastSends`: records appended straight to the producer's open batches, and
+  `find_group_coordinator`, the group coordinator looked up before the first commit. Used
+  when `Settings.fast_sends` is on (the default); PLANSHIFT_FAST_SENDS=0 makes the
+  runtime use `clients.PublicSends` (`KafkaProducer.send`) instead. CI runs the
+  transaction and end-to-end tests both ways, so a kafka-python upgrade that breaks this
+  module shows at once, and users can switch it off until it is fixed.
+- `install_rejoin_fix`: a work-around for a kafka-python 3.0.x race in the group
+  coordinator, not an optimisation: it stays on with fast sends off, and is installed
+  only on the kafka-python versions it was written against.
 """
 
 from __future__ import annotations
 
 import functools
-import socket
 import time
-from typing import Any
 
-import orjson
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+import kafka
+from kafka import KafkaProducer, TopicPartition
 from kafka.producer.producer_batch import ProducerBatch
 from kafka.protocol.metadata import CoordinatorType
 from kafka.record.memory_records import MemoryRecordsBuilder
 from kafka.record.util import encode_varint
-from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 
-from planshift.partitioning import murmur2
-from planshift.settings import Settings
+from planshift.kafka.partitioning import murmur2
+from planshift.logs import get_logger
+
+log = get_logger(__name__)
+
+PATCHED_VERSIONS = ("3.0.",)  # the kafka-python versions `install_rejoin_fix` was written against
 
 
-def _patch_lost_join() -> None:
+def install_rejoin_fix() -> bool:
     """Work around a kafka-python 3.0.x race that leaves a consumer without partitions.
 
     When `poll()` times out while a JoinGroup/SyncGroup round is in flight, the round
@@ -35,11 +45,17 @@ def _patch_lost_join() -> None:
     loop, and the assignment is silently dropped: the member stays in the group with
     no partitions and the group never rebalances again. Treating a join in flight as
     "rejoin needed" makes the next poll collect it (or redo it), as intended.
+
+    Returns whether the fix is in place (idempotent; refused, with a warning, on a
+    kafka-python it was not written for).
     """
     from kafka.coordinator.consumer import ConsumerCoordinator
 
     if getattr(ConsumerCoordinator, "_planshift_patched", False):
-        return
+        return True
+    if not kafka.__version__.startswith(PATCHED_VERSIONS) or not hasattr(ConsumerCoordinator, "need_rejoin"):
+        log.warning("kafka-python rejoin fix not installed: written for 3.0.x", kafka_python=kafka.__version__)
+        return False
     original = ConsumerCoordinator.need_rejoin
 
     def need_rejoin(self):
@@ -49,78 +65,7 @@ def _patch_lost_join() -> None:
 
     ConsumerCoordinator.need_rejoin = need_rejoin
     ConsumerCoordinator._planshift_patched = True
-
-
-_patch_lost_join()
-
-
-def encode_json(value: Any) -> bytes:
-    # Compact, UTF-8 and key-ordered: the same event always has the same bytes.
-    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
-
-
-def encode_key(key: str | None) -> bytes | None:
-    return None if key is None else key.encode()
-
-
-@functools.lru_cache(maxsize=256)
-def event_headers(event_type: str, schema_version: int = 1) -> list[tuple[str, bytes]]:
-    """The headers every event carries; one shared (never modified) list per event type."""
-    return [("event_type", event_type.encode()), ("schema_version", str(schema_version).encode())]
-
-
-class BrokerUnreachable(ConnectionError):
-    pass
-
-
-def require_broker(settings: Settings, timeout: float = 3.0) -> None:
-    """Fail fast, in one line, when nothing listens at the bootstrap servers.
-
-    kafka-python would otherwise retry its bootstrap for the whole request timeout.
-    """
-    for server in settings.bootstrap_servers.split(","):
-        host, _, port = server.strip().rpartition(":")
-        try:
-            socket.create_connection((host, int(port)), timeout=timeout).close()
-            return
-        except OSError:
-            continue
-    raise BrokerUnreachable(f"no Kafka broker answers at {settings.bootstrap_servers} "
-                            "(start one with 'planshift broker start')")
-
-
-def admin(settings: Settings, **overrides: Any) -> KafkaAdminClient:
-    config = {**settings.kafka_client_config(), "client_id": "planshift-admin", **overrides}
-    return KafkaAdminClient(**config)
-
-
-def consumer(settings: Settings, group_id: str | None, *topics: str, **overrides: Any) -> KafkaConsumer:
-    config = {
-        **settings.kafka_client_config(),
-        "group_id": group_id,
-        "isolation_level": "read_committed",
-        "enable_auto_commit": False,
-        "auto_offset_reset": "earliest",
-        "partition_assignment_strategy": [CooperativeStickyAssignor],
-        "client_id": f"planshift-{group_id or 'reader'}",
-        **overrides,
-    }
-    return KafkaConsumer(*topics, **config)
-
-
-def producer(settings: Settings, transactional_id: str | None = None, **overrides: Any) -> KafkaProducer:
-    """An idempotent producer; transactional when `transactional_id` is given."""
-    config = {
-        **settings.kafka_client_config(),
-        "enable_idempotence": True,
-        "acks": "all",
-        "linger_ms": 5,
-        "client_id": f"planshift-{transactional_id or 'producer'}",
-        **overrides,
-    }
-    if transactional_id is not None:
-        config["transactional_id"] = transactional_id
-    return KafkaProducer(**config)
+    return True
 
 
 def find_group_coordinator(producer: KafkaProducer, group_id: str) -> None:
@@ -136,7 +81,7 @@ def find_group_coordinator(producer: KafkaProducer, group_id: str) -> None:
     producer._sender.wakeup()
 
 
-class TransactionalSends:
+class FastSends:
     """Sends into the open transaction of a transactional `KafkaProducer`, for the
     runtime's hot path.
 
@@ -153,9 +98,8 @@ class TransactionalSends:
 
     Anything this path does not take — a topic whose metadata is not known yet, a record
     without a key or partition, a value over the request size — goes through
-    `KafkaProducer.send` (and its accumulator), unchanged. Uses kafka-python's
-    producer internals (pinned to 3.0.x in pyproject.toml; `tests/test_transactions.py`
-    checks the records against a `read_committed` reader).
+    `KafkaProducer.send` (and its accumulator), unchanged. `tests/test_transactions.py` checks its records against a `read_committed` reader,
+    and against what `clients.PublicSends` sends.
     """
 
     def __init__(self, producer: KafkaProducer):

@@ -6,8 +6,15 @@ from dataclasses import dataclass
 
 from kafka.errors import TopicAlreadyExistsError
 
-from planshift import kafka_clients
-from planshift.contract import CONSUMED_TOPICS, DLQ_PARTITIONS, DLQ_RETENTION_MS, TOPICS, Topic, dlq
+from planshift.contract import (
+    CONSUMED_TOPICS,
+    DLQ_PARTITIONS,
+    DLQ_RETENTION_MS,
+    TOPICS,
+    Topic,
+    dlq,
+)
+from planshift.kafka import clients
 from planshift.settings import Settings
 
 
@@ -60,7 +67,7 @@ class TopicsReport:
 
 
 def existing_partitions(settings: Settings, names: list[str]) -> dict[str, int]:
-    admin = kafka_clients.admin(settings)
+    admin = clients.admin(settings)
     try:
         present = set(admin.list_topics())
         wanted = [n for n in names if n in present]
@@ -75,7 +82,7 @@ def _create(settings: Settings, plans: list[TopicPlan]) -> list[str]:
     """Create the planned topics; return those created here (one created meanwhile elsewhere is the same result)."""
     if not plans:
         return []
-    admin = kafka_clients.admin(settings)
+    admin = clients.admin(settings)
     try:
         response = admin.create_topics(
             {p.name: {"num_partitions": p.partitions, "replication_factor": settings.replication_factor,

@@ -1,0 +1,92 @@
+"""`planshift` — the command line (CONTRACT.md §8), one module per command group.
+
+Exit codes: 0 done, 1 the command failed (the broker is unreachable, a file is bad …),
+2 a bad argument (one line on stderr). The CLI is the outermost edge: it reads the
+settings once and hands them to the parts it runs, and the processes it starts are the
+only ones whose garbage collector and allocator it tunes (`cli/tuning.py`).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Sequence
+
+from cli import (
+    broker,
+    demo,
+    directory,
+    dlq,
+    publish,
+    reconcile,
+    replay,
+    run,
+    simulate,
+    status,
+    tail,
+    topics,
+)
+from cli.args import fail
+from planshift import __version__
+from planshift.settings import Settings, SettingsError
+
+GROUPS = (broker, topics, publish, tail, run, simulate, reconcile, dlq, replay, status, directory, demo)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line on stderr and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="planshift",
+                    description="SaaS subscription-plan upgrades over Apache Kafka, settled exactly once.")
+    parser.add_argument("--version", action="version", version=f"planshift {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
+    for group in GROUPS:
+        group.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return dispatch(args)
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    from planshift import logs
+
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        return fail(str(exc), 2)
+    # Long-running processes (`run …`) log at the configured level; one-shot commands
+    # print their own results and keep the log to warnings, and leave kafka-python's
+    # reconnect chatter out (an unreachable broker is reported once, below).
+    if getattr(args, "long_running", False):
+        logs.configure(settings.log_level)
+    else:
+        logs.configure("WARNING", kafka_level="CRITICAL")
+    from kafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
+
+    from planshift.catalogue import CatalogueError
+    from planshift.kafka.clients import BrokerUnreachable
+    from planshift.ops.broker import BrokerError
+    from planshift.ops.deadletters import OperationError
+    from planshift.storage.directory import DirectoryError
+
+    try:
+        if getattr(args, "needs_broker", True):
+            from planshift.kafka.clients import require_broker
+
+            require_broker(settings)
+        return args.handler(args, settings)
+    except (KafkaConnectionError, KafkaTimeoutError):
+        return fail(f"no Kafka broker answers at {settings.bootstrap_servers} "
+                     "(start one with 'planshift broker start')")
+    except (BrokerError, BrokerUnreachable, CatalogueError, DirectoryError, OperationError, LookupError, TimeoutError, KafkaError) as exc:
+        return fail(str(exc))
+    except KeyboardInterrupt:
+        return 130

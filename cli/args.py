@@ -1,0 +1,60 @@
+"""Argument types shared by the commands: a bad value is one line and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def fail(message: str, code: int = 1) -> int:
+    print(f"planshift: error: {message}", file=sys.stderr)
+    return code
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def fault(text: str) -> tuple[str, float]:
+    from producers.billing import FAULTS, HARMLESS
+
+    name, _, rate = text.partition("=")
+    if name not in FAULTS + HARMLESS:
+        raise argparse.ArgumentTypeError(f"unknown fault {name!r}; known: {', '.join(FAULTS + HARMLESS)}")
+    try:
+        value = float(rate)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: the rate must be a number in [0, 1]") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: the rate must be in [0, 1]")
+    return name, value
+
+
+def timestamp(text: str):
+    from datetime import datetime, timezone
+
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def run_date(text: str):
+    from datetime import date, datetime, timedelta, timezone
+
+    today = datetime.now(timezone.utc).date()
+    if text == "today":
+        return today
+    if text == "yesterday":
+        return today - timedelta(days=1)
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD, today, yesterday)") from None

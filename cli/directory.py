@@ -1,0 +1,40 @@
+"""`planshift directory import|export`: the embedded licence directory."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from planshift.settings import Settings
+
+
+def register(sub) -> None:
+    directory = sub.add_parser("directory", help="the embedded licence directory (SQLite under PLANSHIFT_DATA_DIR)")
+    dsub = directory.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=type(directory))
+    imp = dsub.add_parser("import", help="load licences from Parquet (tenant_id, user_id, subscription_id, sku, "
+                                         "disabled_services); a bad file changes nothing")
+    imp.add_argument("file", type=Path, metavar="FILE.parquet")
+    imp.add_argument("--replace", action="store_true", help="replace the whole directory instead of merging")
+    imp.set_defaults(handler=directory_import, needs_broker=False)
+    exp = dsub.add_parser("export", help="write the whole directory to Parquet")
+    exp.add_argument("file", type=Path, metavar="FILE.parquet")
+    exp.set_defaults(handler=directory_export, needs_broker=False)
+
+
+def directory_import(args: argparse.Namespace, settings: Settings) -> int:
+    from planshift.storage.directory import SqliteDirectory, import_parquet
+
+    directory = SqliteDirectory.for_settings(settings)
+    count = import_parquet(directory, args.file, replace_all=args.replace)
+    print(f"imported {count} licences from {args.file} into {directory.path} "
+          f"({directory.count()} licences in all)")
+    return 0
+
+
+def directory_export(args: argparse.Namespace, settings: Settings) -> int:
+    from planshift.storage.directory import SqliteDirectory, export_parquet
+
+    directory = SqliteDirectory.for_settings(settings)
+    count = export_parquet(directory, args.file)
+    print(f"exported {count} licences from {directory.path} to {args.file}")
+    return 0

@@ -1,5 +1,0 @@
-import sys
-
-from planshift.cli import main
-
-sys.exit(main())

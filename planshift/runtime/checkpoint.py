@@ -1,0 +1,114 @@
+"""The commit protocol: one Kafka transaction's worth of handled records (Quix Streams
+calls the same thing a checkpoint).
+
+A checkpoint is opened before the first record of an interval is handled and closed when
+it holds `commit_every` records or has been open `commit_interval_ms`, whichever comes
+first (at once when the consumer is idle, unless its config says otherwise). In order:
+
+1. `begin()`: `begin_transaction()`. Every output, state change and dead letter of the
+   records handled from now on is sent into this transaction, invisible to
+   `read_committed` readers.
+2. `track(tp, offset)` after each record: the next offset of its partition.
+3. `commit()`:
+   a. the external sinks are flushed (the archiver's lake): what they hold is written
+      before the offsets that say it was read, so a crash in between reads those records
+      again, and a sink that owns its position (`Sink.resume`) skips what it holds;
+   b. `send_offsets_to_transaction(offsets, consumer.group_metadata())`: the next offset
+      of every handled partition joins the transaction, so the offsets commit if and
+      only if the outputs and state changes do. The group metadata (generation and
+      member id) lets the group coordinator refuse a zombie that lost its partitions in
+      a rebalance it did not see (KIP-447); a transactional id alone could not;
+   c. `commit_transaction()`: flushes every pending send, then commits atomically.
+
+Why in this order: everything is sent before the offsets, so a crash anywhere before
+3c leaves an open transaction that the broker aborts (or that the next producer with
+the same transactional id aborts at `init_transactions`), and the records are handled
+again from the committed offsets with the committed state. Nothing is visible until
+3c, and after it everything is.
+
+`abort()` drops an open transaction; `forget()` does so for a fenced producer, which
+cannot even abort (the processor replaces it). After either, the processor resets the
+partitions to their committed state.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Iterable
+
+from kafka import TopicPartition
+from kafka.structs import OffsetAndMetadata
+
+from planshift.logs import get_logger
+from planshift.runtime.sinks import Sink
+
+log = get_logger(__name__)
+
+
+class Checkpoint:
+    def __init__(self, metrics: Any, commit_every: int, commit_interval_ms: int, commit_when_idle: bool = True,
+                 sinks: Iterable[Sink] = ()):
+        self.metrics = metrics
+        self.commit_every = commit_every
+        self.commit_interval_ms = commit_interval_ms
+        self.commit_when_idle = commit_when_idle
+        self.sinks = tuple(sinks)
+        self.producer = self.consumer = self.sends = None
+        self.open = False
+        self.records = 0
+        self._started = 0.0
+        self._offsets: dict[TopicPartition, int] = {}
+
+    def bind(self, producer, sends, consumer) -> None:
+        """The clients of the checkpoints to come (again after a producer is replaced)."""
+        self.producer, self.sends, self.consumer = producer, sends, consumer
+
+    def begin(self) -> None:
+        self.producer.begin_transaction()
+        self.sends.begin()
+        self.open, self.records, self._started = True, 0, time.monotonic()
+
+    def track(self, tp: TopicPartition, offset: int) -> None:
+        """The record at `offset` of `tp` is handled: reading resumes after it once this commits."""
+        self._offsets[tp] = offset + 1
+        self.records += 1
+
+    def due(self, idle: bool = False, stopping: bool = False) -> bool:
+        return self.open and ((idle and self.commit_when_idle) or stopping
+                              or self.records >= self.commit_every
+                              or (time.monotonic() - self._started) * 1000 >= self.commit_interval_ms)
+
+    def commit(self) -> None:
+        if not self.open:
+            return
+        for sink in self.sinks:
+            sink.flush()
+        offsets = {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in self._offsets.items()}
+        if offsets:
+            self.producer.send_offsets_to_transaction(offsets, self.consumer.group_metadata())
+        self.producer.commit_transaction()
+        self.open = False
+        self._offsets.clear()
+        self.metrics.commits += 1
+        self.metrics.finished_at = time.monotonic()
+
+    def abort(self) -> bool:
+        """Abort the open transaction; False when the producer could not (it must be replaced)."""
+        aborted = True
+        if self.open:
+            try:
+                self.producer.abort_transaction()
+            except Exception:  # noqa: BLE001 - a fenced or broken producer is replaced by the caller
+                log.warning("abort failed; the producer is replaced")
+                aborted = False
+            self.metrics.aborts += 1
+        self.open = False
+        self._offsets.clear()
+        return aborted
+
+    def forget(self) -> None:
+        """Drop the open transaction of a fenced producer without a word to the broker."""
+        if self.open:
+            self.metrics.aborts += 1
+        self.open = False
+        self._offsets.clear()
