@@ -18,8 +18,8 @@ Each rate runs from the first record polled to the last output flushed (intake: 
 last transaction committed), so the start-up of each (group join, intake's state
 restore and table bootstrap) is left out of both.
 
-Last, intake runs as `--instances` processes sharing the partitions (as `planshift run
-intake --instances N` runs it), for the scaling; that figure is not part of the ratio.
+Last, intake runs as `--instances` processes sharing the partitions (as N `planshift run
+intake --instance I` processes would), for the scaling; that figure is not part of the ratio.
 
 Goal (issue 3): intake keeps at least 40% of the plain loop's rate.
 """
@@ -37,6 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._harness import bench_settings  # noqa: E402
+from cli import tuning  # noqa: E402
 from consumers import intake  # noqa: E402
 from planshift.contract import Topic  # noqa: E402
 from planshift.events import (
@@ -112,6 +113,7 @@ def intake_run(settings, n: int, **config) -> float:
 
 
 def _intake_child(settings, instance: int, stop, results) -> None:
+    tuning.for_consumer()
     processor = intake.processor(settings, instance=str(instance))
     processor.run(until=lambda p: stop.is_set())
     results.put((processor.metrics.first_record_at, processor.metrics.finished_at))
@@ -152,6 +154,7 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=0,
                         help="also run intake as this many processes (default 0: skip); reported beside, not in the ratio")
     args = parser.parse_args()
+    tuning.for_consumer()  # a process entry point, as `planshift run` is
     n = args.requests
     plain_rates, plain3_rates, intake_rates, ratios = [], [], [], []
     with bench_settings() as base:

@@ -33,6 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._harness import bench_settings  # noqa: E402
+from cli import tuning  # noqa: E402
 from planshift.contract import Topic  # noqa: E402
 from planshift.events import (
     encode_json,
@@ -170,6 +171,7 @@ def main() -> None:
     parser.add_argument("--delay-ms", type=float, default=20)
     parser.add_argument("--call-size", type=int, default=20)
     args = parser.parse_args()
+    tuning.for_consumer()  # a process entry point, as `planshift run` is
     if args.mode == "worker":
         return worker(args)
 

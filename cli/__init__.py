@@ -74,7 +74,7 @@ def dispatch(args: argparse.Namespace) -> int:
     from planshift.catalogue import CatalogueError
     from planshift.kafka.clients import BrokerUnreachable
     from planshift.ops.broker import BrokerError
-    from planshift.ops.deadletters import OperationError
+    from planshift.errors import OperationError
     from planshift.storage.directory import DirectoryError
 
     try:

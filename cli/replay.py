@@ -23,7 +23,7 @@ def register(sub) -> None:
 
 
 def run_replay(args: argparse.Namespace, settings: Settings) -> int:
-    from planshift.ops.deadletters import reset_offsets
+    from planshift.ops.offsets import reset_offsets
 
     moved = reset_offsets(settings, args.group, args.topic, to_start=args.to_start, to_offset=args.to_offset,
                           to_time=args.to_time)

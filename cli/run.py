@@ -16,7 +16,7 @@ def register(sub) -> None:
     run = sub.add_parser("run", help="run a planshift consumer until stopped (SIGTERM/Ctrl-C drain and exit)")
     rsub = run.add_subparsers(dest="consumer", required=True, metavar="CONSUMER", parser_class=type(run))
     _consumer_parser(rsub, "intake", "validate requests, check eligibility and credit, plan batches",
-                     "Consumes upgrade.requested, credit.check.decided and upgrade.status with the service.health "
+                     "Consumes upgrade.requested, credit.check.decided and upgrade.ended with the service.health "
                      "table; emits upgrade.status, credit.check.requested and license.batches, exactly once.")
     migrate = _consumer_parser(rsub, "migrate", "migration workers: move each batch's users to the new plan",
                                "A consumer group over license.batches; emits license.batch.completed (and "

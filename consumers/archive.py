@@ -8,8 +8,7 @@ renamed), then the offsets and dead letters commit in one transaction.
 
 Exactly once, whatever the crashes: when a partition is assigned, the leftovers of a
 crashed flush (files no manifest names) are removed, reading resumes at the group's
-committed offset (where the lake ends, for a group without one), and rows the lake
-already holds are skipped. So a crash between a flush and its commit reads those records
+committed offset, and rows the lake already holds are skipped. So a crash between a flush and its commit reads those records
 again without archiving them twice, and a record is in the lake once. Replaying the
 archive group (`planshift replay planshift-archive --to-start`) re-archives nothing; to
 rebuild a lost lake, replay the archive group to the start.
@@ -58,18 +57,16 @@ class LakeSink:
         row["_event_date"] = event_date(event)
         self._rows[where].append(row)
 
-    def resume(self, topic: str, partition: int, committed: int | None) -> int | None:
+    def assigned(self, topic: str, partition: int) -> None:
         self.discard(topic, partition)
         removed = self.lake.remove_orphans(topic, partition)
         if removed:
             log.warning("removed files of an unfinished flush", topic=topic, partition=partition,
                         files=[str(p) for p in removed])
-        held = self.lake.next_offset(topic, partition)
-        self._next[(topic, partition)] = held or 0
-        # The committed offset is past every record of a committed transaction, dead
-        # letters included; the lake may hold more (a flush whose commit never came).
-        # Without committed offsets (a new group), reading starts where the lake ends.
-        return held if committed is None else committed
+        # Reading resumes at the committed offset, past every record of a committed
+        # transaction (dead letters included); the lake may hold more: a flush whose
+        # commit never came.
+        self._next[(topic, partition)] = self.lake.next_offset(topic, partition) or 0
 
     def flush(self) -> None:
         for (topic, partition), rows in list(self._rows.items()):

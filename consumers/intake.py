@@ -58,7 +58,7 @@ from planshift.domain.eligibility import (
 from planshift.domain.lifecycle import ADMIN_LOCK, is_final, may_follow
 from planshift.domain.validity import check_request
 from planshift.errors import PermanentError
-from planshift.events import event, rfc3339
+from planshift.events import credit_check_requested, rfc3339, upgrade_status
 from planshift.kafka.partitioning import spread
 from planshift.logs import get_logger
 from planshift.runtime import Context, ProcessorConfig, Source, StreamProcessor
@@ -76,12 +76,6 @@ EXPIRY_TIMER = "credit-check-expiry:"
 
 class UpgradeIdTaken(PermanentError):
     """The request's upgrade_id is another tenant's: refused, never merged with that upgrade."""
-
-
-def status_event(tenant_id: str, upgrade_id: str, status: str, *, reasons: list[dict] | None = None,
-                 event_id: str | None = None, **fields: Any) -> dict[str, Any]:
-    return event(Topic.UPGRADE_STATUS, tenant_id, event_id or f"{upgrade_id}:status:{status}",
-                 upgrade_id=upgrade_id, status=status, reasons=reasons or [], **fields)
 
 
 class Intake:
@@ -130,21 +124,17 @@ class Intake:
             return
         now = ctx.now()
         stamp = rfc3339(now)  # every event of this request carries the same moment
-        ctx.emit(Topic.UPGRADE_STATUS, tenant_id,
-                 status_event(tenant_id, upgrade_id, Status.ACCEPTED, occurred_at=stamp))
+        ctx.publish(upgrade_status(tenant_id, upgrade_id, Status.ACCEPTED, occurred_at=stamp))
         tenant.in_flight = upgrade_id
         check = credit_check_reason(request, self.settings.credit_check_threshold_minor)
         if check is None:
             self._start_migration(ctx, tenant, request, users, now, stamp)
             return
         due_by = add_business_days(request_date(request), 2).isoformat()
-        ctx.emit(Topic.CREDIT_CHECK_REQUESTED, tenant_id, event(
-            Topic.CREDIT_CHECK_REQUESTED, tenant_id, f"{upgrade_id}:credit-check", occurred_at=stamp,
-            upgrade_id=upgrade_id, reason=check, amount_minor=request["new_total_cost_minor"],
-            currency=request["currency"], due_by=due_by))
-        ctx.emit(Topic.UPGRADE_STATUS, tenant_id, status_event(
-            tenant_id, upgrade_id, Status.CREDIT_CHECK_PENDING, occurred_at=stamp,
-            credit_check={"reason": check, "due_by": due_by}))
+        ctx.publish(credit_check_requested(tenant_id, upgrade_id, check, request["new_total_cost_minor"],
+                                           request["currency"], due_by, stamp))
+        ctx.publish(upgrade_status(tenant_id, upgrade_id, Status.CREDIT_CHECK_PENDING, occurred_at=stamp,
+                                   credit_check={"reason": check, "due_by": due_by}))
         tenant.upgrades[upgrade_id] = Status.CREDIT_CHECK_PENDING
         tenant.save(ctx)
         ctx.put(f"pending:{upgrade_id}", request)
@@ -220,8 +210,8 @@ class Intake:
 
     # -- steps ----------------------------------------------------------------------
     def _reject(self, ctx: Context, tenant: "TenantState", upgrade_id: str, reasons: list[dict]) -> None:
-        ctx.emit(Topic.UPGRADE_STATUS, tenant.tenant_id,
-                 status_event(tenant.tenant_id, upgrade_id, Status.REJECTED, reasons=reasons, occurred_at=ctx.now()))
+        ctx.publish(upgrade_status(tenant.tenant_id, upgrade_id, Status.REJECTED, reasons=reasons,
+                                   occurred_at=ctx.now()))
         tenant.apply(upgrade_id, Status.REJECTED)
         tenant.save(ctx)
 
@@ -236,8 +226,8 @@ class Intake:
             ctx.emit(Topic.LICENSE_BATCHES, batch_key(upgrade_id, batch["batch_no"]), batch,
                      placement=functools.partial(spread, upgrade_id, batch["batch_no"]))
             batch_count = batch["batch_count"]
-        ctx.emit(Topic.UPGRADE_STATUS, tenant_id, status_event(
-            tenant_id, upgrade_id, Status.MIGRATING, event_id=f"{upgrade_id}:status:migrating:0",
+        ctx.publish(upgrade_status(
+            tenant_id, upgrade_id, Status.MIGRATING, step=0,
             progress={"batches_done": 0, "batch_count": batch_count, "users_done": 0, "users_total": len(users)},
             admin_locked_until=rfc3339(now + ADMIN_LOCK), occurred_at=stamp))
         tenant.upgrades[upgrade_id] = Status.MIGRATING
@@ -299,9 +289,8 @@ def intake_config(settings: Settings, directory: LicenceDirectory | None = None,
     intake = Intake(settings, directory or SqliteDirectory.for_settings(settings),
                     catalogue or Catalogue.for_settings(settings))
     # Intake's records are many and small: a commit a second (or per 5000 records) instead
-    # of every 200 ms keeps a tenth more of its throughput (bench/intake_throughput.py); a
-    # request's statuses are seen at most a second later, which nobody waiting for an
-    # upgrade notices. (Larger transactions, 20,000 records, measured slower.)
+    # of every 200 ms keeps more of its throughput (bench/README.md); a request's statuses
+    # are seen at most a second later, which nobody waiting for an upgrade notices.
     if config.get("commit_interval_ms") is None and settings.commit_interval_ms is None:
         config["commit_interval_ms"] = COMMIT_INTERVAL_MS
     return ProcessorConfig(

@@ -27,7 +27,7 @@ from __future__ import annotations
 from typing import Any
 
 from planshift.contract import Topic
-from planshift.events import event
+from planshift.events import batch_completed
 from planshift.logs import get_logger
 from planshift.runtime import Context, ProcessorConfig, Source, StreamProcessor
 from planshift.settings import Settings
@@ -53,29 +53,18 @@ class Migration:
                                         batch["target_sku"])
         if result.users_missing:
             log.warning("users no longer hold the source licence", users_missing=result.users_missing)
-        ctx.emit(Topic.LICENSE_BATCH_COMPLETED, upgrade_id, event(
-            Topic.LICENSE_BATCH_COMPLETED, batch["tenant_id"], f"{upgrade_id}:batch-completed:{batch_no}",
-            occurred_at=ctx.now(), upgrade_id=upgrade_id, outcome="completed", batch_no=batch_no, batch_count=batch["batch_count"],
-            users_migrated=result.users_migrated, users_already_migrated=result.users_already_migrated,
-            users_missing=result.users_missing,
-            service_plan_resets=[{"user_id": u, "disabled_services": list(d)} for u, d in result.resets],
-            source_subscription_id=batch["source_subscription_id"], source_sku=batch["source_sku"],
-            target_subscription_id=batch["target_subscription_id"], target_sku=batch["target_sku"],
-            terms=batch["terms"]))
+        ctx.publish(batch_completed(
+            batch, "completed", ctx.now(), users_migrated=result.users_migrated,
+            users_already_migrated=result.users_already_migrated, users_missing=result.users_missing,
+            service_plan_resets=[{"user_id": u, "disabled_services": list(d)} for u, d in result.resets]),
+            key=upgrade_id)
         ctx.put(done_key, True)
 
     def on_failed_batch(self, ctx: Context, batch: dict[str, Any], error: BaseException) -> None:
         """The batch is being dead-lettered: the upgrade cannot complete; tell settlement."""
         upgrade_id, batch_no = batch["upgrade_id"], batch["batch_no"]
         detail = f"Batch {batch_no} of {batch['batch_count']}: {type(error).__name__}: {error}"
-        ctx.emit(Topic.LICENSE_BATCH_COMPLETED, upgrade_id, event(
-            Topic.LICENSE_BATCH_COMPLETED, batch["tenant_id"], f"{upgrade_id}:batch-failed:{batch_no}",
-            occurred_at=ctx.now(), upgrade_id=upgrade_id, batch_no=batch_no, batch_count=batch["batch_count"],
-            outcome="failed", error=detail[:2000], users_migrated=0, users_already_migrated=0,
-            users_missing=0, service_plan_resets=[],
-            source_subscription_id=batch["source_subscription_id"], source_sku=batch["source_sku"],
-            target_subscription_id=batch["target_subscription_id"], target_sku=batch["target_sku"],
-            terms=batch["terms"]))
+        ctx.publish(batch_completed(batch, "failed", ctx.now(), error=detail[:2000]), key=upgrade_id)
 
 
 def processor(settings: Settings, instance: str = "0", directory: LicenceDirectory | None = None,

@@ -34,12 +34,12 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from planshift.contract import Status, Topic, billing_switch_id, credit_id, status_id
+from planshift.contract import Status, Topic, billing_switch_id, credit_id
 from planshift.domain.eligibility import reason
 from planshift.domain.lifecycle import ADMIN_LOCK
 from planshift.domain.settlement import Migration, Next, progress, settle, take
 from planshift.errors import PermanentError
-from planshift.events import event, rfc3339, upgrade_ended
+from planshift.events import event, rfc3339, upgrade_ended, upgrade_status
 from planshift.logs import get_logger
 from planshift.runtime import Context, ProcessorConfig, Source, StreamProcessor
 from planshift.settings import Settings
@@ -90,15 +90,12 @@ class Settlement:
     def _status(self, ctx: Context, done: dict[str, Any], status: str, step: int | None = None,
                 **fields: Any) -> None:
         tenant_id, upgrade_id = done["tenant_id"], done["upgrade_id"]
-        ctx.emit(Topic.UPGRADE_STATUS, tenant_id, event(
-            Topic.UPGRADE_STATUS, tenant_id, status_id(upgrade_id, status, step), occurred_at=ctx.now(),
-            upgrade_id=upgrade_id, status=status, **{"reasons": [], **fields}))
+        ctx.publish(upgrade_status(tenant_id, upgrade_id, status, step=step, occurred_at=ctx.now(), **fields))
 
     def _fail(self, ctx: Context, done: dict[str, Any], code: str, detail: str) -> None:
         self._status(ctx, done, Status.FAILED, reasons=[reason(code, detail[:500]).as_dict()],
                      admin_locked_until=None)
-        ctx.emit(Topic.UPGRADE_ENDED, done["tenant_id"],
-                 upgrade_ended(done["tenant_id"], done["upgrade_id"], Status.FAILED))
+        ctx.publish(upgrade_ended(done["tenant_id"], done["upgrade_id"], Status.FAILED))
         log.error("upgrade failed", code=code, detail=detail[:500])
 
     def _settle(self, ctx: Context, done: dict[str, Any], migration: Migration) -> Migration:
@@ -114,7 +111,7 @@ class Settlement:
                               batches_done=migration.batches_done, users_done=migration.users_done + swept)
         settled = settle(terms, done)
         credit = settled.credit
-        ctx.emit(Topic.BILLING_SWITCH, tenant_id, event(
+        ctx.publish(event(
             Topic.BILLING_SWITCH, tenant_id, billing_switch_id(upgrade_id), occurred_at=ctx.now(),
             upgrade_id=upgrade_id,
             old_subscription_id=done["source_subscription_id"], old_sku=done["source_sku"],
@@ -123,7 +120,7 @@ class Settlement:
             billing_frequency=terms["billing_frequency"], currency=terms["currency"],
             new_total_cost_minor=terms["new_total_cost_minor"]))
         if credit.amount_minor > 0:
-            ctx.emit(Topic.CREDIT_ISSUED, tenant_id, event(
+            ctx.publish(event(
                 Topic.CREDIT_ISSUED, tenant_id, credit_id(upgrade_id), occurred_at=ctx.now(),
                 credit_id=credit_id(upgrade_id),
                 upgrade_id=upgrade_id, subscription_id=done["source_subscription_id"], currency=terms["currency"],
@@ -137,7 +134,7 @@ class Settlement:
                      new_subscription_id=done["target_subscription_id"], credit_minor=credit.amount_minor,
                      forfeit_minor=credit.forfeit_minor, currency=terms["currency"],
                      service_plan_resets=len(resets))
-        ctx.emit(Topic.UPGRADE_ENDED, tenant_id, upgrade_ended(tenant_id, upgrade_id, Status.COMPLETED))
+        ctx.publish(upgrade_ended(tenant_id, upgrade_id, Status.COMPLETED))
         # A file beside the transaction: rewritten whole and identically if this is redone.
         path = write_reset_report(self.settings, upgrade_id, resets)
         log.info("upgrade settled", credit_minor=credit.amount_minor,

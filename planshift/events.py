@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from planshift.contract import SCHEMA_VERSION, Topic
+from planshift.contract import SCHEMA_VERSION, Topic, status_id
 
 
 def utc_now() -> datetime:
@@ -46,6 +46,38 @@ def with_envelope(value: dict[str, Any], event_type: str) -> dict[str, Any]:
         "occurred_at": rfc3339(utc_now()),
         **value,
     }
+
+
+def upgrade_status(tenant_id: str, upgrade_id: str, status: str, *, step: int | None = None,
+                   reasons: list[dict] | None = None, occurred_at: datetime | str | None = None,
+                   **fields: Any) -> dict[str, Any]:
+    """An `upgrade.status` event (CONTRACT.md §4), whoever writes it: one id per status,
+    and per progress step while migrating (`status_id`), so a redo writes the same event."""
+    return event(Topic.UPGRADE_STATUS, tenant_id, status_id(upgrade_id, status, step), occurred_at,
+                 upgrade_id=upgrade_id, status=status, reasons=reasons or [], **fields)
+
+
+def credit_check_requested(tenant_id: str, upgrade_id: str, reason: str, amount_minor: int, currency: str,
+                           due_by: str, occurred_at: datetime | str | None = None) -> dict[str, Any]:
+    return event(Topic.CREDIT_CHECK_REQUESTED, tenant_id, f"{upgrade_id}:credit-check", occurred_at,
+                 upgrade_id=upgrade_id, reason=reason, amount_minor=amount_minor, currency=currency, due_by=due_by)
+
+
+def batch_completed(batch: dict[str, Any], outcome: str, occurred_at: datetime | str | None = None, *,
+                    users_migrated: int = 0, users_already_migrated: int = 0, users_missing: int = 0,
+                    service_plan_resets: list[dict] | None = None, error: str | None = None) -> dict[str, Any]:
+    """A `license.batch.completed` event for one batch of `license.batches`: `completed`
+    with its counts, or `failed` with the error (the batch is being dead-lettered)."""
+    upgrade_id, batch_no = batch["upgrade_id"], batch["batch_no"]
+    kind = "batch-completed" if outcome == "completed" else "batch-failed"
+    extra = {} if error is None else {"error": error}
+    return event(Topic.LICENSE_BATCH_COMPLETED, batch["tenant_id"], f"{upgrade_id}:{kind}:{batch_no}", occurred_at,
+                 upgrade_id=upgrade_id, outcome=outcome, batch_no=batch_no, batch_count=batch["batch_count"],
+                 **extra, users_migrated=users_migrated, users_already_migrated=users_already_migrated,
+                 users_missing=users_missing, service_plan_resets=service_plan_resets or [],
+                 source_subscription_id=batch["source_subscription_id"], source_sku=batch["source_sku"],
+                 target_subscription_id=batch["target_subscription_id"], target_sku=batch["target_sku"],
+                 terms=batch["terms"])
 
 
 def upgrade_ended(tenant_id: str, upgrade_id: str, status: str) -> dict[str, Any]:

@@ -51,7 +51,7 @@ class Settings:
     log_level: str = "INFO"
     # Check every event a consumer emits against its schema before sending it. The
     # tests run with it on; in production the outputs are built from validated inputs,
-    # and the checks cost a fifth of intake's time.
+    # and the checks would cost intake much of its throughput (bench/README.md).
     validate_outputs: bool = False
     # How long a consumer's transaction stays open under load before it commits (an
     # idle consumer commits at once). Longer: fewer commits, more throughput; outputs

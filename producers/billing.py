@@ -174,7 +174,7 @@ class BillingSimulator:
                  lines: list[dict[str, Any]], event_id: str | None = None) -> None:
         # The simulated billing system issues the invoice on `issued_on`, which may be
         # days after the switch (or before it, for the current period): the event says so.
-        ctx.emit(Topic.INVOICE_ISSUED, tenant_id, event(
+        ctx.publish(event(
             Topic.INVOICE_ISSUED, tenant_id, event_id or invoice_id,
             occurred_at=datetime.combine(issued_on, time(), timezone.utc),
             invoice_id=invoice_id, issued_on=issued_on.isoformat(), currency=currency, lines=lines))

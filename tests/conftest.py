@@ -39,7 +39,7 @@ def wait_for(condition: Callable[[], object], timeout: float = 30.0, interval: f
 def broker_settings(tmp_path_factory) -> Settings:
     """Settings pointing at the session's broker; each test derives its own from it."""
     data_dir = tmp_path_factory.mktemp("planshift-broker")
-    base = Settings.from_env({k: v for k, v in os.environ.items() if k == "PLANSHIFT_KAFKA_CACHE"})
+    base = Settings.from_env({k: v for k, v in os.environ.items() if k in ("PLANSHIFT_KAFKA_CACHE", "PLANSHIFT_FAST_SENDS")})
     return base.with_(bootstrap_servers=f"127.0.0.1:{free_port()}", data_dir=data_dir, validate_outputs=True)
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from kafka import TopicPartition
 
 from planshift.events import encode_json, event_headers
-from planshift.kafka import clients
+from planshift.kafka import clients, fastpath
 from planshift.kafka.reader import read_topic, read_values
 from tests.conftest import wait_for
 
@@ -83,16 +85,18 @@ def test_consumers_read_committed_with_the_cooperative_assignor(settings):
         consumer.close()
 
 
-def test_the_runtimes_sends_land_where_send_puts_them_and_live_or_die_with_the_transaction(settings, topic_factory,
-                                                                                          unique_name):
-    """`TransactionalSends` bypasses `KafkaProducer.send`: its records must still go to the
-    default partitioner's partition (co-partitioning with every other producer), keep
-    their order and headers, and be committed or aborted with the transaction."""
+@pytest.mark.parametrize("sends_class", [fastpath.FastSends, clients.PublicSends], ids=["fast", "public"])
+def test_the_runtimes_sends_land_where_send_puts_them_and_live_or_die_with_the_transaction(
+        settings, topic_factory, unique_name, sends_class):
+    """`FastSends` bypasses `KafkaProducer.send`: its records must still go to the default
+    partitioner's partition (co-partitioning with every other producer), keep their order
+    and headers, and be committed or aborted with the transaction — as `PublicSends`'
+    records, through `send()`, are."""
     from kafka.partitioner.default import murmur2
 
     topic, unseen = topic_factory(partitions=6), topic_factory(partitions=3)
     producer = clients.producer(settings, transactional_id=unique_name("tx"), batch_size=16 * 1024)
-    sends = clients.TransactionalSends(producer)
+    sends = sends_class(producer)
     fallbacks = []  # the records that went through KafkaProducer.send
     original_send = producer.send
     producer.send = lambda *args, **kwargs: fallbacks.append(kwargs["key"]) or original_send(*args, **kwargs)
@@ -126,10 +130,13 @@ def test_the_runtimes_sends_land_where_send_puts_them_and_live_or_die_with_the_t
         assert record.partition == (murmur2(key) & 0x7FFFFFFF) % 6, key
         assert record.headers == {"event_type": b"test.event", "schema_version": b"1"}
     assert by_value["pinned"].partition == 5
-    # Only the first record (no metadata yet), the keyless one and the pinned one for a
-    # topic the producer had not seen took send(); every batch after the first of a
-    # partition (16 KiB each, ~40 records) was made by TransactionalSends itself.
-    assert fallbacks == [keys[0], None, b"unseen"], fallbacks
+    if sends_class is fastpath.FastSends:
+        # Only the first record (no metadata yet), the keyless one and the pinned one for a
+        # topic the producer had not seen took send(); every batch after the first of a
+        # partition (16 KiB each, ~40 records) was made by FastSends itself.
+        assert fallbacks == [keys[0], None, b"unseen"], fallbacks
+    else:
+        assert len(fallbacks) == 405  # every send of both transactions
     assert [(r.partition, r.value["n"]) for r in read_topic(settings, unseen)] == [(2, "unseen")]
     assert by_value["large"].partition == (murmur2(b"large") & 0x7FFFFFFF) % 6
     for partition in range(6):  # each partition keeps the order of the sends

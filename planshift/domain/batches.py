@@ -1,8 +1,9 @@
 """Batch planning: a tenant's users split into licence-migration batches.
 
-Batches are keyed `{upgrade_id}:{batch_no}`, so Kafka's partitioner spreads one
-tenant's batches over every partition of `license.batches`, and migration workers
-run them in parallel ("many users take longer").
+Batches are keyed `{upgrade_id}:{batch_no}` and placed by `kafka.partitioning.spread`
+(round-robin from a partition chosen by the upgrade id), so one tenant's batches cover
+the partitions of `license.batches` evenly and migration workers run them in parallel
+("many users take longer").
 """
 
 from __future__ import annotations

@@ -73,8 +73,8 @@ def find_group_coordinator(producer: KafkaProducer, group_id: str) -> None:
 
     kafka-python looks it up only when the first `send_offsets_to_transaction` needs it,
     and then sends that lookup and the offset commit as retries, each after
-    `retry_backoff_ms`: the first commit of every new producer took 200 ms more than
-    the others (7% of intake's time over the benchmark's 20,000 requests)."""
+    `retry_backoff_ms`: the first commit of every new producer would take
+    `retry_backoff_ms` longer than the others (bench/README.md)."""
     transactions = producer._transaction_manager
     with transactions._lock:
         transactions._lookup_coordinator(CoordinatorType.GROUP, group_id)

@@ -12,7 +12,7 @@ first (at once when the consumer is idle, unless its config says otherwise). In 
 3. `commit()`:
    a. the external sinks are flushed (the archiver's lake): what they hold is written
       before the offsets that say it was read, so a crash in between reads those records
-      again, and a sink that owns its position (`Sink.resume`) skips what it holds;
+      again, and the sink skips what it already holds (`sinks.py`);
    b. `send_offsets_to_transaction(offsets, consumer.group_metadata())`: the next offset
       of every handled partition joins the transaction, so the offsets commit if and
       only if the outputs and state changes do. The group metadata (generation and

@@ -85,6 +85,13 @@ class Context:
              placement: Callable[[int], int] | None = None) -> None:
         self.outputs.append(Output(topic, key, value, event_type or topic, placement))
 
+    def publish(self, event: dict[str, Any], key: str | None = None,
+                placement: Callable[[int], int] | None = None) -> None:
+        """Emit a contract event (`planshift/events.py` builds them) to the topic of its
+        `event_type`, keyed by its tenant unless `key` says otherwise."""
+        topic = event["event_type"]
+        self.outputs.append(Output(topic, event["tenant_id"] if key is None else key, event, topic, placement))
+
     def forward(self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> None:
         """Send a record as it is (no envelope, no encoding) to `topic`, its name on the
         cluster: the re-drive sends a dead letter back this way."""

@@ -74,8 +74,8 @@ class StreamProcessor:
         self._sources = self.engine.sources
         self.checkpoint = Checkpoint(self.metrics, config.commit_every, config.commit_interval_ms,
                                      config.commit_when_idle, config.sinks)
-        # The topics whose reading position a sink owns (cluster name → sink).
-        self._positions = {settings.topic(t): sink for sink in config.sinks for t in sink.topics}
+        # The topics each sink takes the records of (cluster name → sink).
+        self._sinks = {settings.topic(t): sink for sink in config.sinks for t in sink.topics}
         self._timers_checked = 0.0
         self._stop = threading.Event()
         self._tables: dict[str, GlobalTable] = {}
@@ -249,21 +249,21 @@ class StreamProcessor:
         self._reset_to_committed(list(self.consumer.assignment()) if tps is None else tps)
 
     def _reset_to_committed(self, tps: list[TopicPartition]) -> None:
-        self._seek(tps)
-        self._restore({tp.partition for tp in tps})
-
-    def _seek(self, tps) -> None:
-        """Each partition to where reading resumes: its committed offset, or where the sink
-        that owns the topic's position says."""
+        self._assign_sinks(tps)
         for tp in tps:
             committed = self.consumer.committed(tp)
-            sink = self._positions.get(tp.topic)
-            if sink is not None:
-                committed = sink.resume(self._sources[tp.topic].topic, tp.partition, committed)
             if committed is None:
                 self.consumer.seek_to_beginning(tp)
             else:
                 self.consumer.seek(tp, committed)
+        self._restore({tp.partition for tp in tps})
+
+    def _assign_sinks(self, tps) -> None:
+        """Tell each sink the partitions it now starts afresh (what it buffered is void)."""
+        for tp in tps:
+            sink = self._sinks.get(tp.topic)
+            if sink is not None:
+                sink.assigned(self._sources[tp.topic].topic, tp.partition)
 
     # -- state -------------------------------------------------------------------
     def _ensure_changelog(self) -> None:
@@ -289,9 +289,7 @@ class StreamProcessor:
                  seconds=round(time.monotonic() - began, 3))
 
     def _on_assigned(self, assigned: set[TopicPartition]) -> None:
-        owned = [tp for tp in assigned if tp.topic in self._positions]
-        if owned:
-            self._seek(owned)
+        self._assign_sinks(assigned)
         new = {tp.partition for tp in assigned} - set(self.engine.stores)
         self._restore(new)
 
@@ -318,7 +316,7 @@ class StreamProcessor:
 
     def _discard(self, tps) -> None:
         for tp in tps:
-            sink = self._positions.get(tp.topic)
+            sink = self._sinks.get(tp.topic)
             if sink is not None:
                 sink.discard(self._sources[tp.topic].topic, tp.partition)
 

@@ -2,10 +2,10 @@
 
 A consumer whose output is not a Kafka topic still runs on the runtime: its handler
 hands rows to a sink, and the sink writes them when the runtime commits (before the
-offsets join the transaction, `checkpoint.py` step 3a). The sink, not the committed
-offsets alone, says where reading resumes — it knows what it already holds — and it
-skips records it holds already, so a crash between its write and the commit changes
-nothing (Quix Streams' sinks work the same way).
+offsets join the transaction, `checkpoint.py` step 3a), as Quix Streams' checkpoint
+flushes its sinks. Reading resumes at the committed offsets, as for every consumer; the
+sink knows what it already holds and skips those records, so a crash between its write
+and the commit changes nothing.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from typing import Protocol
 
 
 class Sink(Protocol):
-    topics: tuple[str, ...]  # contract topics whose reading position this sink owns
+    topics: tuple[str, ...]  # contract topics whose records this sink takes
 
-    def resume(self, topic: str, partition: int, committed: int | None) -> int | None:
-        """Where reading `partition` of `topic` resumes (None: the beginning), given the
-        group's committed offset. Called on assignment and after an abort: what the sink
-        buffered for the partition and not yet flushed is dropped."""
+    def assigned(self, topic: str, partition: int) -> None:
+        """`partition` of `topic` is read afresh from its committed offset: on assignment,
+        and after an abort. What the sink buffered for it is void; what it holds already,
+        it skips when read again."""
 
     def flush(self) -> None:
         """Write what is buffered, durably, before the runtime commits."""
