@@ -143,3 +143,53 @@ def test_a_handled_batch_is_freed_at_once_not_by_the_garbage_collector(topics):
         gc.enable()
     assert processor.metrics.records == 60
     assert left_to_the_collector == []
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast-sends", "public-sends"])
+def test_the_fast_sends_switch_chooses_the_send_path_and_both_deliver(topics, fast):
+    """PLANSHIFT_FAST_SENDS=0 must really take kafka-python's public `send()`, and the
+    outputs must be the same either way."""
+    from planshift.kafka import clients, fastpath
+
+    settings = topics.with_(fast_sends=fast)
+    produce(settings, "numbers", [("a", {"n": 1}), ("b", {"n": 2}), ("a", {"n": 3})])
+    processor = counting_processor(settings)
+    with running(processor):
+        wait_for(lambda: len(values(settings, "totals")) == 3, message="three totals")
+        sends = processor.checkpoint.sends
+    assert isinstance(sends, fastpath.FastSends if fast else clients.PublicSends)
+    assert sorted(v["total"] for v in values(settings, "totals")) == [1, 2, 4]
+
+
+def test_a_commit_the_broker_never_answers_is_bounded_and_the_work_done_once(topics, kafka_broker):
+    """The broker stops answering (SIGSTOP) while a transaction is open: the commit, which
+    kafka-python would wait on for ever, gives up after `call_timeout_ms`; the producer is
+    replaced once the broker is back, the partitions reset, and every record's output is
+    there once (issue 12: a worker once waited for good in `send_offsets_to_transaction`)."""
+    import os
+    import signal
+    import threading
+
+    settings = topics
+    produce(settings, "numbers", [("a", {"n": n}) for n in range(1, 121)])
+    pid = kafka_broker.pid()
+    stopped = threading.Event()
+
+    def handle(ctx, event):
+        if event["n"] == 60 and not stopped.is_set():
+            stopped.set()
+            os.kill(pid, signal.SIGSTOP)  # the transaction holding records up to 60 is open
+            threading.Timer(6.0, os.kill, (pid, signal.SIGCONT)).start()
+        ctx.emit("totals", ctx.key, {"n": event["n"]}, event_type="total")
+
+    processor = StreamProcessor(settings, ProcessorConfig(
+        group_id="counter", sources=(Source("numbers", handle, schema=""),), stateful=False,
+        commit_interval_ms=50, call_timeout_ms=2000))
+    try:
+        with running(processor, timeout=60):
+            wait_for(lambda: len(values(settings, "totals")) >= 120, 90, message="every record's output")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    outputs = [v["n"] for v in values(settings, "totals")]
+    assert sorted(outputs) == list(range(1, 121)), "a record's output is missing or there twice"
+    assert stopped.is_set() and processor.metrics.aborts >= 1

@@ -106,3 +106,9 @@ def test_the_commit_interval_is_each_consumers_unless_the_environment_or_the_com
     assert intake.processor(chosen, commit_interval_ms=50).config.commit_interval_ms == 50  # --commit-interval-ms
     with pytest.raises(SettingsError, match="PLANSHIFT_COMMIT_INTERVAL_MS"):
         Settings.from_env({"PLANSHIFT_COMMIT_INTERVAL_MS": "0"})
+
+
+@pytest.mark.parametrize("value, fast", [(None, True), ("1", True), ("0", False), ("false", False), ("no", False)])
+def test_fast_sends_are_on_unless_switched_off(value, fast):
+    env = {} if value is None else {"PLANSHIFT_FAST_SENDS": value}
+    assert Settings.from_env(env).fast_sends is fast

@@ -29,14 +29,24 @@ again from the committed offsets with the committed state. Nothing is visible un
 `abort()` drops an open transaction; `forget()` does so for a fenced producer, which
 cannot even abort (the processor replaces it). After either, the processor resets the
 partitions to their committed state.
+
+Every call that waits on the broker is bounded (`Bounded`): kafka-python's
+`send_offsets_to_transaction`, `commit_transaction` and `abort_transaction` wait without
+a timeout for their result, and a broker that restarts at the wrong moment can leave that
+result pending for ever. A call that runs out of time raises `CallTimedOut`; the
+processor then treats its producer as a fenced one: closes it, makes a new one (whose
+`init_transactions` aborts the transaction left open) and resets the partitions.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any, Callable, Iterable
 
 from kafka import TopicPartition
+from kafka.errors import KafkaTimeoutError
 from kafka.structs import OffsetAndMetadata
 
 from planshift.logs import get_logger
@@ -45,9 +55,36 @@ from planshift.runtime.sinks import Sink
 log = get_logger(__name__)
 
 
+class CallTimedOut(KafkaTimeoutError):
+    """A client call did not return within its bound: its producer is replaced."""
+
+
+class Bounded:
+    """Runs a client call for at most `seconds`, on a helper thread.
+
+    A call that runs out of time leaves its thread waiting (kafka-python cannot cancel
+    it) until the producer it waits on is closed; the next call gets a new thread."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self._pool: ThreadPoolExecutor | None = None
+
+    def __call__(self, what: str, call: Callable[..., Any], *args: Any) -> Any:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="planshift-bounded")
+        future = self._pool.submit(call, *args)
+        try:
+            return future.result(self.seconds)
+        except FutureTimeout:
+            self._pool.shutdown(wait=False)
+            self._pool = None
+            raise CallTimedOut(f"{what} did not return within {self.seconds:.0f}s") from None
+
+
 class Checkpoint:
     def __init__(self, metrics: Any, commit_every: int, commit_interval_ms: int, commit_when_idle: bool = True,
-                 sinks: Iterable[Sink] = ()):
+                 sinks: Iterable[Sink] = (), call_timeout_s: float = 30.0):
+        self.bounded = Bounded(call_timeout_s)
         self.metrics = metrics
         self.commit_every = commit_every
         self.commit_interval_ms = commit_interval_ms
@@ -85,8 +122,9 @@ class Checkpoint:
             sink.flush()
         offsets = {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in self._offsets.items()}
         if offsets:
-            self.producer.send_offsets_to_transaction(offsets, self.consumer.group_metadata())
-        self.producer.commit_transaction()
+            self.bounded("send_offsets_to_transaction", self.producer.send_offsets_to_transaction, offsets,
+                         self.consumer.group_metadata())
+        self.bounded("commit_transaction", self.producer.commit_transaction)
         self.open = False
         self._offsets.clear()
         self.metrics.commits += 1
@@ -97,7 +135,7 @@ class Checkpoint:
         aborted = True
         if self.open:
             try:
-                self.producer.abort_transaction()
+                self.bounded("abort_transaction", self.producer.abort_transaction)
             except Exception:  # noqa: BLE001 - a fenced or broken producer is replaced by the caller
                 log.warning("abort failed; the producer is replaced")
                 aborted = False

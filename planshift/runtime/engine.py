@@ -86,6 +86,9 @@ class ProcessorConfig:
     session_timeout_ms: int = 15_000  # an instance that is gone for good loses its partitions after this
     poll_timeout_ms: int = 500  # returns at once when records wait; bounds how soon stop() is seen
     timer_interval_ms: int = 1000  # how often the processor looks for due timers
+    # The longest a call to the broker may take (committing, aborting, closing) before its
+    # producer is replaced and the partitions reset (`checkpoint.py`).
+    call_timeout_ms: int = 30_000
     # Sinks outside Kafka (`planshift/runtime/sinks.py`), flushed at every commit.
     sinks: tuple[Any, ...] = ()
     # Commit as soon as a poll returns nothing. Off for a consumer that writes files (the

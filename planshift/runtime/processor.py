@@ -42,7 +42,7 @@ from planshift.kafka import clients, fastpath
 from planshift.kafka.assignor import CopartitionedCooperativeStickyAssignor
 from planshift.kafka.topics import ensure_topic, existing_partitions
 from planshift.logs import get_logger
-from planshift.runtime.checkpoint import Checkpoint
+from planshift.runtime.checkpoint import CallTimedOut, Checkpoint
 from planshift.runtime.engine import Engine, ProcessorConfig, Source
 from planshift.runtime.state import restore
 from planshift.runtime.tables import GlobalTable
@@ -57,6 +57,9 @@ log = get_logger(__name__)
 DEFAULT_COMMIT_INTERVAL_MS = 200
 
 FENCED = (ProducerFencedError, InvalidProducerEpochError)
+# A producer that is fenced, or whose call ran out of time, cannot be trusted to abort:
+# it is closed and replaced (the new one's init_transactions aborts what it left open).
+REPLACE = FENCED + (CallTimedOut,)
 LOST_GENERATION = (CommitFailedError, IllegalGenerationError, UnknownMemberIdError, RebalanceInProgressError)
 
 
@@ -73,10 +76,13 @@ class StreamProcessor:
         self.metrics = self.engine.metrics
         self._sources = self.engine.sources
         self.checkpoint = Checkpoint(self.metrics, config.commit_every, config.commit_interval_ms,
-                                     config.commit_when_idle, config.sinks)
+                                     config.commit_when_idle, config.sinks, config.call_timeout_ms / 1000)
         # The topics each sink takes the records of (cluster name → sink).
         self._sinks = {settings.topic(t): sink for sink in config.sinks for t in sink.topics}
         self._timers_checked = 0.0
+        # Partitions to put back to their committed state at the next poll: a rebalance
+        # callback cannot (kafka-python's consumer may not block inside one).
+        self._reset_due: set[TopicPartition] = set()
         self._stop = threading.Event()
         self._tables: dict[str, GlobalTable] = {}
         self._changelog = self.engine.changelog
@@ -154,10 +160,12 @@ class StreamProcessor:
             log.exception("commit at shutdown failed; the open transaction is aborted")
             self.checkpoint.abort()
         finally:
+            # Bounded, so SIGTERM always ends a consumer: whatever is not sent by now
+            # belongs to a transaction that was aborted or will be.
             if self.consumer is not None:
-                self.consumer.close()
+                self.consumer.close(timeout_ms=self.config.call_timeout_ms)
             if self.producer is not None:
-                self.producer.close()
+                self.producer.close(timeout=self.config.call_timeout_ms / 1000)
             for table in self._tables.values():
                 table.close()
             log.info("processor stopped", group=self.config.group_id, records=self.metrics.records,
@@ -175,6 +183,10 @@ class StreamProcessor:
 
     def _poll_once(self) -> None:
         batches = self.consumer.poll(timeout_ms=self.config.poll_timeout_ms)
+        if self._reset_due:
+            due, self._reset_due = self._reset_due & self.consumer.assignment(), set()
+            self._reset_to_committed(list(due))
+            batches = {tp: records for tp, records in batches.items() if tp not in due}
         if batches and self.metrics.first_record_at is None:
             self.metrics.first_record_at = time.monotonic()
         checkpoint, engine, metrics = self.checkpoint, self.engine, self.metrics
@@ -223,20 +235,32 @@ class StreamProcessor:
 
     def _transaction_failed(self, exc: KafkaError) -> None:
         """The open transaction cannot commit: drop it and go back to the committed state."""
-        if isinstance(exc, FENCED + LOST_GENERATION):
+        if isinstance(exc, REPLACE + LOST_GENERATION):
             log.warning("transaction lost; resetting to the committed offsets", error=repr(exc))
-            self._recover(fenced=isinstance(exc, FENCED))
+            self._recover(fenced=isinstance(exc, REPLACE))
         else:
             log.error("transaction failed; aborting and resetting to the committed offsets", error=repr(exc))
             self._recover(fenced=False)
 
     # -- recovery ------------------------------------------------------------------
     def _replace_producer(self) -> None:
+        """Close the producer (without waiting on what it holds) and make a new one, trying
+        again while the broker cannot be reached (until stopped)."""
         try:
-            self.producer.close(timeout=5)
+            self.producer.close(timeout=0)
         except Exception:  # noqa: BLE001
             pass
-        self.producer = self._new_producer()
+        backoff = 0.5
+        while True:
+            try:
+                self.producer = self._new_producer()
+                return
+            except KafkaError as exc:
+                if self._stop.is_set():
+                    raise
+                log.warning("cannot make a new producer yet; trying again", error=repr(exc), seconds=backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
 
     def _recover(self, fenced: bool, tps: list[TopicPartition] | None = None) -> None:
         """Drop the open transaction (a fenced producer cannot abort: it is replaced) and
@@ -299,8 +323,13 @@ class StreamProcessor:
                 self.checkpoint.commit()
             except Exception as exc:  # noqa: BLE001 - bounded: abort and let the new owner redo it
                 log.warning("commit on revocation failed; aborting", error=repr(exc))
-                # The partitions kept go back to their committed offsets too.
-                self._recover(isinstance(exc, FENCED), [tp for tp in self.consumer.assignment() if tp not in revoked])
+                if isinstance(exc, REPLACE):
+                    self.checkpoint.forget()
+                    self._replace_producer()
+                elif not self.checkpoint.abort():
+                    self._replace_producer()
+                # The partitions kept go back to their committed state too, at the next poll.
+                self._reset_due |= {tp for tp in self.consumer.assignment() if tp not in revoked}
                 self._discard(revoked)
         still_owned = {tp.partition for tp in self.consumer.assignment() if tp not in revoked}
         for partition in {tp.partition for tp in revoked} - still_owned:
