@@ -52,6 +52,7 @@ def run_archive(args: argparse.Namespace, settings: Settings) -> int:
     worker = archiver(settings, instance=args.instance, flush_every=args.flush_every,
                       flush_interval_s=args.flush_interval_s)
     worker.install_signal_handlers()
+    worker.exit_if_stalled()
     worker.run()
     return 0
 
@@ -99,5 +100,6 @@ def run_consumer(args: argparse.Namespace, settings: Settings) -> int:
                                                ("commit_interval_ms", args.commit_interval_ms)) if value is not None}
     processor = module.processor(settings, instance=args.instance, **options)
     processor.install_signal_handlers()
+    processor.exit_if_stalled()
     processor.run()
     return 0

@@ -33,5 +33,6 @@ def run_billing_simulator(args: argparse.Namespace, settings: Settings) -> int:
     tuning.for_consumer()
     processor = billing.processor(settings, rates=dict(args.fault), seed=args.seed, instance=args.instance)
     processor.install_signal_handlers()
+    processor.exit_if_stalled()
     processor.run()
     return 0

@@ -193,3 +193,41 @@ def test_a_commit_the_broker_never_answers_is_bounded_and_the_work_done_once(top
     outputs = [v["n"] for v in values(settings, "totals")]
     assert sorted(outputs) == list(range(1, 121)), "a record's output is missing or there twice"
     assert stopped.is_set() and processor.metrics.aborts >= 1
+
+
+STALLING = """
+import time
+from planshift import logs
+from planshift.runtime import ProcessorConfig, Source, StreamProcessor
+from planshift.settings import Settings
+
+logs.configure("INFO")
+processor = StreamProcessor(Settings.from_env(), ProcessorConfig(
+    group_id="staller", sources=(Source("numbers", lambda ctx, event: time.sleep(600), schema=""),),
+    stateful=False, stall_timeout_ms=2000))
+processor.exit_if_stalled()
+processor.run()
+"""
+
+
+def test_a_stalled_loop_ends_its_process_so_the_group_can_move_its_partitions(topics, tmp_path):
+    """A handler (or a call) that never returns: `planshift run` processes exit, logging why,
+    instead of holding their partitions for good behind a live heartbeat."""
+    import os
+    import subprocess
+    import sys
+
+    settings = topics
+    env = {**os.environ, "PLANSHIFT_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+           "PLANSHIFT_TOPIC_PREFIX": settings.topic_prefix, "PLANSHIFT_DATA_DIR": str(tmp_path)}
+    log = tmp_path / "staller.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen([sys.executable, "-c", STALLING], env=env, stdout=out, stderr=out)
+    try:
+        produce(settings, "numbers", [("a", {"n": 1})])
+        wait_for(lambda: process.poll() is not None, 60, message="the stalled process to exit")
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 70
+    assert "made no progress" in log.read_text()

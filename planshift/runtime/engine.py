@@ -89,6 +89,8 @@ class ProcessorConfig:
     # The longest a call to the broker may take (committing, aborting, closing) before its
     # producer is replaced and the partitions reset (`checkpoint.py`).
     call_timeout_ms: int = 30_000
+    # A loop that has not come round for this long is stalled (`StreamProcessor.exit_if_stalled`).
+    stall_timeout_ms: int = 300_000
     # Sinks outside Kafka (`planshift/runtime/sinks.py`), flushed at every commit.
     sinks: tuple[Any, ...] = ()
     # Commit as soon as a poll returns nothing. Off for a consumer that writes files (the

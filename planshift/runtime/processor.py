@@ -21,7 +21,9 @@ handled. SIGTERM and SIGINT finish the record in hand, commit, and leave the gro
 from __future__ import annotations
 
 import dataclasses
+import os
 import signal
+import sys
 import threading
 import time
 from typing import Callable
@@ -83,6 +85,7 @@ class StreamProcessor:
         # Partitions to put back to their committed state at the next poll: a rebalance
         # callback cannot (kafka-python's consumer may not block inside one).
         self._reset_due: set[TopicPartition] = set()
+        self._came_round = time.monotonic()  # when the loop last began a round (exit_if_stalled)
         self._stop = threading.Event()
         self._tables: dict[str, GlobalTable] = {}
         self._changelog = self.engine.changelog
@@ -99,6 +102,28 @@ class StreamProcessor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop())
 
+    def exit_if_stalled(self, code: int = 70) -> None:
+        """End the process if the loop makes no progress for `stall_timeout_ms` (for a
+        process that runs only this processor: its supervisor starts it again).
+
+        Every call to the broker is bounded, so the loop should always come round; should
+        it not, kafka-python's heartbeat thread would keep the stuck member in its group,
+        holding its partitions for good. Leaving the process lets the group move them
+        (after the session timeout) and a restart redo the open transaction's work."""
+        limit = self.config.stall_timeout_ms / 1000
+
+        def watch() -> None:
+            while not self._stop.wait(min(5.0, limit / 4)):
+                stalled = time.monotonic() - self._came_round
+                if self.consumer is not None and stalled > limit:
+                    log.error("the processing loop made no progress; exiting, so that the group moves "
+                              "its partitions", group=self.config.group_id, seconds=round(stalled))
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                    os._exit(code)
+
+        threading.Thread(target=watch, name="planshift-stall-watch", daemon=True).start()
+
     # -- lifecycle ---------------------------------------------------------------
     def run(self, until: Callable[["StreamProcessor"], bool] | None = None) -> None:
         """Process until stopped, or until `until(self)` is true between transactions (a
@@ -106,6 +131,7 @@ class StreamProcessor:
         self._start()
         try:
             while not self._stop.is_set():
+                self._came_round = time.monotonic()
                 self._refresh_tables()
                 self._poll_once()
                 self._fire_timers()
