@@ -70,7 +70,7 @@ class Role:
         self.settings, self.name, self.instance = settings, name, instance
         self.log = open(logs / f"{name}-{instance}.log", "ab")
         self.process: subprocess.Popen | None = None
-        self.kills = self.stops = 0
+        self.kills = self.stops = self.exits = 0
 
     def start(self) -> None:
         env = {**os.environ, "PLANSHIFT_BOOTSTRAP_SERVERS": self.settings.bootstrap_servers,
@@ -98,6 +98,13 @@ class Role:
         stopped = time.monotonic() - began
         self.start()
         return stopped
+
+    def supervise(self) -> None:
+        """Start it again if it exited on its own (as `planshift run all` or a container's
+        restart policy would: a consumer started while the broker is down exits at once)."""
+        if self.process.poll() is not None:
+            self.exits += 1
+            self.start()
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
@@ -240,10 +247,17 @@ def one_run(args, run_no: int) -> bool:
     broker_restart_at = len(events) // 2
     slowest_stop = 0.0
     try:
+        def pause(seconds: float) -> None:
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                for r in roles:
+                    r.supervise()
+                time.sleep(0.5)
+
         for i, (name, clean) in enumerate(events):
             if waves:
                 publish(settings, waves.pop(0))
-            time.sleep(rng.uniform(1.0, args.interval))
+            pause(rng.uniform(1.0, args.interval))
             role = rng.choice(targets[name])
             slowest_stop = max(slowest_stop, role.kill(clean))
             if i == broker_restart_at:
@@ -256,18 +270,21 @@ def one_run(args, run_no: int) -> bool:
         while len(completed(settings)) < len(requests) or not archived_all(settings):
             if time.monotonic() > deadline:
                 break
-            time.sleep(3)
+            pause(3)
         wall = time.monotonic() - began
         try:
             counts = check(settings, requests, args.large_users)
         except AssertionError as exc:
-            print(f"run {run_no}: FAILED after {wall:.0f}s: {exc} (logs in {logs})", flush=True)
+            print(f"run {run_no}: FAILED after {wall:.0f}s: {exc} (logs in {logs}; consumers that exited on "
+                  f"their own: {sum(r.exits for r in roles)})", flush=True)
             return False
         kills = sum(r.kills for r in roles)
         stops = sum(r.stops for r in roles)
+        exits = sum(r.exits for r in roles)
         print(f"run {run_no}: passed in {wall:.0f}s — {len(requests)} upgrades, {counts['users moved']:,} users "
               f"moved, {counts['credits']} credits; {kills} SIGKILLs and {stops} SIGTERMs (slowest stop "
-              f"{slowest_stop:.1f}s), 1 broker restart; no duplicate event id, nothing lost; "
+              f"{slowest_stop:.1f}s), 1 broker restart, {exits} restarts of a consumer that exited on its own; "
+              f"no duplicate event id, nothing lost; "
               + ", ".join(f"{k} {v}" for k, v in counts.items()), flush=True)
         return True
     finally:

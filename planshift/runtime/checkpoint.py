@@ -40,9 +40,8 @@ processor then treats its producer as a fenced one: closes it, makes a new one (
 
 from __future__ import annotations
 
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Callable, Iterable
 
 from kafka import TopicPartition
@@ -60,25 +59,34 @@ class CallTimedOut(KafkaTimeoutError):
 
 
 class Bounded:
-    """Runs a client call for at most `seconds`, on a helper thread.
+    """Runs a client call for at most `seconds`, on a daemon thread of its own.
 
     A call that runs out of time leaves its thread waiting (kafka-python cannot cancel
-    it) until the producer it waits on is closed; the next call gets a new thread."""
+    it) until the producer it waits on is closed, or the process ends: a daemon thread,
+    so it never keeps the process from exiting."""
 
     def __init__(self, seconds: float):
         self.seconds = seconds
-        self._pool: ThreadPoolExecutor | None = None
 
     def __call__(self, what: str, call: Callable[..., Any], *args: Any) -> Any:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="planshift-bounded")
-        future = self._pool.submit(call, *args)
-        try:
-            return future.result(self.seconds)
-        except FutureTimeout:
-            self._pool.shutdown(wait=False)
-            self._pool = None
-            raise CallTimedOut(f"{what} did not return within {self.seconds:.0f}s") from None
+        outcome: list[Any] = []
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                outcome.append((True, call(*args)))
+            except BaseException as exc:  # noqa: BLE001 - handed back to the caller
+                outcome.append((False, exc))
+            finally:
+                done.set()
+
+        threading.Thread(target=run, name=f"planshift-{what}", daemon=True).start()
+        if not done.wait(self.seconds):
+            raise CallTimedOut(f"{what} did not return within {self.seconds:.0f}s")
+        ok, value = outcome[0]
+        if not ok:
+            raise value
+        return value
 
 
 class Checkpoint:
