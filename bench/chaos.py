@@ -7,7 +7,9 @@ kills, then: zero duplicates, zero loss). In one run, on a broker of its own:
     (100,000) users, are published in waves while the pipeline runs as child processes:
     intake, two migration workers, settlement and the archiver (`python -m cli run …`);
   * each role is SIGKILLed `--kills` (3) times and stopped with SIGTERM as often, every
-    time while work is in flight, and restarted; the broker is stopped and started once;
+    time while work is in flight, and restarted; the broker is stopped and started once
+    (with `--nodes 3`, a local three-node cluster replicating to 3 with
+    `min.insync.replicas` 2: one node SIGKILLed mid-run and brought back);
   * then, from `read_committed` readers, the licence directory and the lake:
       - every upgrade completed;
       - exactly one `billing.switch` per upgrade and at most one `credit.issued`, whose
@@ -21,7 +23,7 @@ kills, then: zero duplicates, zero loss). In one run, on a broker of its own:
 It prints its counts and wall time, and exits 1 if an invariant fails. `--runs N` runs it N
 times in a row (a fresh broker each time).
 
-    python bench/chaos.py [--runs 1] [--upgrades 2000] [--large-users 100000] [--kills 3]
+    python bench/chaos.py [--runs 1] [--nodes 1|3] [--upgrades 2000] [--large-users 100000] [--kills 3]
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from planshift.kafka import clients  # noqa: E402
 from planshift.kafka.reader import read_topic  # noqa: E402
 from planshift.kafka.topics import create_topics  # noqa: E402
 from planshift.ops.broker import LocalBroker, free_port  # noqa: E402
+from planshift.ops.cluster import LocalCluster  # noqa: E402
 from planshift.settings import Settings  # noqa: E402
 from planshift.storage.directory import Licence, SqliteDirectory  # noqa: E402
 from planshift.storage.lake import ARCHIVED_TOPICS, Lake  # noqa: E402
@@ -75,7 +78,7 @@ class Role:
     def start(self) -> None:
         env = {**os.environ, "PLANSHIFT_BOOTSTRAP_SERVERS": self.settings.bootstrap_servers,
                "PLANSHIFT_TOPIC_PREFIX": self.settings.topic_prefix, "PLANSHIFT_DATA_DIR": str(self.settings.data_dir),
-               "PLANSHIFT_LOG_LEVEL": "WARNING"}
+               "PLANSHIFT_REPLICATION_FACTOR": str(self.settings.replication_factor), "PLANSHIFT_LOG_LEVEL": "WARNING"}
         argv = [sys.executable, "-m", "cli", "run", self.name, "--instance", self.instance]
         if self.name == "archive":
             argv += ["--flush-interval-s", "1"]
@@ -228,8 +231,14 @@ def one_run(args, run_no: int) -> bool:
     base = Settings.from_env({k: v for k, v in os.environ.items() if k in ("PLANSHIFT_KAFKA_CACHE",)})
     settings = base.with_(bootstrap_servers=f"127.0.0.1:{free_port()}", data_dir=work,
                           topic_prefix=f"chaos-{uuid.uuid4().hex[:6]}.")
-    broker = LocalBroker(settings)
-    broker.start()
+    if args.nodes > 1:
+        cluster = LocalCluster(settings, args.nodes)
+        cluster.start(timeout=180)
+        settings = settings.with_(bootstrap_servers=cluster.bootstrap_servers, replication_factor=min(3, args.nodes))
+        broker = cluster
+    else:
+        broker = LocalBroker(settings)
+        broker.start()
     create_topics(settings)
     requests = seed(settings, args.upgrades, args.large_users)
     rng = random.Random(args.seed + run_no)
@@ -261,9 +270,15 @@ def one_run(args, run_no: int) -> bool:
             role = rng.choice(targets[name])
             slowest_stop = max(slowest_stop, role.kill(clean))
             if i == broker_restart_at:
-                broker.stop()
-                time.sleep(2)
-                broker.start()
+                if args.nodes > 1:
+                    victim = rng.randint(1, args.nodes)
+                    broker.kill_node(victim)  # a crash: SIGKILL
+                    pause(5)
+                    broker.start_node(victim, timeout=180)
+                else:
+                    broker.stop()
+                    time.sleep(2)
+                    broker.start()
         while waves:
             publish(settings, waves.pop(0))
         deadline = time.monotonic() + args.timeout
@@ -281,9 +296,10 @@ def one_run(args, run_no: int) -> bool:
         kills = sum(r.kills for r in roles)
         stops = sum(r.stops for r in roles)
         exits = sum(r.exits for r in roles)
+        restart = "1 broker restart" if args.nodes == 1 else f"1 of {args.nodes} brokers SIGKILLed and brought back"
         print(f"run {run_no}: passed in {wall:.0f}s — {len(requests)} upgrades, {counts['users moved']:,} users "
               f"moved, {counts['credits']} credits; {kills} SIGKILLs and {stops} SIGTERMs (slowest stop "
-              f"{slowest_stop:.1f}s), 1 broker restart, {exits} restarts of a consumer that exited on its own; "
+              f"{slowest_stop:.1f}s), {restart}, {exits} restarts of a consumer that exited on its own; "
               f"no duplicate event id, nothing lost; "
               + ", ".join(f"{k} {v}" for k, v in counts.items()), flush=True)
         return True
@@ -296,6 +312,7 @@ def one_run(args, run_no: int) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=1, help="runs in a row (default 1)")
+    parser.add_argument("--nodes", type=int, default=1, help="brokers: 1, or a local cluster of 3")
     parser.add_argument("--upgrades", type=int, default=2000)
     parser.add_argument("--large-users", type=int, default=100_000, help="users of each of the two large tenants")
     parser.add_argument("--kills", type=int, default=3, help="SIGKILLs, and as many SIGTERMs, per role")

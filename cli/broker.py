@@ -1,31 +1,58 @@
-"""`planshift broker start|stop|status`: a local Apache Kafka for development."""
+"""`planshift broker start|stop|status`: a local Apache Kafka for development — one node, or a
+cluster of N nodes on this host (`--nodes 3`)."""
 
 from __future__ import annotations
 
 import argparse
 import time
 
+from cli.args import positive_int
 from planshift.settings import Settings
 
 
 def register(sub) -> None:
-    broker = sub.add_parser("broker", help="run a local Apache Kafka (KRaft, one node) for development",
+    broker = sub.add_parser("broker", help="run a local Apache Kafka (KRaft; one node, or --nodes N) for development",
                             description="A local Apache Kafka from Maven Central jars, listening at "
-                                        "PLANSHIFT_BOOTSTRAP_SERVERS, data under PLANSHIFT_DATA_DIR/kafka.")
+                                        "PLANSHIFT_BOOTSTRAP_SERVERS, data under PLANSHIFT_DATA_DIR/kafka "
+                                        "(a cluster: PLANSHIFT_DATA_DIR/kafka-cluster, node i at the port + i − 1).")
     bsub = broker.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=type(broker))
     start = bsub.add_parser("start", help="start the broker (and fetch its jars once); returns when it answers")
     start.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the broker (default 60)")
+    start.add_argument("--nodes", type=positive_int, default=1, metavar="N",
+                       help="a cluster of N nodes on this host, replicating to 3 with min.insync.replicas 2 "
+                            "(default 1)")
     start.set_defaults(handler=broker_start, needs_broker=False)
-    bsub.add_parser("stop", help="stop the broker (SIGTERM, then wait)") \
+    bsub.add_parser("stop", help="stop the broker, or every node of the cluster (SIGTERM, then wait)") \
         .set_defaults(handler=broker_stop, needs_broker=False)
     bsub.add_parser("status", help="print address, pid and Kafka version (exit 3 when not running)") \
         .set_defaults(handler=broker_status, needs_broker=False)
+
+
+def _cluster(settings: Settings, nodes: int | None = None):
+    """The local cluster under PLANSHIFT_DATA_DIR, if one was started there (or is to be)."""
+    import json
+
+    from planshift.ops.cluster import LocalCluster
+
+    state = settings.data_dir / "kafka-cluster" / "cluster.json"
+    if nodes is None:
+        if not state.exists():
+            return None
+        nodes = json.loads(state.read_text())["nodes"]
+    return LocalCluster(settings, nodes)
 
 
 def broker_start(args: argparse.Namespace, settings: Settings) -> int:
     from planshift.ops.broker import LocalBroker
 
     began = time.monotonic()
+    if args.nodes > 1:
+        cluster = _cluster(settings, args.nodes)
+        status = cluster.start(timeout=args.timeout)
+        print(f"cluster started in {time.monotonic() - began:.1f}s: {status.describe()}")
+        print(f"give planshift all of them: PLANSHIFT_BOOTSTRAP_SERVERS={cluster.bootstrap_servers} "
+              f"PLANSHIFT_REPLICATION_FACTOR={min(3, args.nodes)}")
+        return 0
     status, started = LocalBroker(settings).start(timeout=args.timeout)
     if started:
         print(f"broker started in {time.monotonic() - began:.1f}s: {status.describe()}")
@@ -37,6 +64,11 @@ def broker_start(args: argparse.Namespace, settings: Settings) -> int:
 def broker_stop(args: argparse.Namespace, settings: Settings) -> int:
     from planshift.ops.broker import LocalBroker
 
+    cluster = _cluster(settings)
+    if cluster is not None and cluster.status().running:
+        cluster.stop()
+        print("cluster stopped")
+        return 0
     print("broker stopped" if LocalBroker(settings).stop() else "broker was not running")
     return 0
 
@@ -44,6 +76,11 @@ def broker_stop(args: argparse.Namespace, settings: Settings) -> int:
 def broker_status(args: argparse.Namespace, settings: Settings) -> int:
     from planshift.ops.broker import LocalBroker
 
+    cluster = _cluster(settings)
+    if cluster is not None and cluster.status().running:
+        status = cluster.status()
+        print(status.describe())
+        return 0
     status = LocalBroker(settings).status()
     print(status.describe())
     return 0 if status.running else 3

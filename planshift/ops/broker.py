@@ -181,6 +181,12 @@ class LocalBroker:
         """Start the broker unless it runs. Returns (status, started_now)."""
         if self.pid() is not None:
             return self.status(), False
+        proc = self.launch()
+        self.wait_ready(proc, timeout)
+        return self.status(), True
+
+    def launch(self) -> subprocess.Popen:
+        """Write the configuration, format the storage once, and start the JVM (not waiting)."""
         host, port = self.settings.bootstrap_host_port
         if _port_in_use(host, port):
             raise BrokerError(f"{host}:{port} is already in use by another process; "
@@ -215,12 +221,16 @@ class LocalBroker:
             f"-Dkafka.logs.dir={self.home}",
             "-cp", f"{libs}/*", "kafka.Kafka", str(self.properties_file),
         ]
-        started_at = time.monotonic()
         proc = subprocess.Popen(cmd, stdout=log_handle, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
+        proc.started_at = time.monotonic()
         log_handle.close()
         self.pid_file.write_text(str(proc.pid))
-        deadline = started_at + timeout
+        return proc
+
+    def wait_ready(self, proc: subprocess.Popen, timeout: float = START_TIMEOUT_S) -> None:
+        """Until a metadata request to this node succeeds; BrokerError with its log's tail if not."""
+        deadline = proc.started_at + timeout
         while True:
             if proc.poll() is not None:
                 self.pid_file.unlink(missing_ok=True)
@@ -229,11 +239,11 @@ class LocalBroker:
                 break
             if time.monotonic() > deadline:
                 self._terminate(proc.pid)
-                raise BrokerError(f"the broker did not answer a metadata request within {timeout:.0f}s:\n{self.log_tail()}")
+                raise BrokerError(f"the broker did not answer a metadata request within {timeout:.0f}s:\n"
+                                  f"{self.log_tail()}")
             time.sleep(0.2)
         log.info("broker started", address=self.settings.bootstrap_servers, pid=proc.pid,
-                 seconds=round(time.monotonic() - started_at, 2))
-        return self.status(), True
+                 seconds=round(time.monotonic() - proc.started_at, 2))
 
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> bool:
         """Stop the broker if it runs. Returns whether it was running."""
