@@ -106,3 +106,39 @@ def test_cli_status_start_stop(own_broker, monkeypatch):
     stop = cli("broker", "stop")
     assert stop.returncode == 0 and "stopped" in stop.stdout
     assert not own_broker.status().running
+
+
+def test_a_three_node_cluster_keeps_committing_transactions_with_a_node_down(broker_settings, tmp_path):
+    """`planshift broker start --nodes 3`: topics replicated to 3 with min.insync.replicas 2,
+    so a transaction still commits, and a read_committed reader still reads it, while one
+    node is down (SIGKILLed); the node comes back and rejoins."""
+    from planshift.ops.cluster import LocalCluster
+
+    port = free_port()
+    while any(_taken(port + i) for i in range(3)):
+        port = free_port()
+    settings = broker_settings.with_(bootstrap_servers=f"127.0.0.1:{port}", data_dir=tmp_path / "var")
+    cluster = LocalCluster(settings, nodes=3)
+    try:
+        assert cluster.start(timeout=180).running == 3
+        clustered = settings.with_(bootstrap_servers=cluster.bootstrap_servers, replication_factor=3)
+        create_topics(clustered)
+        cluster.kill_node(2)
+        assert cluster.status().running == 2
+        topic = clustered.topic(Topic.UPGRADE_STATUS)
+        with producer(clustered, transactional_id="cluster-test") as p:
+            p.init_transactions()
+            p.begin_transaction()
+            p.send(topic, key=b"contoso", value=encode_json({"n": 1}))
+            p.commit_transaction()
+        assert read_values(clustered, topic, 60) == [{"n": 1}]
+        cluster.start_node(2, timeout=180)
+        assert cluster.status().running == 3
+    finally:
+        cluster.stop()
+    assert cluster.status().running == 0
+
+
+def _taken(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
