@@ -156,7 +156,7 @@ def completed(settings: Settings) -> set[str]:
         return set()
 
 
-def check(settings: Settings, requests: list[dict], large_users: int) -> dict[str, int]:
+def check(settings: Settings, requests: list[dict]) -> dict[str, int]:
     """Every invariant; returns the counts, raises AssertionError naming the first that fails."""
     by_id = {r["upgrade_id"]: r for r in requests}
     counts: dict[str, int] = {}
@@ -288,7 +288,7 @@ def one_run(args, run_no: int) -> bool:
             pause(3)
         wall = time.monotonic() - began
         try:
-            counts = check(settings, requests, args.large_users)
+            counts = check(settings, requests)
         except AssertionError as exc:
             print(f"run {run_no}: FAILED after {wall:.0f}s: {exc} (logs in {logs}; consumers that exited on "
                   f"their own: {sum(r.exits for r in roles)})", flush=True)

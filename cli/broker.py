@@ -28,26 +28,13 @@ def register(sub) -> None:
         .set_defaults(handler=broker_status, needs_broker=False)
 
 
-def _cluster(settings: Settings, nodes: int | None = None):
-    """The local cluster under PLANSHIFT_DATA_DIR, if one was started there (or is to be)."""
-    import json
-
-    from planshift.ops.cluster import LocalCluster
-
-    state = settings.data_dir / "kafka-cluster" / "cluster.json"
-    if nodes is None:
-        if not state.exists():
-            return None
-        nodes = json.loads(state.read_text())["nodes"]
-    return LocalCluster(settings, nodes)
-
-
 def broker_start(args: argparse.Namespace, settings: Settings) -> int:
     from planshift.ops.broker import LocalBroker
+    from planshift.ops.cluster import LocalCluster
 
     began = time.monotonic()
     if args.nodes > 1:
-        cluster = _cluster(settings, args.nodes)
+        cluster = LocalCluster(settings, args.nodes)
         status = cluster.start(timeout=args.timeout)
         print(f"cluster started in {time.monotonic() - began:.1f}s: {status.describe()}")
         print(f"give planshift all of them: PLANSHIFT_BOOTSTRAP_SERVERS={cluster.bootstrap_servers} "
@@ -63,8 +50,9 @@ def broker_start(args: argparse.Namespace, settings: Settings) -> int:
 
 def broker_stop(args: argparse.Namespace, settings: Settings) -> int:
     from planshift.ops.broker import LocalBroker
+    from planshift.ops.cluster import LocalCluster
 
-    cluster = _cluster(settings)
+    cluster = LocalCluster.found(settings)
     if cluster is not None and cluster.status().running:
         cluster.stop()
         print("cluster stopped")
@@ -75,8 +63,9 @@ def broker_stop(args: argparse.Namespace, settings: Settings) -> int:
 
 def broker_status(args: argparse.Namespace, settings: Settings) -> int:
     from planshift.ops.broker import LocalBroker
+    from planshift.ops.cluster import LocalCluster
 
-    cluster = _cluster(settings)
+    cluster = LocalCluster.found(settings)
     if cluster is not None and cluster.status().running:
         status = cluster.status()
         print(status.describe())

@@ -123,15 +123,20 @@ def test_a_three_node_cluster_keeps_committing_transactions_with_a_node_down(bro
         assert cluster.start(timeout=180).running == 3
         clustered = settings.with_(bootstrap_servers=cluster.bootstrap_servers, replication_factor=3)
         create_topics(clustered)
+        topic = clustered.topic(Topic.UPGRADE_STATUS)
+
+        def commit(n: int) -> None:
+            with producer(clustered, transactional_id="cluster-test") as p:
+                p.init_transactions()
+                p.begin_transaction()
+                p.send(topic, key=b"contoso", value=encode_json({"n": n}))
+                p.commit_transaction()
+
+        commit(0)  # the transaction log exists before the failure, as in any running cluster
         cluster.kill_node(2)
         assert cluster.status().running == 2
-        topic = clustered.topic(Topic.UPGRADE_STATUS)
-        with producer(clustered, transactional_id="cluster-test") as p:
-            p.init_transactions()
-            p.begin_transaction()
-            p.send(topic, key=b"contoso", value=encode_json({"n": 1}))
-            p.commit_transaction()
-        assert read_values(clustered, topic, 60) == [{"n": 1}]
+        commit(1)
+        assert read_values(clustered, topic, 60) == [{"n": 0}, {"n": 1}]
         cluster.start_node(2, timeout=180)
         assert cluster.status().running == 3
     finally:

@@ -272,12 +272,20 @@ class LocalBroker:
             os.kill(pid, signal.SIGKILL)
             _wait_gone(pid, 10)
 
+    # What a node of a cluster changes (`cluster.py`): its id, the quorum, the replication.
+    node_id = 1
+    replication = 1
+
+    def _quorum(self, host: str, controller_port: int) -> str:
+        return f"controller.quorum.bootstrap.servers={host}:{controller_port}"
+
     def _write_config(self, host: str, port: int, controller_port: int) -> None:
         self.log_dirs.mkdir(parents=True, exist_ok=True)
-        props = f"""# Written by planshift broker start; one combined KRaft node.
+        rf, min_isr = self.replication, min(2, self.replication)
+        props = f"""# Written by planshift broker start: KRaft node {self.node_id} (broker and controller).
 process.roles=broker,controller
-node.id=1
-controller.quorum.bootstrap.servers={host}:{controller_port}
+node.id={self.node_id}
+{self._quorum(host, controller_port)}
 listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{controller_port}
 advertised.listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{controller_port}
 inter.broker.listener.name=PLAINTEXT
@@ -285,13 +293,15 @@ controller.listener.names=CONTROLLER
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
 log.dirs={self.log_dirs}
 num.partitions=1
-offsets.topic.replication.factor=1
+default.replication.factor={rf}
+min.insync.replicas={min_isr}
+offsets.topic.replication.factor={rf}
 offsets.topic.num.partitions=6
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
+transaction.state.log.replication.factor={rf}
+transaction.state.log.min.isr={min_isr}
 transaction.state.log.num.partitions=6
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
+share.coordinator.state.topic.replication.factor={rf}
+share.coordinator.state.topic.min.isr={min_isr}
 group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=false
 # Small segments keep compaction of changelogs and the test topics cheap.
@@ -302,14 +312,16 @@ log.cleaner.dedupe.buffer.size=16777216
         level = os.environ.get("PLANSHIFT_KAFKA_LOG_LEVEL", "warn")
         self.log4j_file.write_text(LOG4J2_PROPERTIES.format(level=level))
 
+    format_options = ("--standalone",)  # a node of a static quorum (`cluster.py`) formats without
+
     def _format(self, libs: Path, cluster_id: str) -> None:
         proc = subprocess.run(
             ["java", "-Xmx256m", "-cp", f"{libs}/*", "kafka.tools.StorageTool", "format",
-             "--standalone", "-t", cluster_id, "-c", str(self.properties_file)],
+             *self.format_options, "-t", cluster_id, "-c", str(self.properties_file)],
             capture_output=True, text=True,
         )
         if proc.returncode != 0:
-            raise BrokerError(f"formatting the broker's storage failed:\n{proc.stdout}{proc.stderr}")
+            raise BrokerError(f"formatting node {self.node_id}'s storage failed:\n{proc.stdout}{proc.stderr}")
 
 
 def _cluster_id() -> str:

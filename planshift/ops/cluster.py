@@ -14,9 +14,10 @@ layout of the single local broker (`broker.py`).
 from __future__ import annotations
 
 import json
-import subprocess
+import os
+import signal
+import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from planshift.ops.broker import START_TIMEOUT_S, BrokerError, LocalBroker, _cluster_id, _port_in_use, free_port
 from planshift.settings import Settings
@@ -25,39 +26,14 @@ from planshift.settings import Settings
 class ClusterNode(LocalBroker):
     """One node of a local cluster: a `LocalBroker` whose configuration names the quorum."""
 
+    format_options = ()  # the static quorum is in the configuration
+
     def __init__(self, settings: Settings, node_id: int, voters: str, replication: int):
         super().__init__(settings)
         self.node_id, self.voters, self.replication = node_id, voters, replication
 
-    def _write_config(self, host: str, port: int, controller_port: int) -> None:
-        super()._write_config(host, port, controller_port)
-        min_isr = min(2, self.replication)
-        text = self.properties_file.read_text()
-        for old, new in (
-            ("node.id=1", f"node.id={self.node_id}"),
-            (f"controller.quorum.bootstrap.servers={host}:{controller_port}", f"controller.quorum.voters={self.voters}"),
-            ("offsets.topic.replication.factor=1", f"offsets.topic.replication.factor={self.replication}"),
-            ("transaction.state.log.replication.factor=1",
-             f"transaction.state.log.replication.factor={self.replication}"),
-            ("transaction.state.log.min.isr=1", f"transaction.state.log.min.isr={min_isr}"),
-            ("share.coordinator.state.topic.replication.factor=1",
-             f"share.coordinator.state.topic.replication.factor={self.replication}"),
-            ("share.coordinator.state.topic.min.isr=1", f"share.coordinator.state.topic.min.isr={min_isr}"),
-        ):
-            text = text.replace(old, new)
-        text = text.replace("# Written by planshift broker start; one combined KRaft node.",
-                            f"# Written by planshift broker start --nodes: node {self.node_id} of a local cluster.")
-        self.properties_file.write_text(text + f"default.replication.factor={self.replication}\n"
-                                               f"min.insync.replicas={min_isr}\n")
-
-    def _format(self, libs: Path, cluster_id: str) -> None:
-        proc = subprocess.run(
-            ["java", "-Xmx256m", "-cp", f"{libs}/*", "kafka.tools.StorageTool", "format",
-             "-t", cluster_id, "-c", str(self.properties_file)],
-            capture_output=True, text=True,
-        )
-        if proc.returncode != 0:
-            raise BrokerError(f"formatting node {self.node_id}'s storage failed:\n{proc.stdout}{proc.stderr}")
+    def _quorum(self, host: str, controller_port: int) -> str:
+        return f"controller.quorum.voters={self.voters}"
 
 
 @dataclass(frozen=True)
@@ -96,6 +72,12 @@ class LocalCluster:
         self.nodes = [ClusterNode(settings.with_(bootstrap_servers=f"{host}:{p}", data_dir=self.root / f"node-{i + 1}"),
                                   i + 1, voters, replication) for i, p in enumerate(self.ports)]
 
+    @classmethod
+    def found(cls, settings: Settings) -> "LocalCluster | None":
+        """The cluster started under PLANSHIFT_DATA_DIR before, if there is one."""
+        state = settings.data_dir / "kafka-cluster" / "cluster.json"
+        return cls(settings, json.loads(state.read_text())["nodes"]) if state.exists() else None
+
     @property
     def bootstrap_servers(self) -> str:
         return ",".join(f"{self.host}:{p}" for p in self.ports)
@@ -130,15 +112,39 @@ class LocalCluster:
         if node.pid() is None:
             node.wait_ready(node.launch(), timeout)
 
-    def kill_node(self, node_id: int) -> None:
-        """SIGKILL one node (a crash, not a clean shutdown)."""
-        import os
-        import signal
-
+    def kill_node(self, node_id: int, timeout: float = 60.0) -> None:
+        """SIGKILL one node (a crash, not a clean shutdown), and return once the quorum has
+        fenced it: its partitions have new leaders then, as in a cluster that lost a node a
+        while ago."""
         pid = self.nodes[node_id - 1].pid()
-        if pid is not None:
-            os.kill(pid, signal.SIGKILL)
-            self.nodes[node_id - 1].stop(timeout=10)
+        if pid is None:
+            return
+        os.kill(pid, signal.SIGKILL)
+        self.nodes[node_id - 1].stop(timeout=10)
+        survivors = ",".join(n.settings.bootstrap_servers for n in self.nodes if n.node_id != node_id)
+        deadline = time.monotonic() + timeout
+        while node_id in self._registered(survivors):
+            if time.monotonic() > deadline:
+                raise BrokerError(f"node {node_id} was still registered {timeout:.0f}s after it was killed")
+            time.sleep(0.5)
+
+    def _registered(self, servers: str) -> set[int]:
+        """The node ids the cluster lists as live (unfenced) brokers."""
+        from kafka.errors import KafkaError
+
+        from planshift.kafka import clients
+
+        try:
+            admin = clients.admin(self.settings.with_(bootstrap_servers=servers), request_timeout_ms=5000)
+        except (KafkaError, OSError):
+            return set(range(1, len(self.nodes) + 1))
+        try:
+            brokers = admin.describe_cluster()["brokers"]
+            return {broker["broker_id"] for broker in brokers if not broker.get("is_fenced")}
+        except (KafkaError, OSError):
+            return set(range(1, len(self.nodes) + 1))
+        finally:
+            admin.close()
 
     def stop(self) -> bool:
         """Stop every node; whether any was running."""

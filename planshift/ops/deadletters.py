@@ -16,12 +16,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from kafka import TopicPartition
 
 from planshift.contract import CONSUMED_TOPICS, dlq
 from planshift.errors import OperationError
-from planshift.kafka import clients
-from planshift.kafka.reader import Record, iter_topic
+from planshift.kafka.reader import Record, end_offsets, iter_topic
 from planshift.runtime import Context, ProcessorConfig, Source, StreamProcessor
 from planshift.runtime.engine import RAW
 from planshift.settings import Settings
@@ -59,15 +57,9 @@ def redrive(settings: Settings, topic: str, group: str | None = None, timeout: f
     if not topic.endswith(".dlq"):
         raise OperationError(f"{topic} is not a dead-letter topic (they end in .dlq)")
     name = settings.topic(topic)
-    reader = clients.consumer(settings, None)
-    try:
-        partitions = reader.partitions_for_topic(name)
-        if not partitions:
-            raise OperationError(f"topic {name!r} does not exist")
-        ends = {tp.partition: end for tp, end in
-                reader.end_offsets([TopicPartition(name, p) for p in partitions]).items()}
-    finally:
-        reader.close()
+    ends = end_offsets(settings, name)
+    if not ends:
+        raise OperationError(f"topic {name!r} does not exist")
     report = RedriveReport(topic, 0, 0)
     chosen = None if group is None else settings.topic(group)
 

@@ -288,14 +288,19 @@ class StreamProcessor:
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
 
-    def _recover(self, fenced: bool, tps: list[TopicPartition] | None = None) -> None:
-        """Drop the open transaction (a fenced producer cannot abort: it is replaced) and
-        put `tps` (default: every assigned partition) back to their committed state."""
-        if fenced:
+    def _drop_transaction(self, replace: bool) -> None:
+        """Drop the open transaction: abort it, or — for a producer that is fenced, timed
+        out or cannot abort — forget it and replace the producer."""
+        if replace:
             self.checkpoint.forget()
             self._replace_producer()
         elif not self.checkpoint.abort():
             self._replace_producer()
+
+    def _recover(self, fenced: bool, tps: list[TopicPartition] | None = None) -> None:
+        """Drop the open transaction and put `tps` (default: every assigned partition) back
+        to their committed state."""
+        self._drop_transaction(replace=fenced)
         self._reset_to_committed(list(self.consumer.assignment()) if tps is None else tps)
 
     def _reset_to_committed(self, tps: list[TopicPartition]) -> None:
@@ -349,11 +354,7 @@ class StreamProcessor:
                 self.checkpoint.commit()
             except Exception as exc:  # noqa: BLE001 - bounded: abort and let the new owner redo it
                 log.warning("commit on revocation failed; aborting", error=repr(exc))
-                if isinstance(exc, REPLACE):
-                    self.checkpoint.forget()
-                    self._replace_producer()
-                elif not self.checkpoint.abort():
-                    self._replace_producer()
+                self._drop_transaction(replace=isinstance(exc, REPLACE))
                 # The partitions kept go back to their committed state too, at the next poll.
                 self._reset_due |= {tp for tp in self.consumer.assignment() if tp not in revoked}
                 self._discard(revoked)
@@ -363,8 +364,8 @@ class StreamProcessor:
 
     def _on_lost(self, lost: set[TopicPartition]) -> None:
         # Another member may already own them: abandon the open work without committing.
-        if self.checkpoint.open and not self.checkpoint.abort():
-            self._replace_producer()
+        if self.checkpoint.open:
+            self._drop_transaction(replace=False)
         self._discard(lost)
         for tp in lost:
             self.engine.drop_store(tp.partition)
