@@ -8,7 +8,9 @@ before losing the source licence, and what they had switched off is recorded; th
 
 Each completed batch is remembered in the worker's state store (changelog-backed, in
 the same transaction as the completion), so a replay of `license.batches` emits no
-second completion. The directory is outside Kafka's transaction, though, so a batch can
+second completion. The marker expires once its batch record can no longer be read
+(`license.batches`' retention and one segment after it was written, or was handled if
+that is later), so months of upgrades do not pile up in the workers' memory. The directory is outside Kafka's transaction, though, so a batch can
 be applied and then, after a crash, handled again. That is why the directory's migration is idempotent: a repeat
 finds its users already migrated, reports them so, and returns the same recorded resets,
 and the completion that is finally committed counts every user once either way.
@@ -24,9 +26,10 @@ dead letter, a replay — is ignored there, so a failed upgrade is never billed.
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any
 
-from planshift.contract import Topic
+from planshift.contract import Topic, lifetime_ms
 from planshift.events import batch_completed
 from planshift.logs import get_logger
 from planshift.runtime import Context, ProcessorConfig, Source, StreamProcessor
@@ -58,7 +61,9 @@ class Migration:
             users_already_migrated=result.users_already_migrated, users_missing=result.users_missing,
             service_plan_resets=[{"user_id": u, "disabled_services": list(d)} for u, d in result.resets]),
             key=upgrade_id)
-        ctx.put(done_key, True)
+        # Replayable for as long as its record can still be read; not after.
+        expires_ms = max(ctx.timestamp, int(ctx.clock() * 1000)) + lifetime_ms(Topic.LICENSE_BATCHES)
+        ctx.put(done_key, True, expires_at=datetime.fromtimestamp(expires_ms / 1000, timezone.utc))
 
     def on_failed_batch(self, ctx: Context, batch: dict[str, Any], error: BaseException) -> None:
         """The batch is being dead-lettered: the upgrade cannot complete; tell settlement."""

@@ -19,7 +19,14 @@ the plan the switch cancels), and then, in one transaction:
                   per-service settings were reset
   upgrade.ended   (intake frees the tenant)
 
-and the upgrade's reset report (Parquet) is written. Everything it needs is carried on
+and the upgrade's reset report (Parquet) is written.
+
+A final upgrade's state (`{status, tenant_id}`: enough to ignore whatever comes after)
+is kept for as long as a completion of it could still arrive (`FINAL_KEPT`): a batch
+dead-lettered and re-driven on the last day of its dead-letter topic's retention, then
+read from `license.batches`, then its completion read from `license.batch.completed`,
+each up to its topic's retention and one segment later. Then it expires, so settlement
+that runs for months holds only the upgrades of those weeks. Everything it needs is carried on
 the completions (`terms`), so replaying them rebuilds the same events with the same ids.
 
 A batch that failed for good (the migration workers say so on `license.batch.completed`)
@@ -34,9 +41,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from planshift.contract import Status, Topic, billing_switch_id, credit_id
+from planshift.contract import Status, Topic, billing_switch_id, credit_id, dlq, lifetime_ms
 from planshift.domain.eligibility import reason
-from planshift.domain.lifecycle import ADMIN_LOCK
+from planshift.domain.lifecycle import ADMIN_LOCK, is_final
 from planshift.domain.settlement import Migration, Next, progress, settle, take
 from planshift.errors import PermanentError
 from planshift.events import event, rfc3339, upgrade_ended, upgrade_status
@@ -49,6 +56,10 @@ from planshift.storage.reports import write_reset_report
 log = get_logger(__name__)
 
 GROUP_ID = "planshift-settle"
+
+# How long a final upgrade's state is kept (about 65 days with the contract's retentions).
+FINAL_KEPT = timedelta(milliseconds=lifetime_ms(dlq(Topic.LICENSE_BATCHES)) + lifetime_ms(Topic.LICENSE_BATCHES)
+                       + lifetime_ms(Topic.LICENSE_BATCH_COMPLETED))
 
 
 class Settlement:
@@ -75,7 +86,7 @@ class Settlement:
             self._status(ctx, done, Status.MIGRATING, step=migration.step,
                          admin_locked_until=_plus(done["terms"]["migration_started_at"], ADMIN_LOCK),
                          progress=progress(migration, done["batch_count"], done["terms"]["users_total"]))
-        ctx.put(key, migration.as_state())
+        self._keep(ctx, key, migration)
 
     def on_failure(self, ctx: Context, done: dict[str, Any], error: BaseException) -> None:
         """Settling this upgrade failed every attempt: it ends `failed`, its tenant is freed."""
@@ -84,7 +95,12 @@ class Settlement:
         if migration.status != Status.MIGRATING or (migration.tenant_id not in (None, done["tenant_id"])):
             return
         self._fail(ctx, done, "SETTLEMENT_FAILED", f"{type(error).__name__}: {error}")
-        ctx.put(key, Migration(status=Status.FAILED, tenant_id=done["tenant_id"]).as_state())
+        self._keep(ctx, key, Migration(status=Status.FAILED, tenant_id=done["tenant_id"]))
+
+    @staticmethod
+    def _keep(ctx: Context, key: str, migration: Migration) -> None:
+        final = is_final(migration.status)
+        ctx.put(key, migration.as_state(), expires_at=ctx.now() + FINAL_KEPT if final else None)
 
     # -- steps ----------------------------------------------------------------------
     def _status(self, ctx: Context, done: dict[str, Any], status: str, step: int | None = None,

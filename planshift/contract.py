@@ -71,6 +71,23 @@ TOPICS: tuple[TopicSpec, ...] = (
 DLQ_PARTITIONS = 1
 DLQ_RETENTION_MS = 30 * DAY_MS
 
+# Kafka deletes a log segment once its newest record is older than the topic's retention,
+# and rolls a segment every `segment.ms` (7 days by default), so a record can outlive its
+# topic's retention by up to that long: a reader can meet it again until then.
+SEGMENT_MS = 7 * DAY_MS
+
+
+def lifetime_ms(topic: str) -> int:
+    """The longest a record of `topic` (a contract topic or its `.dlq`) can still be read
+    after it was written: its retention and one segment. (Compacted topics keep a key's
+    last record for good.)"""
+    if topic.endswith(".dlq"):
+        return DLQ_RETENTION_MS + SEGMENT_MS
+    spec = next(t for t in TOPICS if t.name == topic)
+    if spec.retention_ms is None:
+        raise ValueError(f"{topic} is compacted: its records have no lifetime")
+    return spec.retention_ms + SEGMENT_MS
+
 # Topics planshift reads, so each has a dead-letter topic (CONTRACT.md §7).
 CONSUMED_TOPICS: tuple[str, ...] = (
     Topic.UPGRADE_REQUESTED,

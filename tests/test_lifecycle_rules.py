@@ -366,3 +366,57 @@ def test_the_admins_status_view_says_why_a_credit_check_waits_and_until_when(wor
     text = describe_status(world.statuses("ord-1"))
     assert "CREDIT_CHECK_PENDING" in text
     assert "credit check pending (paying by invoice), due by 2026-11-19" in text
+
+
+# -- state that can never be needed again expires -----------------------------------------
+
+def _keys(driver, prefix: str) -> set[str]:
+    return {k for k in driver.state() if k.startswith(prefix)}
+
+
+def test_completed_work_is_remembered_while_it_can_be_replayed_and_forgotten_after(world):
+    from consumers.settle import FINAL_KEPT
+    from planshift.contract import lifetime_ms
+
+    world.seed("contoso", 12)
+    world.publish(world.request(licenses=12))
+    world.run()
+    assert _keys(world.migrate, "done:") == {"done:ord-1:0", "done:ord-1:1"}
+    assert _keys(world.settle, "upgrade:") == {"upgrade:ord-1"}
+    batches_kept = lifetime_ms(Topic.LICENSE_BATCHES) / 1000
+
+    # A day before the batches' records can be gone, a replay is still ignored…
+    world.advance(batches_kept - 86400)
+    world.migrate.replay(Topic.LICENSE_BATCHES)
+    world.settle.replay(Topic.LICENSE_BATCH_COMPLETED)
+    world.run()
+    assert len(world.events(Topic.LICENSE_BATCH_COMPLETED)) == 2 and len(world.events(Topic.BILLING_SWITCH)) == 1
+    # …and once they are, the markers go, with their tombstones on the changelog (so a
+    # restart does not bring them back); settlement still knows the upgrade is final.
+    world.advance(2 * 86400)
+    assert _keys(world.migrate, "done:") == set()
+    changelog = world.topics.records[world.migrate.engine.changelog]
+    assert {r.key.decode() for r in changelog if r.value is None} == {"done:ord-1:0", "done:ord-1:1"}
+    world.migrate.restart()
+    assert _keys(world.migrate, "done:") == set()
+    assert _keys(world.settle, "upgrade:") == {"upgrade:ord-1"}
+
+    # Settlement forgets the final upgrade only when no completion of it can arrive any more.
+    world.advance(FINAL_KEPT.total_seconds() - batches_kept - 86400 - 3600)  # an hour before
+    assert _keys(world.settle, "upgrade:") == {"upgrade:ord-1"}
+    world.advance(2 * 3600)
+    assert _keys(world.settle, "upgrade:") == set()
+
+
+def test_an_upgrade_in_flight_never_expires(world):
+    world.seed("contoso", 12)
+    world.publish(world.request(licenses=12))
+    world.run(world.intake)
+    world.migrate.handle_pending(limit=1)  # one batch of two done; the workers then stop for months
+    world.run(world.settle)
+    world.advance(200 * 86400)
+    world.settle.restart()
+    assert world.settle.state()["upgrade:ord-1"]["status"] == Status.MIGRATING
+    world.run()
+    assert world.status_names("ord-1") == ["accepted", "migrating", "completed"]
+    assert len(world.events(Topic.BILLING_SWITCH)) == 1

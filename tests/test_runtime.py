@@ -9,6 +9,8 @@ import pytest
 from planshift.kafka.assignor import _sticky_balance
 from planshift.kafka.topics import ensure_topic
 from planshift.runtime import ProcessorConfig, Source, StreamProcessor
+from planshift.kafka import clients
+from planshift.kafka.reader import read_topic
 from tests.conftest import produce, running, values, wait_for
 
 
@@ -231,3 +233,79 @@ def test_a_stalled_loop_ends_its_process_so_the_group_can_move_its_partitions(to
             process.kill()
     assert process.returncode == 70
     assert "made no progress" in log.read_text()
+
+
+def _key_on(partition: int, partitions: int = 3) -> str:
+    from planshift.kafka.partitioning import murmur2
+
+    return next(k for k in (f"k{i}" for i in range(1000))
+                if (murmur2(k.encode()) & 0x7FFFFFFF) % partitions == partition)
+
+
+def test_a_long_restore_runs_in_the_loop_while_the_other_partitions_go_on(topics):
+    """A partition's store is rebuilt between polls with the partition paused: its records
+    wait for the whole store, the other partitions' records are handled meanwhile, and
+    no round of the loop takes long (the member never nears max.poll.interval.ms)."""
+    settings = topics
+    big, small = _key_on(0), _key_on(1)
+    changelog = settings.topic("counter.state.changelog")
+    ensure_topic(settings, changelog, 3, {"cleanup.policy": "compact"})
+    producer = clients.producer(settings, linger_ms=50, batch_size=512 * 1024)
+    filler = b'{"pad": "' + b"x" * 40 + b'"}'
+    for i in range(120_000):
+        producer.send(changelog, key=f"filler:{i}".encode(), value=filler, partition=0)
+    producer.send(changelog, key=f"total:{big}".encode(), value=b"100", partition=0)
+    producer.flush(60)
+    producer.close()
+
+    processor = counting_processor(settings)
+    seen_restoring = {}
+    handle = processor._sources[settings.topic("numbers")].handle
+
+    def watching(ctx, event):
+        seen_restoring[ctx.key] = processor.restoring
+        handle(ctx, event)
+
+    processor._sources[settings.topic("numbers")] = Source("numbers", watching, schema="")
+    produce(settings, "numbers", [(big, {"n": 1}), (small, {"n": 1})])
+    with running(processor, timeout=60):
+        wait_for(lambda: len(values(settings, "totals")) == 2, 90, message="both totals")
+    totals = {v["key"]: v["total"] for v in values(settings, "totals")}
+    assert totals == {big: 101, small: 1}  # the big partition's record waited for its whole store
+    assert seen_restoring == {small: True, big: False}  # the small one went on during the restore
+    assert processor.metrics.restored_keys == 120_001
+    assert processor.longest_round_s < 10, processor.longest_round_s
+
+
+def test_expiring_state_is_deleted_with_its_tombstone_and_a_restart_knows_its_expiry(topics):
+    from datetime import datetime, timedelta, timezone
+
+    from planshift.runtime.state import EXPIRES_HEADER
+
+    settings = topics
+    now = [datetime(2026, 12, 1, tzinfo=timezone.utc).timestamp()]
+
+    def remember(ctx, event):
+        ctx.put(f"seen:{event['n']}", True, expires_at=ctx.now() + timedelta(days=event["days"]))
+
+    def counter():
+        return StreamProcessor(settings, ProcessorConfig(
+            group_id="remember", sources=(Source("numbers", remember, schema=""),), commit_interval_ms=50,
+            timer_interval_ms=50), clock=lambda: now[0])
+
+    produce(settings, "numbers", [("a", {"n": 1, "days": 1}), ("a", {"n": 2, "days": 10})])
+    first = counter()
+    with running(first):
+        wait_for(lambda: first.metrics.records == 2 and first.metrics.commits >= 1, message="two keys kept")
+    changelog = [r for r in read_topic(settings, settings.topic("remember.state.changelog"))]
+    assert {r.key: int(r.headers[EXPIRES_HEADER]) // 1000 for r in changelog} == {
+        "seen:1": int(now[0]) + 86400, "seen:2": int(now[0]) + 10 * 86400}
+
+    now[0] += 2 * 86400  # two days on: seen:1 is past its time, seen:2 is not
+    second = counter()
+    with running(second):
+        wait_for(lambda: second.metrics.expired_keys == 1 and not second.checkpoint.open, message="one expired")
+        assert second.metrics.restored_keys == 2
+        assert {k for store in second.engine.stores.values() for k, _ in store.items()} == {"seen:2"}
+    tombstones = [r.key for r in read_topic(settings, settings.topic("remember.state.changelog")) if r.value is None]
+    assert tombstones == ["seen:1"]

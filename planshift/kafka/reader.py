@@ -48,22 +48,72 @@ def read_new(consumer) -> Iterator:
         yield from records
 
 
+class ReadToEnd:
+    """Assigned partitions read from the consumer's positions up to the ends they had when
+    reading began, a bounded slice at a time. A state restore reads this way: it must not
+    hold up its loop, and it moves each partition on to its next topic (`begin`) as soon
+    as that partition has `reached` its end. `read_to_end` reads it all at once."""
+
+    def __init__(self, consumer, tps: list[TopicPartition] = ()):
+        self.consumer = consumer
+        self.end: dict[TopicPartition, int] = {}
+        self.remaining: set[TopicPartition] = set()
+        self._reached: set[TopicPartition] = set()
+        if tps:
+            self._take(list(tps))
+
+    def begin(self, tps: list[TopicPartition]) -> None:
+        """Read `tps` too, from their beginnings (the reader's consumer is assigned by hand;
+        the partitions still being read keep their positions)."""
+        self.consumer.assign([*self.remaining, *tps])
+        self.consumer.seek_to_beginning(*tps)
+        self._take(tps)
+
+    def _take(self, tps: list[TopicPartition]) -> None:
+        ends = self.consumer.end_offsets(tps)
+        self.end.update(ends)
+        for tp in tps:
+            (self.remaining if self.consumer.position(tp) < ends[tp] else self._reached).add(tp)
+
+    @property
+    def done(self) -> bool:
+        return not self.remaining
+
+    def reached(self) -> set[TopicPartition]:
+        """The partitions that reached their ends since the last call."""
+        reached, self._reached = self._reached, set()
+        return reached
+
+    def batches(self, budget_s: float, poll_ms: int = 200,
+                max_records: int = 10000) -> Iterator[tuple[TopicPartition, list]]:
+        """(partition, records) for at most about `budget_s` seconds, or until the end."""
+        deadline = time.monotonic() + budget_s
+        consumer = self.consumer
+        while self.remaining:
+            for tp, records in consumer.poll(timeout_ms=poll_ms, max_records=max_records).items():
+                end = self.end[tp]
+                yield tp, records if records[-1].offset < end else [r for r in records if r.offset < end]
+            # Under read_committed the position jumps over transaction markers and
+            # aborted records, so "done" is the position, not the last record seen.
+            done = {tp for tp in self.remaining if consumer.position(tp) >= self.end[tp]}
+            if done:
+                self.remaining -= done
+                self._reached |= done
+                return  # let the caller move them on
+            if time.monotonic() >= deadline:
+                return
+
+
 def read_to_end(consumer, tps: list[TopicPartition], timeout: float, what: str) -> Iterator:
     """The raw records of `tps` from the consumer's positions up to the ends those
     partitions have now (seek first to read from the start); the consumer stays open."""
-    end = consumer.end_offsets(tps)
-    remaining = {tp for tp in tps if consumer.position(tp) < end[tp]}
+    reading = ReadToEnd(consumer, tps)
     deadline = time.monotonic() + timeout
-    while remaining:
+    while not reading.done:
         if time.monotonic() > deadline:
             raise TimeoutError(f"reading {what} did not reach its end within {timeout:.0f}s")
-        for tp, records in consumer.poll(timeout_ms=200, max_records=10000).items():
-            for r in records:
-                if r.offset < end[tp]:
-                    yield r
-        # Under read_committed the position jumps over transaction markers and
-        # aborted records, so "done" is the position, not the last record seen.
-        remaining = {tp for tp in remaining if consumer.position(tp) < end[tp]}
+        for _, records in reading.batches(1.0):
+            yield from records
 
 
 def iter_topic(settings: Settings, topic: str, timeout: float = 30.0,

@@ -41,6 +41,7 @@ class Context:
     outputs: list[Output] = field(default_factory=list)
     writes: dict[str, Any] = field(default_factory=dict)
     unlogged: set[str] = field(default_factory=set)  # keys whose state is derived, not logged
+    expiries: dict[str, int] = field(default_factory=dict)  # key → when it expires (ms since the epoch)
     clock: Callable[[], float] = time.time  # the runtime's clock (a test driver's own in tests)
     value: bytes | None = None  # the record's value as it came (the archiver keeps it)
     forwards: list[tuple[str, bytes | None, bytes | None, list]] = field(default_factory=list)
@@ -59,10 +60,19 @@ class Context:
             return default
         return self.store.get(key, default)
 
-    def put(self, key: str, value: Any, logged: bool = True) -> None:
+    def put(self, key: str, value: Any, logged: bool = True, expires_at: datetime | None = None) -> None:
         """Change state. `logged=False` for state the runtime rebuilds from a source
-        topic at restore (`ProcessorConfig.derived_from`), so no changelog record is written."""
+        topic at restore (`ProcessorConfig.derived_from`), so no changelog record is written.
+        `expires_at`: the key is deleted once that moment has passed (state that can never
+        be needed again; `state.py`). Derived state cannot expire: its source topic's
+        retention bounds it."""
         self.writes[key] = value
+        if expires_at is not None:
+            if not logged:
+                raise ValueError(f"derived state cannot expire: {key}")
+            self.expiries[key] = int(expires_at.timestamp() * 1000)
+        else:
+            self.expiries.pop(key, None)
         if logged:
             self.unlogged.discard(key)
         else:
@@ -70,6 +80,7 @@ class Context:
 
     def delete(self, key: str) -> None:
         self.writes[key] = _DELETED
+        self.expiries.pop(key, None)
 
     # -- timers ---------------------------------------------------------------
     def schedule(self, name: str, due: datetime, data: dict[str, Any] | None = None) -> None:
@@ -97,6 +108,8 @@ class Context:
         cluster: the re-drive sends a dead letter back this way."""
         self.forwards.append((topic, key, value, headers))
 
-    def pending_writes(self) -> list[tuple[str, Any, bool]]:
-        """(key, value, logged) triples; value None means delete."""
-        return [(k, None if v is _DELETED else v, k not in self.unlogged) for k, v in self.writes.items()]
+    def pending_writes(self) -> list[tuple[str, Any, bool, int | None]]:
+        """(key, value, logged, expires_at_ms) of each write; value None means delete."""
+        expiries = self.expiries
+        return [(k, None if v is _DELETED else v, k not in self.unlogged, expiries.get(k))
+                for k, v in self.writes.items()]

@@ -30,7 +30,7 @@ from planshift.events import encode_json, encode_key, event_headers
 from planshift.logs import get_logger
 from planshift.runtime.context import TIMER_PREFIX, Context
 from planshift.runtime.deadletters import dead_letter_headers
-from planshift.runtime.state import PartitionStore, changelog_topic
+from planshift.runtime.state import EXPIRES_HEADER, PartitionStore, changelog_topic
 from planshift.schema import InvalidEvent, parse, parse_json, schema_names, validate
 from planshift.settings import Settings
 
@@ -108,6 +108,8 @@ class Metrics:
     commits: int = 0
     aborts: int = 0
     restored_keys: int = 0
+    restore_seconds: float = 0.0  # time spent restoring, summed over restorations
+    expired_keys: int = 0
     timers_fired: int = 0
     started_at: float = field(default_factory=time.monotonic)
     first_record_at: float | None = None  # throughput is measured from here, after start-up
@@ -262,14 +264,15 @@ class Engine:
             store = self.stores.get(ctx.partition)
             if store is None:
                 store = self.stores[ctx.partition] = PartitionStore(ctx.partition)
-            for key, value, logged in ctx.pending_writes():
-                store.apply(key, value)
+            for key, value, logged, expires_at in ctx.pending_writes():
+                store.apply(key, value, expires_at)
                 if key.startswith(TIMER_PREFIX):
                     self._index_timer(ctx.partition, key, value)
                 if not logged:
                     continue
+                headers = [] if expires_at is None else [(EXPIRES_HEADER, str(expires_at).encode())]
                 sink.send(self.changelog, key.encode(),
-                          None if value is None else encode_json(value), [], ctx.partition)
+                          None if value is None else encode_json(value), headers, ctx.partition)
 
     def dead_letter(self, record, exc: BaseException, attempts: int) -> None:
         headers = dead_letter_headers(record, self.group, exc, attempts)
@@ -295,6 +298,22 @@ class Engine:
     def drop_store(self, partition: int) -> None:
         self.stores.pop(partition, None)
         self._timers.pop(partition, None)
+
+    # -- expiry ------------------------------------------------------------------
+    def expiry_due(self, now_ms: int) -> bool:
+        return any((at := store.next_expiry()) is not None and at <= now_ms for store in self.stores.values())
+
+    def expire(self, now_ms: int) -> int:
+        """Delete every key whose expiry has passed, with its changelog tombstone. Returns how many."""
+        expired = 0
+        for partition, store in self.stores.items():
+            keys = store.expired(now_ms)
+            for key in keys:
+                store.apply(key, None)
+                self.sink.send(self.changelog, key.encode(), None, [], partition)
+            expired += len(keys)
+        self.metrics.expired_keys += expired
+        return expired
 
     # -- timers ------------------------------------------------------------------
     def _index_timer(self, partition: int, key: str, value: Any) -> None:

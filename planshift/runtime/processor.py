@@ -15,7 +15,11 @@ it is closed and replaced, and the same reset follows.
 Rebalances: before partitions are revoked the open transaction is committed (bounded
 by the producer's timeouts; on failure it is aborted), then their stores are dropped.
 Newly assigned partitions have their stores restored before any of their records is
-handled. SIGTERM and SIGINT finish the record in hand, commit, and leave the group.
+handled: they are paused, and the loop rebuilds their stores a bounded slice per round
+between its polls (`state.Restoration`), then resumes them, so a long restore neither
+holds the consumer past `max.poll.interval.ms` nor stops its other partitions. Between
+polls the loop also fires due timers and deletes expired state. SIGTERM and SIGINT
+finish the record in hand, commit, and leave the group.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ from planshift.kafka.topics import ensure_topic, existing_partitions
 from planshift.logs import get_logger
 from planshift.runtime.checkpoint import CallTimedOut, Checkpoint
 from planshift.runtime.engine import Engine, ProcessorConfig, Source
-from planshift.runtime.state import restore
+from planshift.runtime.state import Restoration
 from planshift.runtime.tables import GlobalTable
 from planshift.settings import Settings
 
@@ -57,6 +61,8 @@ log = get_logger(__name__)
 # Under load a transaction commits after this long unless the consumer or
 # PLANSHIFT_COMMIT_INTERVAL_MS says otherwise (an idle consumer commits at once).
 DEFAULT_COMMIT_INTERVAL_MS = 200
+# Each round of the loop gives a restore in progress at most this long before it polls.
+RESTORE_SLICE_S = 0.25
 
 FENCED = (ProducerFencedError, InvalidProducerEpochError)
 # A producer that is fenced, or whose call ran out of time, cannot be trusted to abort:
@@ -86,6 +92,9 @@ class StreamProcessor:
         # callback cannot (kafka-python's consumer may not block inside one).
         self._reset_due: set[TopicPartition] = set()
         self._came_round = time.monotonic()  # when the loop last began a round (exit_if_stalled)
+        self.longest_round_s = 0.0  # the longest a round of the loop has taken
+        # Stores being rebuilt: partition → the restoration that will deliver its store.
+        self._restoring: dict[int, Restoration] = {}
         self._stop = threading.Event()
         self._tables: dict[str, GlobalTable] = {}
         self._changelog = self.engine.changelog
@@ -131,8 +140,10 @@ class StreamProcessor:
         self._start()
         try:
             while not self._stop.is_set():
-                self._came_round = time.monotonic()
+                began, self._came_round = self._came_round, time.monotonic()
+                self.longest_round_s = max(self.longest_round_s, self._came_round - began)
                 self._refresh_tables()
+                self._restore_step()
                 self._poll_once()
                 self._fire_timers()
                 if until is not None and not self.checkpoint.open and until(self):
@@ -194,8 +205,11 @@ class StreamProcessor:
                 self.producer.close(timeout=self.config.call_timeout_ms / 1000)
             for table in self._tables.values():
                 table.close()
+            for restoration in set(self._restoring.values()):
+                restoration.close()
             log.info("processor stopped", group=self.config.group_id, records=self.metrics.records,
-                     dead_letters=self.metrics.dead_letters, commits=self.metrics.commits)
+                     dead_letters=self.metrics.dead_letters, commits=self.metrics.commits,
+                     longest_round_s=round(self.longest_round_s, 3))
 
     # -- the loop ----------------------------------------------------------------
     def _refresh_tables(self) -> None:
@@ -208,7 +222,8 @@ class StreamProcessor:
         self.engine.table_values = {name: table.values for name, table in self._tables.items()}
 
     def _poll_once(self) -> None:
-        batches = self.consumer.poll(timeout_ms=self.config.poll_timeout_ms)
+        # While a restore is under way the loop only looks in, so that it goes on at once.
+        batches = self.consumer.poll(timeout_ms=0 if self._restoring else self.config.poll_timeout_ms)
         if self._reset_due:
             due, self._reset_due = self._reset_due & self.consumer.assignment(), set()
             self._reset_to_committed(list(due))
@@ -243,18 +258,23 @@ class StreamProcessor:
             logs.hold_record(None)  # the last record's context ends with its batch
 
     def _fire_timers(self) -> None:
-        """Due timers fire in a transaction of their own (at most once a timer interval)."""
+        """Due timers fire, and expired state is deleted, in a transaction of their own (at
+        most once a timer interval)."""
         now = time.monotonic()
         if now - self._timers_checked < self.config.timer_interval_ms / 1000:
             return
         self._timers_checked = now
         now_ms = int(self.engine.clock() * 1000)
-        if not self.engine.timers_due(now_ms):
+        timers, expiry = self.engine.timers_due(now_ms), self.engine.expiry_due(now_ms)
+        if not (timers or expiry):
             return
         try:
             if not self.checkpoint.open:
                 self.checkpoint.begin()
-            self.engine.fire_timers(now_ms)
+            if timers:
+                self.engine.fire_timers(now_ms)
+            if expiry:
+                self.engine.expire(now_ms)
             self.checkpoint.commit()
         except KafkaError as exc:
             self._transaction_failed(exc)
@@ -331,21 +351,63 @@ class StreamProcessor:
             raise LookupError(f"topic {topic!r} does not exist; run 'planshift topics create'")
         return have[topic]
 
+    @property
+    def restoring(self) -> bool:
+        """Whether some assigned partition waits for its store (paused until it is whole)."""
+        return bool(self._restoring)
+
     def _restore(self, partitions: set[int]) -> None:
+        """Begin rebuilding the stores of `partitions`; their records wait (paused) until then."""
         if not self._changelog or not partitions:
             return
-        began = time.monotonic()
-        restored = restore(self.settings, self._changelog, sorted(partitions),
-                           derived_from=[(self.settings.topic(t), fold) for t, fold in self.config.derived_from])
-        self.engine.adopt_stores(restored)
-        keys = sum(len(s) for s in restored.values())
-        self.metrics.restored_keys += keys
-        log.info("state restored", partitions=sorted(partitions), keys=keys,
-                 seconds=round(time.monotonic() - began, 3))
+        for partition in partitions:
+            self.engine.drop_store(partition)
+        restoration = Restoration(self.settings, self._changelog, partitions,
+                                  [(self.settings.topic(t), fold) for t, fold in self.config.derived_from])
+        for partition in partitions:
+            self._restoring[partition] = restoration
+        self.consumer.pause(*[tp for tp in self.consumer.assignment() if tp.partition in partitions])
+        log.info("state restore began", partitions=sorted(partitions))
+
+    def _restore_step(self) -> None:
+        """Give each restoration under way a slice of this round; adopt and resume each
+        partition as soon as its store is whole."""
+        for restoration in list(dict.fromkeys(self._restoring.values())):
+            mine = {p for p, r in self._restoring.items() if r is restoration}
+            if not mine:  # every partition went elsewhere meanwhile
+                restoration.close()
+                continue
+            began = time.monotonic()
+            try:
+                restoration.step(RESTORE_SLICE_S)
+            except KafkaError as exc:  # the broker went away mid-read: begin again at the next round
+                log.warning("state restore interrupted; beginning it again", error=repr(exc),
+                            partitions=sorted(mine))
+                restoration.restart(mine)
+            self.metrics.restore_seconds += time.monotonic() - began
+            whole = restoration.take_whole() & mine
+            if not whole:
+                continue
+            stores = {p: restoration.stores[p] for p in whole}
+            self.engine.adopt_stores(stores)
+            for p in whole:
+                del self._restoring[p]
+            self.consumer.resume(*[tp for tp in self.consumer.assignment() if tp.partition in whole])
+            keys = sum(len(s) for s in stores.values())
+            self.metrics.restored_keys += keys
+            log.info("state restored", partitions=sorted(whole), keys=keys,
+                     seconds=round(time.monotonic() - restoration.began, 3),
+                     longest_round_s=round(self.longest_round_s, 3))
+            if restoration.done:
+                restoration.close()
 
     def _on_assigned(self, assigned: set[TopicPartition]) -> None:
         self._assign_sinks(assigned)
-        new = {tp.partition for tp in assigned} - set(self.engine.stores)
+        # A partition whose store is being rebuilt waits for it on every topic.
+        waiting = [tp for tp in assigned if tp.partition in self._restoring]
+        if waiting:
+            self.consumer.pause(*waiting)
+        new = {tp.partition for tp in assigned} - set(self.engine.stores) - set(self._restoring)
         self._restore(new)
 
     def _on_revoked(self, revoked: set[TopicPartition]) -> None:
@@ -361,6 +423,7 @@ class StreamProcessor:
         still_owned = {tp.partition for tp in self.consumer.assignment() if tp not in revoked}
         for partition in {tp.partition for tp in revoked} - still_owned:
             self.engine.drop_store(partition)
+            self._restoring.pop(partition, None)
 
     def _on_lost(self, lost: set[TopicPartition]) -> None:
         # Another member may already own them: abandon the open work without committing.
@@ -369,6 +432,7 @@ class StreamProcessor:
         self._discard(lost)
         for tp in lost:
             self.engine.drop_store(tp.partition)
+            self._restoring.pop(tp.partition, None)
 
     def _discard(self, tps) -> None:
         for tp in tps:

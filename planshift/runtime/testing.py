@@ -15,7 +15,6 @@ real one (`tests/`); this driver is for the rules.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable
@@ -26,7 +25,7 @@ from planshift.events import encode_json, encode_key, event_headers
 from planshift.kafka.partitioning import murmur2
 from planshift.kafka.topics import planned_topics
 from planshift.runtime.engine import Engine, ProcessorConfig, Record
-from planshift.runtime.state import PartitionStore
+from planshift.runtime.state import PartitionStore, fold_record
 from planshift.settings import Settings
 
 
@@ -166,9 +165,13 @@ class TestDriver:
 
     # -- time --------------------------------------------------------------------
     def advance(self, seconds: float) -> int:
-        """Move the clock on and fire the timers that came due; how many fired."""
+        """Move the clock on, fire the timers that came due and delete the state that
+        expired (as the processor does between polls); how many timers fired."""
         self.clock.advance(seconds)
-        return self.engine.fire_timers(int(self.clock() * 1000))
+        now_ms = int(self.clock() * 1000)
+        fired = self.engine.fire_timers(now_ms)
+        self.engine.expire(now_ms)
+        return fired
 
     # -- restart -----------------------------------------------------------------
     def restart(self) -> None:
@@ -182,12 +185,11 @@ class TestDriver:
 
         if self.engine.changelog:
             for record in self.topics.records.get(self.engine.changelog, []):
-                store(record.partition).apply(record.key.decode(),
-                                              None if record.value is None else json.loads(record.value))
+                store(record.partition).apply_changelog(record)
         for topic, fold in self.config.derived_from:
+            apply = fold_record(fold)
             for record in self.topics.records.get(self.settings.topic(topic), []):
-                if record.value is not None:
-                    fold(store(record.partition), json.loads(record.value))
+                apply(store(record.partition), record)
         for p in partitions:
             store(p)
         self.engine.replace_stores(stores)
