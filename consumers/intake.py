@@ -24,14 +24,19 @@ Statuses move only as `planshift.domain.lifecycle` allows: an upgrade that is fi
 (rejected, failed, completed) ignores a late credit decision, a replay or an expiry.
 An `upgrade_id` is the order system's idempotency key; one that another tenant used
 first (the directory keeps each id's owner, across every intake instance) is refused
-and dead-lettered, never merged with nor dropped for the other tenant's upgrade.
+and dead-lettered, never merged with nor dropped for the other tenant's upgrade. The
+directory also keeps the event that used each id first, for good, so a request that
+repeats an id after the tenant's state has let its upgrade go (below) still comes to
+nothing, while the same request handled again after a crash goes on.
 
 `tenant:` state is exactly what `upgrade.status` says, which is keyed by tenant_id and
 co-partitioned with intake's inputs, so it is not logged again: at restore the runtime
 folds the committed statuses into it (`fold_status`). Statuses are kept 30 days, longer
 than requests (14 days), so a request that can still be replayed always finds its
 upgrade id. Only the request waiting for a credit check, which no status carries, goes
-to the changelog.
+to the changelog. A tenant with nothing in flight is forgotten once the statuses its
+state comes from have left `upgrade.status` (retention and one segment: 37 days), so a
+tenant's next request after that starts from a clean slate, exactly as after a restart.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Mapping
 
 from planshift.catalogue import Catalogue
-from planshift.contract import Status, Topic, batch_key
+from planshift.contract import Status, Topic, batch_key, lifetime_ms
 from planshift.domain.batches import batch_events
 from planshift.domain.credit_check import add_business_days, credit_check_reason
 from planshift.domain.eligibility import (
@@ -65,13 +70,16 @@ from planshift.runtime import Context, ProcessorConfig, Source, StreamProcessor
 from planshift.runtime.state import PartitionStore
 from planshift.schema import InvalidEvent
 from planshift.settings import Settings
-from planshift.storage.directory import LicenceDirectory, SqliteDirectory
+from planshift.storage.directory import Claim, LicenceDirectory, SqliteDirectory
 
 log = get_logger(__name__)
 
 GROUP_ID = "planshift-intake"
 COMMIT_INTERVAL_MS = 1000
 EXPIRY_TIMER = "credit-check-expiry:"
+# A tenant's state with nothing in flight expires when the statuses it is derived from
+# can no longer be read (a restart would not find them either).
+STATUSES_KEPT = timedelta(milliseconds=lifetime_ms(Topic.UPGRADE_STATUS))
 
 
 class UpgradeIdTaken(PermanentError):
@@ -86,12 +94,13 @@ class Intake:
         self.directory = directory
         self.catalogue = catalogue
         self._holders: dict[tuple[str, str], list[str]] = {}
-        self._owners: dict[str, str] = {}
+        self._claims: dict[str, Claim] = {}
 
     def prepare_requests(self, requests: list[dict[str, Any]]) -> None:
         """Claim the upgrade ids and read the licence holders of a whole polled batch in
         two directory round trips."""
-        self._owners = self.directory.claim_upgrades((r["upgrade_id"], r["tenant_id"]) for r in requests)
+        self._claims = self.directory.claim_upgrades(
+            (r["upgrade_id"], r["tenant_id"], r["event_id"]) for r in requests)
         self._holders = self.directory.holders_many(
             (r["tenant_id"], r["source_subscription_id"]) for r in requests)
 
@@ -99,9 +108,13 @@ class Intake:
         users = self._holders.pop((tenant_id, subscription_id), None)
         return users if users is not None else self.directory.holders(tenant_id, subscription_id)
 
-    def _owner(self, upgrade_id: str, tenant_id: str) -> str:
-        owner = self._owners.pop(upgrade_id, None)
-        return owner if owner is not None else self.directory.claim_upgrades([(upgrade_id, tenant_id)])[upgrade_id]
+    def _claim(self, request: dict[str, Any]) -> Claim:
+        upgrade_id = request["upgrade_id"]
+        claim = self._claims.pop(upgrade_id, None)
+        if claim is None:
+            claim = self.directory.claim_upgrades(
+                [(upgrade_id, request["tenant_id"], request["event_id"])])[upgrade_id]
+        return claim
 
     def _health(self, ctx: Context) -> dict[str, str]:
         return {name: row["status"] for name, row in ctx.tables.get(Topic.SERVICE_HEALTH, {}).items()}
@@ -113,9 +126,15 @@ class Intake:
         if upgrade_id in tenant.upgrades:
             log.info("repeated upgrade_id ignored")
             return
-        if self._owner(upgrade_id, tenant_id) != tenant_id:
+        claim = self._claim(request)
+        if claim.tenant_id != tenant_id:
             raise UpgradeIdTaken(f"upgrade_id {upgrade_id!r} is already used by another tenant; "
                                  "each upgrade needs an id of its own")
+        if claim.event_id not in (None, request["event_id"]):
+            # Another request used this id first, so long ago that the tenant's state has
+            # let it go (STATUSES_KEPT): still a repeat, never a second upgrade.
+            log.info("repeated upgrade_id ignored", first_event_id=claim.event_id)
+            return
         users = self._users(tenant_id, request["source_subscription_id"])
         reasons = evaluate(request, TenantView(len(users), self._health(ctx), tenant.in_flight,
                                                self.settings.prepaid_policy), self.catalogue)
@@ -161,6 +180,9 @@ class Intake:
         tenant = TenantState.load(ctx, tenant_id)
         if upgrade_id in tenant.upgrades:
             return  # that upgrade exists: its statuses only move forward
+        claim = self.directory.upgrade_claim(upgrade_id)
+        if claim is not None and claim.tenant_id == tenant_id:
+            return  # so does this one, from before the tenant's state let it go
         detail = "; ".join(map(str, error.violations))
         self._reject(ctx, tenant, upgrade_id, [reason("INVALID_REQUEST", detail).as_dict()])
 
@@ -249,7 +271,9 @@ class TenantState:
         return {"in_flight": self.in_flight, "upgrades": self.upgrades}
 
     def save(self, ctx: Context) -> None:
-        ctx.put(f"tenant:{self.tenant_id}", self.as_dict(), logged=False)  # derived from upgrade.status
+        # Derived from upgrade.status; once nothing is in flight it goes when those statuses do.
+        ctx.put(f"tenant:{self.tenant_id}", self.as_dict(), logged=False,
+                expires_at=None if self.in_flight else ctx.now() + STATUSES_KEPT)
 
     def apply(self, upgrade_id: str, status: str) -> bool:
         """Take in one status of one upgrade, if the lifecycle allows it. True if changed.
@@ -275,7 +299,14 @@ def fold_status(store: PartitionStore, status: dict[str, Any]) -> None:
         return
     tenant = TenantState.load(store, tenant_id)
     if tenant.apply(upgrade_id, name):
-        store.apply(f"tenant:{tenant_id}", tenant.as_dict())
+        expires = None
+        if tenant.in_flight is None:
+            try:
+                moment = datetime.fromisoformat(str(status.get("occurred_at")).replace("Z", "+00:00"))
+                expires = int((moment + STATUSES_KEPT).timestamp() * 1000)
+            except ValueError:
+                pass  # kept until the tenant's next upgrade ends
+        store.apply(f"tenant:{tenant_id}", tenant.as_dict(), expires, logged=False)
 
 
 def processor(settings: Settings, instance: str = "0", directory: LicenceDirectory | None = None,

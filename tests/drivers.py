@@ -130,7 +130,8 @@ class Pipeline:
         return [e for e in self.events(topic) if e.get("upgrade_id") == upgrade_id]
 
     def dead_letters(self, topic: str):
-        return self.topics.read(f"{topic}.dlq")
+        """The dead letters of `topic` that its dead-letter topic still keeps (what an operator finds)."""
+        return self.topics.kept(self.settings.topic(f"{topic}.dlq"))
 
     def holders(self, tenant: str, subscription: str) -> list[str]:
         return self.store.holders(tenant, subscription)

@@ -100,3 +100,21 @@ def test_several_processes_write_at_once(tmp_path):
         p.join(60)
         assert p.exitcode == 0
     assert sqlite3.connect(path).execute("SELECT count(*) FROM licences").fetchone()[0] == 800
+
+
+def test_a_directory_made_before_claims_kept_their_event_still_opens_and_claims(tmp_path):
+    import sqlite3
+
+    from planshift.storage.directory import Claim, SqliteDirectory
+
+    path = tmp_path / "directory.sqlite3"
+    old = sqlite3.connect(path)
+    old.execute("CREATE TABLE upgrade_owners (upgrade_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL) WITHOUT ROWID")
+    old.execute("INSERT INTO upgrade_owners VALUES ('ord-old', 'contoso')")
+    old.commit()
+    old.close()
+    directory = SqliteDirectory(path)
+    claims = directory.claim_upgrades([("ord-old", "contoso", "e-2"), ("ord-new", "contoso", "e-3")])
+    assert claims == {"ord-old": Claim("contoso", None), "ord-new": Claim("contoso", "e-3")}
+    assert directory.claim_upgrades([("ord-new", "fabrikam", "e-9")]) == {"ord-new": Claim("contoso", "e-3")}
+    directory.close()

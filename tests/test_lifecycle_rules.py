@@ -420,3 +420,39 @@ def test_an_upgrade_in_flight_never_expires(world):
     world.run()
     assert world.status_names("ord-1") == ["accepted", "migrating", "completed"]
     assert len(world.events(Topic.BILLING_SWITCH)) == 1
+
+
+def test_intake_forgets_a_tenant_with_nothing_in_flight_when_its_statuses_are_gone_as_a_restart_would(world):
+    from consumers.intake import STATUSES_KEPT
+
+    world.seed("contoso", 2)
+    world.publish(world.request(licenses=2))
+    world.seed("fabrikam", 2, subscription="fabrikam-sub-m365_business_standard")
+    world.publish(world.request("fabrikam", "ord-2", licenses=2, payment_method="invoice"))  # waits for a check
+    world.run()
+    assert _keys(world.intake, "tenant:") == {"tenant:contoso", "tenant:fabrikam"}
+    world.advance(STATUSES_KEPT.total_seconds() - 3600)
+    assert "tenant:contoso" in _keys(world.intake, "tenant:")
+    world.intake.restart()  # the fold gives the restored state the same expiry
+    assert "tenant:contoso" in _keys(world.intake, "tenant:")
+    world.advance(2 * 3600)
+    # contoso's upgrade ended long ago; fabrikam's credit check expired meanwhile (a timer),
+    # so fabrikam goes too, but one lifetime of its own last status after that.
+    assert _keys(world.intake, "tenant:") == {"tenant:fabrikam"}
+    world.intake.restart()  # the statuses have left the topic: nothing comes back
+    assert _keys(world.intake, "tenant:") == {"tenant:fabrikam"}
+
+
+def test_an_upgrade_id_repeated_months_later_is_still_a_repeat(world):
+    world.seed("contoso", 2)
+    world.publish(world.request(licenses=2))
+    world.run()
+    world.advance(120 * 86400)  # intake has long forgotten the tenant; the directory has not
+    assert _keys(world.intake, "tenant:") == set()
+    world.publish(world.request(licenses=2))  # the same upgrade_id in a new event
+    world.run()
+    assert world.status_names("ord-1") == ["accepted", "migrating", "completed"]
+    assert len(world.events(Topic.BILLING_SWITCH)) == 1
+    world.publish(world.request(upgrade="ord-2", licenses=2))  # a new id is a new upgrade
+    world.run()
+    assert world.status_names("ord-2")[-1] == "completed"

@@ -64,12 +64,10 @@ class Context:
         """Change state. `logged=False` for state the runtime rebuilds from a source
         topic at restore (`ProcessorConfig.derived_from`), so no changelog record is written.
         `expires_at`: the key is deleted once that moment has passed (state that can never
-        be needed again; `state.py`). Derived state cannot expire: its source topic's
-        retention bounds it."""
+        be needed again; `state.py`). Derived state that expires goes from memory only; its
+        fold at restore must give it the same moment."""
         self.writes[key] = value
         if expires_at is not None:
-            if not logged:
-                raise ValueError(f"derived state cannot expire: {key}")
             self.expiries[key] = int(expires_at.timestamp() * 1000)
         else:
             self.expiries.pop(key, None)

@@ -265,7 +265,7 @@ class Engine:
             if store is None:
                 store = self.stores[ctx.partition] = PartitionStore(ctx.partition)
             for key, value, logged, expires_at in ctx.pending_writes():
-                store.apply(key, value, expires_at)
+                store.apply(key, value, expires_at, logged)
                 if key.startswith(TIMER_PREFIX):
                     self._index_timer(ctx.partition, key, value)
                 if not logged:
@@ -309,8 +309,10 @@ class Engine:
         for partition, store in self.stores.items():
             keys = store.expired(now_ms)
             for key in keys:
+                derived = store.is_derived(key)
                 store.apply(key, None)
-                self.sink.send(self.changelog, key.encode(), None, [], partition)
+                if not derived:
+                    self.sink.send(self.changelog, key.encode(), None, [], partition)
             expired += len(keys)
         self.metrics.expired_keys += expired
         return expired

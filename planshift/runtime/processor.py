@@ -63,6 +63,7 @@ log = get_logger(__name__)
 DEFAULT_COMMIT_INTERVAL_MS = 200
 # Each round of the loop gives a restore in progress at most this long before it polls.
 RESTORE_SLICE_S = 0.25
+CHANGELOG_SEGMENT_MS = 60 * 60 * 1000
 
 FENCED = (ProducerFencedError, InvalidProducerEpochError)
 # A producer that is fenced, or whose call ran out of time, cannot be trusted to abort:
@@ -141,7 +142,7 @@ class StreamProcessor:
         try:
             while not self._stop.is_set():
                 began, self._came_round = self._came_round, time.monotonic()
-                self.longest_round_s = max(self.longest_round_s, self._came_round - began)
+                self._round_took(self._came_round - began)
                 self._refresh_tables()
                 self._restore_step()
                 self._poll_once()
@@ -150,6 +151,13 @@ class StreamProcessor:
                     break
         finally:
             self._shutdown()
+
+    def _round_took(self, seconds: float) -> None:
+        self.longest_round_s = max(self.longest_round_s, seconds)
+        if seconds > self.config.session_timeout_ms / 1000:
+            # Its heartbeats kept it in the group, so its partitions waited for it.
+            log.warning("a round of the loop took longer than the session timeout", seconds=round(seconds, 1),
+                        session_timeout_s=self.config.session_timeout_ms / 1000)
 
     def _start(self) -> None:
         fastpath.install_rejoin_fix()
@@ -343,7 +351,10 @@ class StreamProcessor:
     # -- state -------------------------------------------------------------------
     def _ensure_changelog(self) -> None:
         partitions = max(self._partition_count(t) for t in self._sources)
-        ensure_topic(self.settings, self._changelog, partitions, {"cleanup.policy": "compact"})
+        # Segments roll hourly, so that compaction (which never touches the active segment)
+        # keeps a restore close to the live keys instead of every write since the start.
+        ensure_topic(self.settings, self._changelog, partitions,
+                     {"cleanup.policy": "compact", "segment.ms": str(CHANGELOG_SEGMENT_MS)})
 
     def _partition_count(self, topic: str) -> int:
         have = existing_partitions(self.settings, [topic])

@@ -26,8 +26,9 @@ other partitions waiting.
 `ctx.put(key, value, expires_at=…)` keeps the moment with the key (in memory, and on
 its changelog record as the header `planshift-expires`, so a restore knows it too);
 the processor deletes expired keys between polls, writing their tombstones in a
-transaction, so a consumer that runs for months keeps a flat memory. Derived state
-needs none: it goes with its source topic's retention.
+transaction, so a consumer that runs for months keeps a flat memory. Derived state can
+expire too, in memory only: its fold gives it the same moment at restore, which must not
+come before its source records leave their topic (else a restart would bring it back).
 """
 
 from __future__ import annotations
@@ -59,19 +60,27 @@ class PartitionStore:
         self._data: dict[str, Any] = {}
         self._expires: dict[str, int] = {}  # key → ms since the epoch
         self._due: list[tuple[int, str]] = []  # heap of (expires, key); entries may be stale
+        self._derived: set[str] = set()  # expiring keys that are derived, not logged (no tombstone)
 
     def get(self, key: str, default: Any = None) -> Any:
         return self._data.get(key, default)
 
-    def apply(self, key: str, value: Any, expires_at: int | None = None) -> None:
+    def apply(self, key: str, value: Any, expires_at: int | None = None, logged: bool = True) -> None:
         if value is None:
             self._data.pop(key, None)
-            self._expires.pop(key, None)
+            if self._expires.pop(key, None) is not None:
+                self._derived.discard(key)
             return
         self._data[key] = value
         if expires_at is None:
-            self._expires.pop(key, None)
-        elif self._expires.get(key) != expires_at:
+            if self._expires.pop(key, None) is not None:
+                self._derived.discard(key)
+            return
+        if logged:
+            self._derived.discard(key)
+        else:
+            self._derived.add(key)
+        if self._expires.get(key) != expires_at:
             self._expires[key] = expires_at
             heapq.heappush(self._due, (expires_at, key))
             if len(self._due) > 2 * len(self._expires) + 1024:  # rewritten often: drop stale entries
@@ -100,6 +109,10 @@ class PartitionStore:
 
     def expires_at(self, key: str) -> int | None:
         return self._expires.get(key)
+
+    def is_derived(self, key: str) -> bool:
+        """An expiring key rebuilt from a source topic at restore: it goes without a tombstone."""
+        return key in self._derived
 
     def items(self) -> Iterator[tuple[str, Any]]:
         return iter(self._data.items())

@@ -4,7 +4,8 @@
 same decoding, validity checks, handlers, retries, dead letters, state, changelog and
 timers as `StreamProcessor` — but records come from the test and what comes out stays
 in memory, in `Topics`: an append-only list of records per topic, with Kafka's
-partitioning (murmur2 of the key, or the output's own placement). Several drivers can
+partitioning (murmur2 of the key, or the output's own placement) and its retention (a
+replay, a restore or a re-drive finds only what the topic still keeps: `Topics.kept`). Several drivers can
 share one `Topics`, so a test can wire intake → migration → settlement and deliver their
 records in any order it likes. Time is the driver's clock: `advance()` moves it and fires
 the timers that come due.
@@ -20,7 +21,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterable
 
 from planshift import logs
-from planshift.contract import dlq
+from planshift.contract import dlq, lifetime_ms
 from planshift.events import encode_json, encode_key, event_headers
 from planshift.kafka.partitioning import murmur2
 from planshift.kafka.topics import planned_topics
@@ -53,8 +54,21 @@ class Topics:
         return record
 
     def read(self, topic: str) -> list[Record]:
-        """The records of a contract topic (the prefix is added)."""
+        """Every record ever written to a contract topic (the prefix is added): what a test
+        asserts on. `kept` is what a reader would still find there."""
         return list(self.records.get(self.settings.topic(topic), ()))
+
+    def kept(self, name: str) -> list[Record]:
+        """The records of topic `name` (on the cluster) not yet past their lifetime, as a
+        reader from the start would find them (`planshift.contract.lifetime_ms`)."""
+        records = self.records.get(name, [])
+        contract = name.removeprefix(self.settings.topic_prefix)
+        try:
+            lifetime = lifetime_ms(contract)
+        except (StopIteration, ValueError):  # a changelog, a compacted or a test's own topic
+            return list(records)
+        oldest = int(self.clock() * 1000) - lifetime
+        return [r for r in records if r.timestamp >= oldest]
 
     def events(self, topic: str) -> list[dict[str, Any]]:
         return [r.event for r in self.read(topic) if r.value is not None]
@@ -150,8 +164,9 @@ class TestDriver:
             sink.flush()
 
     def replay(self, topic: str) -> int:
-        """Handle every record of a source topic again, from the start (`planshift replay --to-start`)."""
-        records = self.topics.read(topic)
+        """Handle every record of a source topic again, from the start (`planshift replay
+        --to-start`): those its retention still keeps."""
+        records = self.topics.kept(self.settings.topic(topic))
         for record in records:
             self.handle(record)
         return len(records)
@@ -188,7 +203,7 @@ class TestDriver:
                 store(record.partition).apply_changelog(record)
         for topic, fold in self.config.derived_from:
             apply = fold_record(fold)
-            for record in self.topics.records.get(self.settings.topic(topic), []):
+            for record in self.topics.kept(self.settings.topic(topic)):
                 apply(store(record.partition), record)
         for p in partitions:
             store(p)
@@ -199,8 +214,8 @@ class TestDriver:
         return self.topics.events(topic)
 
     def dead_letters(self, topic: str) -> list[Record]:
-        """The dead letters of a contract topic."""
-        return self.topics.read(dlq(topic))
+        """The dead letters of a contract topic that its dead-letter topic still keeps."""
+        return self.topics.kept(self.settings.topic(dlq(topic)))
 
     def state(self) -> dict[str, Any]:
         """Every key of every partition store."""

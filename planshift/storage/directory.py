@@ -13,7 +13,7 @@ import json
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Protocol, Sequence
+from typing import Iterable, NamedTuple, Protocol, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -51,10 +51,13 @@ CREATE TABLE IF NOT EXISTS service_resets (
     PRIMARY KEY (upgrade_id, user_id)
 ) WITHOUT ROWID;
 -- Which tenant each upgrade_id belongs to: the first to use it. The directory is the one
--- store every intake instance shares, so an id sent by two tenants is refused here.
+-- store every intake instance shares, so an id sent by two tenants is refused here. The
+-- event that claimed it tells a request handled again (the same event) from a repeat of an
+-- upgrade so old that intake no longer holds it in memory (another event), for ever.
 CREATE TABLE IF NOT EXISTS upgrade_owners (
     upgrade_id TEXT PRIMARY KEY,
-    tenant_id TEXT NOT NULL
+    tenant_id TEXT NOT NULL,
+    event_id TEXT
 ) WITHOUT ROWID;
 -- Users who took a source licence after the batches were planned, moved before settlement
 -- (CONTRACT.md §4 r2), so their number survives a redo.
@@ -72,6 +75,14 @@ class MigrationResult:
     users_already_migrated: int  # held the target and not the source already (a repeat)
     users_missing: int  # hold neither any more (licence removed since the batch was planned)
     resets: list[tuple[str, tuple[str, ...]]]  # (user_id, services they had disabled), for this batch
+
+
+class Claim(NamedTuple):
+    """Who used an upgrade_id first: the tenant, and the event that carried it (None for a
+    claim made before claims kept their event)."""
+
+    tenant_id: str
+    event_id: str | None
 
 
 class DirectoryError(ValueError):
@@ -111,7 +122,9 @@ class LicenceDirectory(Protocol):
 
     def swept(self, upgrade_id: str) -> int: ...
 
-    def claim_upgrades(self, claims: Iterable[tuple[str, str]]) -> dict[str, str]: ...
+    def claim_upgrades(self, claims: Iterable[tuple[str, str, str]]) -> dict[str, "Claim"]: ...
+
+    def upgrade_claim(self, upgrade_id: str) -> "Claim | None": ...
 
     def resets(self, upgrade_id: str) -> list[tuple[str, str, str, str, tuple[str, ...]]]: ...
 
@@ -128,6 +141,9 @@ class SqliteDirectory:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=60000")
         self._db.executescript(DDL)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(upgrade_owners)")}
+        if "event_id" not in columns:  # a directory made before claims kept their event
+            self._db.execute("ALTER TABLE upgrade_owners ADD COLUMN event_id TEXT")
 
     @classmethod
     def for_settings(cls, settings: Settings) -> "SqliteDirectory":
@@ -287,27 +303,35 @@ class SqliteDirectory:
         return MigrationResult(migrated, holding_target - migrated, batch - holding_target,
                                [(u, tuple(json.loads(d))) for u, d in resets])
 
-    def claim_upgrades(self, claims: Iterable[tuple[str, str]]) -> dict[str, str]:
-        """Record each (upgrade_id, tenant_id) whose id is new; return every id's owner.
-        An id that another tenant used first stays that tenant's."""
+    def claim_upgrades(self, claims: Iterable[tuple[str, str, str]]) -> dict[str, "Claim"]:
+        """Record each (upgrade_id, tenant_id, event_id) whose id is new; return every id's
+        claim: the tenant and the event that used it first (an id that another tenant
+        used first stays that tenant's)."""
         wanted = list(dict.fromkeys(claims))
         if not wanted:
             return {}
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.executemany("INSERT OR IGNORE INTO upgrade_owners VALUES (?, ?)", wanted)
-            owners: dict[str, str] = {}
-            ids = [u for u, _ in wanted]
+            db.executemany("INSERT OR IGNORE INTO upgrade_owners VALUES (?, ?, ?)", wanted)
+            owners: dict[str, Claim] = {}
+            ids = [u for u, _, _ in wanted]
             for i in range(0, len(ids), 5000):
-                rows = db.execute("SELECT o.upgrade_id, o.tenant_id FROM json_each(?) AS j JOIN upgrade_owners AS o "
-                                  "ON o.upgrade_id = j.value", (json.dumps(ids[i:i + 5000]),))
-                owners.update(rows)
+                rows = db.execute("SELECT o.upgrade_id, o.tenant_id, o.event_id FROM json_each(?) AS j "
+                                  "JOIN upgrade_owners AS o ON o.upgrade_id = j.value",
+                                  (json.dumps(ids[i:i + 5000]),))
+                owners.update((u, Claim(t, e)) for u, t, e in rows)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
         return owners
+
+    def upgrade_claim(self, upgrade_id: str) -> Claim | None:
+        """Who used `upgrade_id` first, if anyone did (nothing is claimed)."""
+        row = self._db.execute("SELECT tenant_id, event_id FROM upgrade_owners WHERE upgrade_id = ?",
+                               (upgrade_id,)).fetchone()
+        return Claim(*row) if row else None
 
     def put(self, licences: Iterable[Licence], replace_all: bool = False) -> int:
         rows = [(lic.tenant_id, lic.user_id, lic.subscription_id, lic.sku, json.dumps(list(lic.disabled_services)))
