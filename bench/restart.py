@@ -7,7 +7,7 @@ not run a million upgrades through the pipeline first:
 
   upgrade.status        accepted, migrating (step 0) and completed per upgrade (3 N
                         events): intake folds all of them back into its tenants' state
-  settle's changelog    upgrade:{id} → {status: completed, tenant_id}, expiring
+  settle's changelog    upgrade:{id} → "completed:{tenant_id}", expiring
                         FINAL_KEPT after it was written, as settlement writes it
   migrate's changelog   done:{id}:0 → true, expiring with license.batches' lifetime
 
@@ -120,6 +120,7 @@ def run_child(settings, role: str, clock_offset_days: float = 0) -> dict:
 def write_history(settings, upgrades: int, tenants: int) -> None:
     from consumers import migrate, settle
     from planshift.contract import Status, Topic, lifetime_ms
+    from planshift.domain.settlement import Migration
     from planshift.events import encode_json, encode_key, event_headers, upgrade_status
     from planshift.kafka import clients
     from planshift.kafka.partitioning import murmur2
@@ -151,7 +152,7 @@ def write_history(settings, upgrades: int, tenants: int) -> None:
                 upgrade_status(tenant, upgrade, status, occurred_at="2026-11-17T09:30:00Z", **fields)))
         up = upgrade.encode()
         producer.send(settle_log, key=b"upgrade:" + up, partition=(murmur2(up) & 0x7FFFFFFF) % 6,
-                      value=encode_json({"status": "completed", "tenant_id": tenant}),
+                      value=encode_json(Migration(status=Status.COMPLETED, tenant_id=tenant).as_state()),
                       headers=[(EXPIRES_HEADER, settle_expires)])
         producer.send(migrate_log, key=b"done:" + up + b":0", partition=(murmur2(up) & 0x7FFFFFFF) % 12,
                       value=b"true", headers=[(EXPIRES_HEADER, migrate_expires)])

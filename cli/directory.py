@@ -22,19 +22,28 @@ def register(sub) -> None:
 
 
 def directory_import(args: argparse.Namespace, settings: Settings) -> int:
-    from planshift.storage.directory import SqliteDirectory, import_parquet
+    from planshift.storage.directory import import_parquet, open_directory
 
-    directory = SqliteDirectory.for_settings(settings)
+    directory = open_directory(settings)
     count = import_parquet(directory, args.file, replace_all=args.replace)
-    print(f"imported {count} licences from {args.file} into {directory.path} "
+    print(f"imported {count} licences from {args.file} into {_where(directory)} "
           f"({directory.count()} licences in all)")
     return 0
 
 
 def directory_export(args: argparse.Namespace, settings: Settings) -> int:
-    from planshift.storage.directory import SqliteDirectory, export_parquet
+    from planshift.storage.directory import export_parquet, open_directory
 
-    directory = SqliteDirectory.for_settings(settings)
+    directory = open_directory(settings)
     count = export_parquet(directory, args.file)
-    print(f"exported {count} licences from {directory.path} to {args.file}")
+    print(f"exported {count} licences from {_where(directory)} to {args.file}")
     return 0
+
+
+def _where(directory) -> str:
+    """Where the directory lives, for the operator (a database URL without its password)."""
+    if hasattr(directory, "path"):
+        return str(directory.path)
+    from planshift.storage.postgres import _redacted
+
+    return _redacted(directory.url)

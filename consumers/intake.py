@@ -70,7 +70,7 @@ from planshift.runtime import Context, ProcessorConfig, Source, StreamProcessor
 from planshift.runtime.state import PartitionStore
 from planshift.schema import InvalidEvent
 from planshift.settings import Settings
-from planshift.storage.directory import Claim, LicenceDirectory, SqliteDirectory
+from planshift.storage.directory import Claim, LicenceDirectory, open_directory
 
 log = get_logger(__name__)
 
@@ -79,7 +79,8 @@ COMMIT_INTERVAL_MS = 1000
 EXPIRY_TIMER = "credit-check-expiry:"
 # A tenant's state with nothing in flight expires when the statuses it is derived from
 # can no longer be read (a restart would not find them either).
-STATUSES_KEPT = timedelta(milliseconds=lifetime_ms(Topic.UPGRADE_STATUS))
+STATUSES_KEPT_MS = lifetime_ms(Topic.UPGRADE_STATUS)
+STATUSES_KEPT = timedelta(milliseconds=STATUSES_KEPT_MS)
 
 
 class UpgradeIdTaken(PermanentError):
@@ -89,18 +90,20 @@ class UpgradeIdTaken(PermanentError):
 class Intake:
     """The handlers; `processor()` wires them to the runtime."""
 
-    def __init__(self, settings: Settings, directory: LicenceDirectory, catalogue: Catalogue):
+    def __init__(self, settings: Settings, directory: LicenceDirectory, catalogue: Catalogue,
+                 clock: Callable[[], float] = time.time):
         self.settings = settings
         self.directory = directory
         self.catalogue = catalogue
+        self.clock = clock  # the runtime's (a test driver's in tests): when an id is claimed
         self._holders: dict[tuple[str, str], list[str]] = {}
-        self._claims: dict[str, Claim] = {}
+        self._claims: dict[tuple[str, str], Claim] = {}
 
     def prepare_requests(self, requests: list[dict[str, Any]]) -> None:
         """Claim the upgrade ids and read the licence holders of a whole polled batch in
         two directory round trips."""
         self._claims = self.directory.claim_upgrades(
-            (r["upgrade_id"], r["tenant_id"], r["event_id"]) for r in requests)
+            ((r["upgrade_id"], r["tenant_id"], r["event_id"]) for r in requests), self._now_ms())
         self._holders = self.directory.holders_many(
             (r["tenant_id"], r["source_subscription_id"]) for r in requests)
 
@@ -109,12 +112,31 @@ class Intake:
         return users if users is not None else self.directory.holders(tenant_id, subscription_id)
 
     def _claim(self, request: dict[str, Any]) -> Claim:
-        upgrade_id = request["upgrade_id"]
-        claim = self._claims.pop(upgrade_id, None)
+        wanted = (request["upgrade_id"], request["tenant_id"])
+        claim = self._claims.pop(wanted, None)
         if claim is None:
-            claim = self.directory.claim_upgrades(
-                [(upgrade_id, request["tenant_id"], request["event_id"])])[upgrade_id]
+            claim = self.directory.claim_upgrades([(*wanted, request["event_id"])], self._now_ms())[wanted]
         return claim
+
+    def _now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    def _repeats(self, claim: Claim, event_id: str) -> bool:
+        """Whether a request whose upgrade_id the tenant's state does not know is a repeat
+        all the same: another request of this tenant used the id first, or this very one
+        was last handled longer ago than the tenant's state keeps an upgrade. (Had that
+        handling committed, the state would know the id still; so the same request is
+        handled again only while it would: a redo after a crash, a dead letter re-driven
+        within the weeks after its last try.)"""
+        if claim.first_event_id != event_id:
+            return True
+        return self._now_ms() - claim.last_seen_at >= STATUSES_KEPT_MS
+
+    def _handling_again(self, claim: Claim, upgrade_id: str, tenant_id: str) -> None:
+        """A request seen before is handled (again): it was last seen now."""
+        now = self._now_ms()
+        if claim.last_seen_at < now:
+            self.directory.renew_claim(upgrade_id, tenant_id, now)
 
     def _health(self, ctx: Context) -> dict[str, str]:
         return {name: row["status"] for name, row in ctx.tables.get(Topic.SERVICE_HEALTH, {}).items()}
@@ -127,14 +149,15 @@ class Intake:
             log.info("repeated upgrade_id ignored")
             return
         claim = self._claim(request)
-        if claim.tenant_id != tenant_id:
+        if claim.owner != tenant_id:
             raise UpgradeIdTaken(f"upgrade_id {upgrade_id!r} is already used by another tenant; "
                                  "each upgrade needs an id of its own")
-        if claim.event_id not in (None, request["event_id"]):
-            # Another request used this id first, so long ago that the tenant's state has
-            # let it go (STATUSES_KEPT): still a repeat, never a second upgrade.
-            log.info("repeated upgrade_id ignored", first_event_id=claim.event_id)
+        if self._repeats(claim, request["event_id"]):
+            # Used first so long ago that the tenant's state has let it go (STATUSES_KEPT):
+            # still a repeat, never a second upgrade.
+            log.info("repeated upgrade_id ignored", first_event_id=claim.first_event_id)
             return
+        self._handling_again(claim, upgrade_id, tenant_id)
         users = self._users(tenant_id, request["source_subscription_id"])
         reasons = evaluate(request, TenantView(len(users), self._health(ctx), tenant.in_flight,
                                                self.settings.prepaid_policy), self.catalogue)
@@ -180,9 +203,16 @@ class Intake:
         tenant = TenantState.load(ctx, tenant_id)
         if upgrade_id in tenant.upgrades:
             return  # that upgrade exists: its statuses only move forward
-        claim = self.directory.upgrade_claim(upgrade_id)
-        if claim is not None and claim.tenant_id == tenant_id:
-            return  # so does this one, from before the tenant's state let it go
+        # Claimed like a valid request's, so that a later request with this id is a repeat.
+        event_id = value.get("event_id")
+        origin = event_id if isinstance(event_id, str) else f"record:{ctx.partition}:{ctx.offset}"
+        # Seen (not owned: an invalid request takes no id from a valid one), so that the
+        # same id of this tenant later is a repeat.
+        claim = self.directory.claim_upgrades([(upgrade_id, tenant_id, origin)], self._now_ms(),
+                                              own=False)[(upgrade_id, tenant_id)]
+        if self._repeats(claim, origin):
+            return  # the tenant sent this id before, long enough ago for its state to let it go
+        self._handling_again(claim, upgrade_id, tenant_id)
         detail = "; ".join(map(str, error.violations))
         self._reject(ctx, tenant, upgrade_id, [reason("INVALID_REQUEST", detail).as_dict()])
 
@@ -312,13 +342,14 @@ def fold_status(store: PartitionStore, status: dict[str, Any]) -> None:
 def processor(settings: Settings, instance: str = "0", directory: LicenceDirectory | None = None,
               catalogue: Catalogue | None = None, clock: Callable[[], float] = time.time,
               **config: Any) -> StreamProcessor:
-    return StreamProcessor(settings, intake_config(settings, directory, catalogue, instance, **config), clock)
+    return StreamProcessor(settings, intake_config(settings, directory, catalogue, instance, clock=clock,
+                                                   **config), clock)
 
 
 def intake_config(settings: Settings, directory: LicenceDirectory | None = None, catalogue: Catalogue | None = None,
-                  instance: str = "0", **config: Any) -> ProcessorConfig:
-    intake = Intake(settings, directory or SqliteDirectory.for_settings(settings),
-                    catalogue or Catalogue.for_settings(settings))
+                  instance: str = "0", clock: Callable[[], float] = time.time, **config: Any) -> ProcessorConfig:
+    intake = Intake(settings, directory or open_directory(settings),
+                    catalogue or Catalogue.for_settings(settings), clock)
     # Intake's records are many and small: a commit a second (or per 5000 records) instead
     # of every 200 ms keeps more of its throughput (bench/README.md); a request's statuses
     # are seen at most a second later, which nobody waiting for an upgrade notices.

@@ -34,7 +34,7 @@ from planshift.events import batch_completed
 from planshift.logs import get_logger
 from planshift.runtime import Context, ProcessorConfig, Source, StreamProcessor
 from planshift.settings import Settings
-from planshift.storage.directory import LicenceDirectory, SqliteDirectory
+from planshift.storage.directory import LicenceDirectory, open_directory
 
 log = get_logger(__name__)
 
@@ -79,7 +79,7 @@ def processor(settings: Settings, instance: str = "0", directory: LicenceDirecto
 
 def migration_config(settings: Settings, directory: LicenceDirectory | None = None, instance: str = "0",
                      **config: Any) -> ProcessorConfig:
-    migration = Migration(directory or SqliteDirectory.for_settings(settings))
+    migration = Migration(directory or open_directory(settings))
     config.setdefault("max_attempts", 5)
     # A batch is real work (up to PLANSHIFT_BATCH_SIZE users, each a call to the directory):
     # poll a few at a time, so that a slow directory never keeps the consumer from polling

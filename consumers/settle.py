@@ -41,7 +41,14 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from planshift.contract import Status, Topic, billing_switch_id, credit_id, dlq, lifetime_ms
+from planshift.contract import (
+    Status,
+    Topic,
+    billing_switch_id,
+    credit_id,
+    dlq,
+    lifetime_ms,
+)
 from planshift.domain.eligibility import reason
 from planshift.domain.lifecycle import ADMIN_LOCK, is_final
 from planshift.domain.settlement import Migration, Next, progress, settle, take
@@ -50,7 +57,7 @@ from planshift.events import event, rfc3339, upgrade_ended, upgrade_status
 from planshift.logs import get_logger
 from planshift.runtime import Context, ProcessorConfig, Source, StreamProcessor
 from planshift.settings import Settings
-from planshift.storage.directory import LicenceDirectory, SqliteDirectory
+from planshift.storage.directory import LicenceDirectory, open_directory
 from planshift.storage.reports import write_reset_report
 
 log = get_logger(__name__)
@@ -169,7 +176,7 @@ def processor(settings: Settings, instance: str = "0", directory: LicenceDirecto
 
 def settlement_config(settings: Settings, directory: LicenceDirectory | None = None, instance: str = "0",
                       **config: Any) -> ProcessorConfig:
-    settlement = Settlement(settings, directory or SqliteDirectory.for_settings(settings))
+    settlement = Settlement(settings, directory or open_directory(settings))
     # Settling reads and writes the directory (the late users' sweep): ride out a short
     # outage of it before giving the upgrade up as SETTLEMENT_FAILED.
     config.setdefault("max_attempts", 5)

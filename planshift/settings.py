@@ -28,6 +28,9 @@ def _default_kafka_cache() -> Path:
 class Settings:
     bootstrap_servers: str = "127.0.0.1:9092"
     data_dir: Path = Path("./var")
+    # The licence directory: None (the default) for the embedded SQLite file under
+    # data_dir, one host only; postgresql://… for a PostgreSQL database shared by hosts.
+    directory_url: str | None = field(default=None, repr=False)
     catalogue_path: Path | None = None  # None: the shipped catalogue
     batch_size: int = 500
     credit_check_threshold_minor: int = 1_000_000
@@ -89,6 +92,7 @@ class Settings:
         settings = cls(
             bootstrap_servers=get("PLANSHIFT_BOOTSTRAP_SERVERS") or defaults.bootstrap_servers,
             data_dir=Path(get("PLANSHIFT_DATA_DIR") or defaults.data_dir),
+            directory_url=get("PLANSHIFT_DIRECTORY_URL") or None,
             catalogue_path=Path(catalogue) if catalogue else None,
             batch_size=get_int("PLANSHIFT_BATCH_SIZE", defaults.batch_size),
             credit_check_threshold_minor=get_int(
@@ -127,6 +131,9 @@ class Settings:
             )
         if self.security_protocol.startswith("SASL") and not self.sasl_mechanism:
             raise SettingsError("PLANSHIFT_SASL_MECHANISM is required with a SASL security protocol")
+        if self.directory_url is not None and not self.directory_url.startswith(("postgresql://", "postgres://")):
+            raise SettingsError("PLANSHIFT_DIRECTORY_URL must be a postgresql://user:password@host:port/database URL "
+                                "(unset: the embedded SQLite directory under PLANSHIFT_DATA_DIR)")
         host, _, port = self.bootstrap_servers.split(",")[0].rpartition(":")
         if not host or not port.isdigit():
             raise SettingsError(

@@ -54,6 +54,33 @@ def kafka_broker(broker_settings: Settings):
     broker.stop()
 
 
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A throw-away PostgreSQL server for the session (Debian's package; `LocalPostgres`)."""
+    from planshift.ops.postgres import LocalPostgres
+
+    server = LocalPostgres().start()
+    yield server
+    server.remove()
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> str:
+    """A database of this test's own on the session's PostgreSQL server."""
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_server.url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    return postgres_server.url.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def directory_url(request) -> str | None:
+    """Each directory planshift has: None for the embedded SQLite file, else a PostgreSQL URL."""
+    return None if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+
+
 _counter = itertools.count()
 
 

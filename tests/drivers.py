@@ -19,7 +19,7 @@ from planshift.contract import Topic
 from planshift.events import encode_json, rfc3339, with_envelope
 from planshift.runtime.testing import Clock, TestDriver, Topics, deliver
 from planshift.settings import Settings
-from planshift.storage.directory import Licence, SqliteDirectory
+from planshift.storage.directory import Licence, open_directory
 from producers.samples import upgrade_request
 
 DAY = date(2026, 11, 17)  # a Tuesday
@@ -47,10 +47,12 @@ class FlakyDirectory:
 
 
 class Pipeline:
-    def __init__(self, tmp_path: Path, directory: Any = None, start: datetime | None = None, **settings: Any):
-        self.settings = Settings.from_env({}).with_(data_dir=tmp_path / "var", **{"batch_size": 10, **settings})
+    def __init__(self, tmp_path: Path, directory: Any = None, start: datetime | None = None,
+                 directory_url: str | None = None, **settings: Any):
+        self.settings = Settings.from_env({}).with_(data_dir=tmp_path / "var", directory_url=directory_url,
+                                                    **{"batch_size": 10, **settings})
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
-        self.store = SqliteDirectory.for_settings(self.settings)
+        self.store = open_directory(self.settings)  # SQLite, or PostgreSQL for a directory_url
         self.directory = directory(self.store) if callable(directory) else (directory or self.store)
         self.clock = Clock(start or datetime(2026, 11, 17, 9, 30, tzinfo=timezone.utc))
         self.topics = Topics(self.settings, self.clock)
@@ -60,7 +62,7 @@ class Pipeline:
         def driver(config) -> TestDriver:
             return TestDriver(self.settings, config, self.topics, self.clock, tables)
 
-        self.intake = driver(intake_config(self.settings, self.directory, retry_backoff_s=0))
+        self.intake = driver(intake_config(self.settings, self.directory, clock=self.clock, retry_backoff_s=0))
         self.migrate = driver(migration_config(self.settings, self.directory, retry_backoff_s=0))
         self.settle = driver(settlement_config(self.settings, self.directory, retry_backoff_s=0))
         self.drivers = [self.intake, self.migrate, self.settle]

@@ -1,4 +1,4 @@
-"""The embedded licence directory and `planshift directory import|export`."""
+"""The licence directories (the embedded SQLite file and PostgreSQL) and `planshift directory import|export`."""
 
 from __future__ import annotations
 
@@ -20,6 +20,14 @@ from planshift.storage.directory import (
 )
 
 
+def open_one(tmp_path, directory_url):
+    """The directory under test: SQLite in tmp_path, or the test's PostgreSQL database."""
+    from planshift.settings import Settings
+    from planshift.storage.directory import open_directory
+
+    return open_directory(Settings.from_env({}).with_(data_dir=tmp_path, directory_url=directory_url))
+
+
 def write(path, rows, schema=PARQUET_SCHEMA):
     columns = list(zip(*rows)) if rows else [[] for _ in schema]
     pq.write_table(pa.table([list(c) for c in columns], schema=schema), path)
@@ -33,8 +41,8 @@ ROWS = [
 ]
 
 
-def test_import_then_export_round_trips(tmp_path):
-    directory = SqliteDirectory(tmp_path / "d.sqlite3")
+def test_import_then_export_round_trips(tmp_path, directory_url):
+    directory = open_one(tmp_path, directory_url)
     write(tmp_path / "in.parquet", ROWS)
     assert import_parquet(directory, tmp_path / "in.parquet") == 4
     assert directory.holders("contoso", "contoso-std") == ["u1", "u2"]
@@ -60,8 +68,8 @@ def test_import_then_export_round_trips(tmp_path):
     (lambda p: write(p, [*ROWS, ROWS[0]]), "holds subscription contoso-std of tenant contoso twice"),
     (lambda p: p.write_text("tenant_id,user_id\n"), "not a Parquet file"),
 ])
-def test_a_bad_file_is_refused_and_changes_nothing(tmp_path, make, fragment):
-    directory = SqliteDirectory(tmp_path / "d.sqlite3")
+def test_a_bad_file_is_refused_and_changes_nothing(tmp_path, make, fragment, directory_url):
+    directory = open_one(tmp_path, directory_url)
     directory.put([Licence("kept", "u0", "kept-sub", "M365_BUSINESS_BASIC")])
     make(tmp_path / "bad.parquet")
     with pytest.raises(DirectoryError) as caught:
@@ -102,19 +110,87 @@ def test_several_processes_write_at_once(tmp_path):
     assert sqlite3.connect(path).execute("SELECT count(*) FROM licences").fetchone()[0] == 800
 
 
-def test_a_directory_made_before_claims_kept_their_event_still_opens_and_claims(tmp_path):
-    import sqlite3
+def test_claims_keep_each_ids_owner_and_each_tenants_first_request_for_good(tmp_path, directory_url):
+    from planshift.storage.directory import Claim
 
-    from planshift.storage.directory import Claim, SqliteDirectory
+    directory = open_one(tmp_path, directory_url)
+    assert directory.claim_upgrades([("ord-1", "contoso", "e-1"), ("ord-2", "contoso", "e-2")], 1000) == {
+        ("ord-1", "contoso"): Claim("contoso", "e-1", 1000), ("ord-2", "contoso"): Claim("contoso", "e-2", 1000)}
+    # Another tenant's request with ord-1 finds it owned; its own first sighting is its own.
+    assert directory.claim_upgrades([("ord-1", "fabrikam", "e-9")], 2000) == {
+        ("ord-1", "fabrikam"): Claim("contoso", "e-9", 2000)}
+    # An invalid request (own=False) takes no id: a valid one of another tenant still can.
+    assert directory.claim_upgrades([("ord-3", "fabrikam", "e-10")], 3000, own=False) == {
+        ("ord-3", "fabrikam"): Claim(None, "e-10", 3000)}
+    assert directory.claim_upgrades([("ord-3", "contoso", "e-11")], 4000) == {
+        ("ord-3", "contoso"): Claim("contoso", "e-11", 4000)}
+    # The first sighting stays: a later event of the same tenant with the same id finds it.
+    assert directory.claim_upgrades([("ord-1", "contoso", "e-12")], 5000)[("ord-1", "contoso")] == \
+        Claim("contoso", "e-1", 1000)
+    # Handling that first request again moves its time on (a redo, a re-drive).
+    directory.renew_claim("ord-1", "contoso", 6000)
+    assert directory.claim_upgrades([("ord-1", "contoso", "e-1")], 7000)[("ord-1", "contoso")] == \
+        Claim("contoso", "e-1", 6000)
+    directory.close()
 
-    path = tmp_path / "directory.sqlite3"
-    old = sqlite3.connect(path)
-    old.execute("CREATE TABLE upgrade_owners (upgrade_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL) WITHOUT ROWID")
-    old.execute("INSERT INTO upgrade_owners VALUES ('ord-old', 'contoso')")
-    old.commit()
-    old.close()
-    directory = SqliteDirectory(path)
-    claims = directory.claim_upgrades([("ord-old", "contoso", "e-2"), ("ord-new", "contoso", "e-3")])
-    assert claims == {"ord-old": Claim("contoso", None), "ord-new": Claim("contoso", "e-3")}
-    assert directory.claim_upgrades([("ord-new", "fabrikam", "e-9")]) == {"ord-new": Claim("contoso", "e-3")}
+
+def test_two_events_with_one_new_id_in_one_claim_make_the_first_the_tenants_first(tmp_path, directory_url):
+    from planshift.storage.directory import Claim
+
+    directory = open_one(tmp_path, directory_url)
+    assert directory.claim_upgrades([("ord-1", "contoso", "e-1"), ("ord-1", "contoso", "e-2")], 1000) == {
+        ("ord-1", "contoso"): Claim("contoso", "e-1", 1000)}
+    directory.close()
+
+
+def test_cli_moves_a_directory_from_sqlite_to_postgresql_as_the_docs_say(tmp_path, monkeypatch, capsys, postgres_url):
+    monkeypatch.setenv("PLANSHIFT_DATA_DIR", str(tmp_path / "var"))
+    write(tmp_path / "in.parquet", ROWS)
+    assert main(["directory", "import", str(tmp_path / "in.parquet")]) == 0  # the embedded one
+    assert main(["directory", "export", str(tmp_path / "moving.parquet")]) == 0
+    monkeypatch.setenv("PLANSHIFT_DIRECTORY_URL", postgres_url)
+    assert main(["directory", "import", str(tmp_path / "moving.parquet")]) == 0
+    out = capsys.readouterr().out
+    assert "imported 4 licences from" in out and "postgresql://" in out
+    assert main(["directory", "export", str(tmp_path / "back.parquet")]) == 0
+    key = lambda r: (r["tenant_id"], r["user_id"], r["subscription_id"])  # noqa: E731
+    assert sorted(pq.read_table(tmp_path / "back.parquet").to_pylist(), key=key) == \
+        sorted(pq.read_table(tmp_path / "moving.parquet").to_pylist(), key=key)
+
+
+def test_an_unreachable_database_is_one_line_not_a_traceback(tmp_path, monkeypatch, capsys):
+    from planshift.ops.broker import free_port
+
+    monkeypatch.setenv("PLANSHIFT_DIRECTORY_URL", f"postgresql://planshift:secret@127.0.0.1:{free_port()}/none")
+    assert main(["directory", "export", str(tmp_path / "x.parquet")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("planshift: error: cannot reach the licence directory at "
+                                               "postgresql://planshift:***@127.0.0.1:"), err
+    assert "secret" not in err[0]
+    monkeypatch.setenv("PLANSHIFT_DIRECTORY_URL", "mysql://nope")
+    assert main(["directory", "export", str(tmp_path / "x.parquet")]) == 2
+    assert "PLANSHIFT_DIRECTORY_URL must be a postgresql://" in capsys.readouterr().err
+
+
+def _pg_writer(url, tenant, count):
+    from planshift.storage.postgres import PostgresDirectory
+
+    directory = PostgresDirectory(url)
+    for i in range(count):
+        directory.put([Licence(tenant, f"u{i}", f"{tenant}-sub", "M365_BUSINESS_BASIC")])
+    directory.close()
+
+
+def test_several_processes_write_one_postgresql_directory_at_once(postgres_url):
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_pg_writer, args=(postgres_url, f"t{n}", 200)) for n in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    from planshift.storage.postgres import PostgresDirectory
+
+    directory = PostgresDirectory(postgres_url)
+    assert directory.count() == 800
     directory.close()

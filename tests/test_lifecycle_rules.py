@@ -1,4 +1,5 @@
-"""Issue 10's eleven cases and the upgrade lifecycle, through the broker-free test driver.
+"""Issue 10's eleven cases and the upgrade lifecycle, through the broker-free test driver,
+on each licence directory (the embedded SQLite file and PostgreSQL).
 
 Each case is what a real order system, admin or credit system produced and what it used
 to cost (a user's licence, a bill for a failed upgrade, a tenant locked for ever); each
@@ -21,8 +22,11 @@ TARGET = "contoso-sub-m365_business_premium-ord-1"
 
 
 @pytest.fixture
-def world(tmp_path):
-    return Pipeline(tmp_path)
+def world(tmp_path, directory_url):
+    """The pipeline on each licence directory: every rule holds on SQLite and on PostgreSQL."""
+    world = Pipeline(tmp_path, directory_url=directory_url)
+    yield world
+    world.store.close()
 
 
 def wait_for_credit_check(world: Pipeline) -> None:
@@ -456,3 +460,52 @@ def test_an_upgrade_id_repeated_months_later_is_still_a_repeat(world):
     world.publish(world.request(upgrade="ord-2", licenses=2))  # a new id is a new upgrade
     world.run()
     assert world.status_names("ord-2")[-1] == "completed"
+
+
+def test_a_dead_lettered_request_redriven_weeks_later_still_runs_once(world):
+    """Its tries are weeks apart, but none committed: each re-drive is the same request handled again."""
+    world.seed("contoso", 2)
+    world.directory = world.store
+    request = world.request(licenses=2)
+    world.publish(request)
+    world.run()
+    assert world.status_names("ord-1") == ["accepted", "migrating", "completed"]
+    written = len(world.events(Topic.UPGRADE_STATUS))
+    for _ in range(3):  # the same request re-sent (a re-drive) every 30 days, long after the tenant was forgotten
+        world.advance(30 * 86400)
+        world.publish(request)
+        world.run()
+    world.advance(40 * 86400)
+    world.publish(request)
+    world.run()
+    assert len(world.events(Topic.UPGRADE_STATUS)) == written  # once completed, never again
+    assert len(world.events(Topic.BILLING_SWITCH)) == 1
+
+
+def test_a_request_that_failed_and_is_redriven_weeks_apart_runs_when_it_finally_can(tmp_path):
+    """Dead-lettered in an outage, re-driven 30 days later into another outage, then again
+    30 days after that: the same request each time, never committed, so it runs at last."""
+    class ReadsFail(FlakyDirectory):  # intake's reads of the directory fail while it is down
+        def holders(self, *args):
+            if self.down:
+                raise ConnectionError("licence directory unreachable")
+            return self.store.holders(*args)
+
+        def holders_many(self, *args):
+            if self.down:
+                raise ConnectionError("licence directory unreachable")
+            return self.store.holders_many(*args)
+
+    world = Pipeline(tmp_path, directory=ReadsFail)
+    world.seed("contoso", 2)
+    world.directory.down = True
+    world.publish(world.request(licenses=2))
+    world.run()
+    for down in (True, False):
+        world.advance(30 * 86400)
+        letter = world.dead_letters(Topic.UPGRADE_REQUESTED)[-1]
+        world.directory.down = down
+        world.intake.pipe(Topic.UPGRADE_REQUESTED, letter.value, key="contoso")
+        world.run()
+    assert world.status_names("ord-1")[-1] == "completed"
+    assert len(world.events(Topic.BILLING_SWITCH)) == 1

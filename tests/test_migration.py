@@ -210,3 +210,54 @@ def test_a_worker_killed_mid_tenant_leaves_every_user_migrated_once(settings, tm
         expected = sorted([req["target_subscription_id"]] + (["northwind-sub-exchange"] if i % 3 == 0 else []))
         assert subs == expected
     assert len(directory.resets("ord-kill")) == len(range(0, users, 5))
+
+
+def test_workers_on_two_hosts_share_a_postgresql_directory_and_one_is_killed(settings, tmp_path, postgres_url):
+    """Migration workers as separate processes with data folders of their own (two
+    "hosts") and one PostgreSQL directory: one is SIGKILLed mid-tenant, the other and its
+    restart finish, and every user is moved once, with what they had switched off recorded."""
+    from planshift.storage.postgres import PostgresDirectory
+
+    settings = settings.with_(batch_size=50, directory_url=postgres_url)
+    users = 4000
+    directory = PostgresDirectory(postgres_url)
+    directory.put(Licence("northwind", f"u{i:06d}", source_sub("northwind"), SOURCE_SKU,
+                          ("SHAREPOINT",) if i % 5 == 0 else ()) for i in range(users))
+    req = request("northwind", "ord-hosts", users)
+    produce(settings, Topic.UPGRADE_REQUESTED, [("northwind", req)])
+    hosts = [tmp_path / "host-a", tmp_path / "host-b"]
+    for host in hosts:
+        host.mkdir()
+
+    def worker(host, instance):
+        return spawn(settings, host / "worker.log", "run", "migrate", "--instance", instance,
+                     PLANSHIFT_DATA_DIR=str(host), PLANSHIFT_DIRECTORY_URL=postgres_url)
+
+    with running(intake.processor(settings, commit_interval_ms=50)):
+        wait_status(settings, "ord-hosts", "migrating")
+    other = worker(hosts[1], "b")
+    try:
+        kill_when(worker(hosts[0], "a"),
+                  lambda: stable_end_offsets(settings, settings.topic(Topic.LICENSE_BATCH_COMPLETED)) > 0,
+                  "the workers to be under way")
+        again = worker(hosts[0], "a")
+        try:
+            with running(settle.processor(settings, commit_interval_ms=50)):
+                wait_status(settings, "ord-hosts", "completed", timeout=180)
+        finally:
+            again.send_signal(signal.SIGTERM)
+            again.wait(30)
+    finally:
+        other.send_signal(signal.SIGTERM)
+        other.wait(30)
+
+    completions = Counter(c["batch_no"] for c in values(settings, Topic.LICENSE_BATCH_COMPLETED))
+    assert set(completions) == set(range(80)) and set(completions.values()) == {1}
+    assert len(values(settings, Topic.BILLING_SWITCH)) == 1
+    assert directory.count_holders("northwind", source_sub("northwind")) == 0
+    assert directory.count_holders("northwind", req["target_subscription_id"]) == users
+    assert len(directory.resets("ord-hosts")) == len(range(0, users, 5))
+    assert not list((tmp_path / "host-a").glob("*.sqlite3")) and not list((tmp_path / "host-b").glob("*.sqlite3"))
+    by_host = {host.name: (host / "worker.log").read_text() for host in hosts}
+    assert all("processor started" in log for log in by_host.values()), "both hosts' workers ran"
+    directory.close()

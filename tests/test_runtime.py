@@ -6,11 +6,11 @@ from collections import Counter
 
 import pytest
 
+from planshift.kafka import clients
 from planshift.kafka.assignor import _sticky_balance
+from planshift.kafka.reader import read_topic
 from planshift.kafka.topics import ensure_topic
 from planshift.runtime import ProcessorConfig, Source, StreamProcessor
-from planshift.kafka import clients
-from planshift.kafka.reader import read_topic
 from tests.conftest import produce, running, values, wait_for
 
 

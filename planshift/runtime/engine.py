@@ -303,17 +303,20 @@ class Engine:
     def expiry_due(self, now_ms: int) -> bool:
         return any((at := store.next_expiry()) is not None and at <= now_ms for store in self.stores.values())
 
-    def expire(self, now_ms: int) -> int:
-        """Delete every key whose expiry has passed, with its changelog tombstone. Returns how many."""
+    def expire(self, now_ms: int, limit: int | None = None) -> int:
+        """Delete the keys whose expiry has passed (at most `limit`), each logged one with its
+        changelog tombstone. Returns how many."""
         expired = 0
         for partition, store in self.stores.items():
-            keys = store.expired(now_ms)
+            keys = store.expired(now_ms, None if limit is None else limit - expired)
             for key in keys:
                 derived = store.is_derived(key)
                 store.apply(key, None)
                 if not derived:
                     self.sink.send(self.changelog, key.encode(), None, [], partition)
             expired += len(keys)
+            if limit is not None and expired >= limit:
+                break
         self.metrics.expired_keys += expired
         return expired
 

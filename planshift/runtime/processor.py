@@ -63,6 +63,9 @@ log = get_logger(__name__)
 DEFAULT_COMMIT_INTERVAL_MS = 200
 # Each round of the loop gives a restore in progress at most this long before it polls.
 RESTORE_SLICE_S = 0.25
+# Expired keys deleted per round at most: a million keys expiring at once (a restart after
+# a long pause) go over many short rounds, not in one long one.
+EXPIRE_PER_ROUND = 10_000
 CHANGELOG_SEGMENT_MS = 60 * 60 * 1000
 
 FENCED = (ProducerFencedError, InvalidProducerEpochError)
@@ -281,8 +284,8 @@ class StreamProcessor:
                 self.checkpoint.begin()
             if timers:
                 self.engine.fire_timers(now_ms)
-            if expiry:
-                self.engine.expire(now_ms)
+            if expiry and self.engine.expire(now_ms, EXPIRE_PER_ROUND) == EXPIRE_PER_ROUND:
+                self._timers_checked = 0.0  # more may be due: look again next round
             self.checkpoint.commit()
         except KafkaError as exc:
             self._transaction_failed(exc)

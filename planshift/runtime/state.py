@@ -100,10 +100,11 @@ class PartitionStore:
             heapq.heappop(self._due)  # stale: the key was deleted or rewritten since
         return self._due[0][0] if self._due else None
 
-    def expired(self, now_ms: int) -> list[str]:
-        """The keys whose time has come (still in the store: the caller deletes them)."""
+    def expired(self, now_ms: int, limit: int | None = None) -> list[str]:
+        """The keys whose time has come, at most `limit` (still in the store: the caller
+        deletes them)."""
         keys = []
-        while (at := self.next_expiry()) is not None and at <= now_ms:
+        while (limit is None or len(keys) < limit) and (at := self.next_expiry()) is not None and at <= now_ms:
             keys.append(heapq.heappop(self._due)[1])
         return keys
 

@@ -1,7 +1,10 @@
 """The licence directory (CONTRACT.md §5): who holds which licence.
 
 `LicenceDirectory` is the interface the consumers use; `SqliteDirectory` is the
-embedded default, a SQLite file under `PLANSHIFT_DATA_DIR`. SQLite in WAL mode with a
+embedded default, a SQLite file under `PLANSHIFT_DATA_DIR`, for one host;
+`planshift.storage.postgres.PostgresDirectory` (`PLANSHIFT_DIRECTORY_URL=postgresql://…`)
+the same on a database server that processes on several hosts share. `open_directory`
+picks the one the settings name. SQLite in WAL mode with a
 busy timeout lets several processes (intake, migration workers) read and write it at
 once; each write is one SQLite transaction. `import_parquet` and `export_parquet`
 move it to and from Parquet with the contract's columns.
@@ -50,14 +53,22 @@ CREATE TABLE IF NOT EXISTS service_resets (
     disabled_services TEXT NOT NULL,
     PRIMARY KEY (upgrade_id, user_id)
 ) WITHOUT ROWID;
--- Which tenant each upgrade_id belongs to: the first to use it. The directory is the one
--- store every intake instance shares, so an id sent by two tenants is refused here. The
--- event that claimed it tells a request handled again (the same event) from a repeat of an
--- upgrade so old that intake no longer holds it in memory (another event), for ever.
+-- Which tenant each upgrade_id belongs to: the first to use it in a valid request. The
+-- directory is the one store every intake instance shares, so an id sent by two tenants is
+-- refused here.
 CREATE TABLE IF NOT EXISTS upgrade_owners (
     upgrade_id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL
+) WITHOUT ROWID;
+-- The first request (valid or not) of each tenant with each upgrade_id, for good: it tells
+-- a request handled again (the same event, soon) from a repeat of an upgrade so old that
+-- intake's state has let it go (another event, or the same one long after).
+CREATE TABLE IF NOT EXISTS upgrade_sightings (
+    upgrade_id TEXT NOT NULL,
     tenant_id TEXT NOT NULL,
-    event_id TEXT
+    event_id TEXT NOT NULL,
+    seen_at INTEGER NOT NULL,  -- when that request was last handled (ms since the epoch, intake's clock)
+    PRIMARY KEY (upgrade_id, tenant_id)
 ) WITHOUT ROWID;
 -- Users who took a source licence after the batches were planned, moved before settlement
 -- (CONTRACT.md §4 r2), so their number survives a redo.
@@ -78,11 +89,13 @@ class MigrationResult:
 
 
 class Claim(NamedTuple):
-    """Who used an upgrade_id first: the tenant, and the event that carried it (None for a
-    claim made before claims kept their event)."""
+    """An upgrade_id as a tenant's request finds it: its owner (the tenant whose valid
+    request used it first; None if no valid request has) and this tenant's first request
+    with it: its event, and when that was handled last before now (now, if never)."""
 
-    tenant_id: str
-    event_id: str | None
+    owner: str | None
+    first_event_id: str
+    last_seen_at: int  # ms since the epoch
 
 
 class DirectoryError(ValueError):
@@ -122,9 +135,10 @@ class LicenceDirectory(Protocol):
 
     def swept(self, upgrade_id: str) -> int: ...
 
-    def claim_upgrades(self, claims: Iterable[tuple[str, str, str]]) -> dict[str, "Claim"]: ...
+    def claim_upgrades(self, claims: Iterable[tuple[str, str, str]], now_ms: int,
+                       own: bool = True) -> dict[tuple[str, str], "Claim"]: ...
 
-    def upgrade_claim(self, upgrade_id: str) -> "Claim | None": ...
+    def renew_claim(self, upgrade_id: str, tenant_id: str, now_ms: int) -> None: ...
 
     def resets(self, upgrade_id: str) -> list[tuple[str, str, str, str, tuple[str, ...]]]: ...
 
@@ -141,9 +155,6 @@ class SqliteDirectory:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=60000")
         self._db.executescript(DDL)
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(upgrade_owners)")}
-        if "event_id" not in columns:  # a directory made before claims kept their event
-            self._db.execute("ALTER TABLE upgrade_owners ADD COLUMN event_id TEXT")
 
     @classmethod
     def for_settings(cls, settings: Settings) -> "SqliteDirectory":
@@ -303,35 +314,44 @@ class SqliteDirectory:
         return MigrationResult(migrated, holding_target - migrated, batch - holding_target,
                                [(u, tuple(json.loads(d))) for u, d in resets])
 
-    def claim_upgrades(self, claims: Iterable[tuple[str, str, str]]) -> dict[str, "Claim"]:
-        """Record each (upgrade_id, tenant_id, event_id) whose id is new; return every id's
-        claim: the tenant and the event that used it first (an id that another tenant
-        used first stays that tenant's)."""
+    def claim_upgrades(self, claims: Iterable[tuple[str, str, str]], now_ms: int,
+                       own: bool = True) -> dict[tuple[str, str], Claim]:
+        """Record each (upgrade_id, tenant_id, event_id) whose tenant has not sent that id
+        before as seen at `now_ms` and, if `own` (valid requests), make each id that nobody
+        owns yet its tenant's; return each (upgrade_id, tenant_id)'s `Claim`."""
         wanted = list(dict.fromkeys(claims))
         if not wanted:
             return {}
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.executemany("INSERT OR IGNORE INTO upgrade_owners VALUES (?, ?, ?)", wanted)
-            owners: dict[str, Claim] = {}
-            ids = [u for u, _, _ in wanted]
-            for i in range(0, len(ids), 5000):
-                rows = db.execute("SELECT o.upgrade_id, o.tenant_id, o.event_id FROM json_each(?) AS j "
-                                  "JOIN upgrade_owners AS o ON o.upgrade_id = j.value",
-                                  (json.dumps(ids[i:i + 5000]),))
-                owners.update((u, Claim(t, e)) for u, t, e in rows)
+            if own:
+                db.executemany("INSERT OR IGNORE INTO upgrade_owners VALUES (?, ?)", [(u, t) for u, t, _ in wanted])
+            before: dict[tuple[str, str], tuple[str | None, str, int]] = {}
+            pairs = [[u, t] for u, t, _ in wanted]
+            for i in range(0, len(pairs), 5000):
+                rows = db.execute(
+                    "SELECT j.value ->> 0, j.value ->> 1, o.tenant_id, s.event_id, s.seen_at FROM json_each(?) AS j "
+                    "LEFT JOIN upgrade_sightings AS s ON s.upgrade_id = j.value ->> 0 AND s.tenant_id = j.value ->> 1 "
+                    "LEFT JOIN upgrade_owners AS o ON o.upgrade_id = j.value ->> 0", (json.dumps(pairs[i:i + 5000]),))
+                before.update(((u, t), (owner, e, at)) for u, t, owner, e, at in rows)
+            db.executemany("INSERT OR IGNORE INTO upgrade_sightings VALUES (?, ?, ?, ?)",
+                           [(u, t, e, now_ms) for u, t, e in wanted])
+            found: dict[tuple[str, str], Claim] = {}
+            for u, t, e in wanted:  # a pair new to the table has the first of its events in it now
+                if (u, t) not in found:
+                    owner, first, at = before[(u, t)]
+                    found[(u, t)] = Claim(owner, e, now_ms) if first is None else Claim(owner, first, at)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        return owners
+        return found
 
-    def upgrade_claim(self, upgrade_id: str) -> Claim | None:
-        """Who used `upgrade_id` first, if anyone did (nothing is claimed)."""
-        row = self._db.execute("SELECT tenant_id, event_id FROM upgrade_owners WHERE upgrade_id = ?",
-                               (upgrade_id,)).fetchone()
-        return Claim(*row) if row else None
+    def renew_claim(self, upgrade_id: str, tenant_id: str, now_ms: int) -> None:
+        """The tenant's first request with `upgrade_id` is being handled again now."""
+        self._db.execute("UPDATE upgrade_sightings SET seen_at = ? WHERE upgrade_id = ? AND tenant_id = ?",
+                         (now_ms, upgrade_id, tenant_id))
 
     def put(self, licences: Iterable[Licence], replace_all: bool = False) -> int:
         rows = [(lic.tenant_id, lic.user_id, lic.subscription_id, lic.sku, json.dumps(list(lic.disabled_services)))
@@ -349,6 +369,16 @@ class SqliteDirectory:
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
+
+
+def open_directory(settings: Settings) -> LicenceDirectory:
+    """The licence directory the settings name: PostgreSQL for `PLANSHIFT_DIRECTORY_URL`
+    (shared by hosts), else the embedded SQLite file under `PLANSHIFT_DATA_DIR` (one host)."""
+    if settings.directory_url:
+        from planshift.storage.postgres import PostgresDirectory
+
+        return PostgresDirectory(settings.directory_url)
+    return SqliteDirectory.for_settings(settings)
 
 
 def _check_table(table: pa.Table, path: Path) -> list[tuple]:
@@ -379,7 +409,7 @@ def _check_table(table: pa.Table, path: Path) -> list[tuple]:
     return rows
 
 
-def import_parquet(directory: SqliteDirectory, path: Path, replace_all: bool = False) -> int:
+def import_parquet(directory: LicenceDirectory, path: Path, replace_all: bool = False) -> int:
     """Load a Parquet file into the directory in one transaction; a bad file changes nothing."""
     try:
         table = pq.read_table(path)
@@ -392,7 +422,7 @@ def import_parquet(directory: SqliteDirectory, path: Path, replace_all: bool = F
     return len(rows)
 
 
-def export_parquet(directory: SqliteDirectory, path: Path) -> int:
+def export_parquet(directory: LicenceDirectory, path: Path) -> int:
     """Write the whole directory to a Parquet file (atomically: a temporary file, then a rename)."""
     tenants, users, subs, skus, disabled = [], [], [], [], []
     for t, u, s, k, d in directory.all():

@@ -1,0 +1,274 @@
+"""The licence directory on PostgreSQL (`PLANSHIFT_DIRECTORY_URL=postgresql://…`): one
+directory shared by migration workers, intake and settlement on several hosts.
+
+The same tables and the same semantics as the embedded `SqliteDirectory` (CONTRACT.md
+§5; docs/CONTRACT.md refinements 20, 22, 26): each batch moves in one transaction, the
+target licence written before the source one is removed, repeatable, its users'
+switched-off services recorded before they are reset; the first valid request of an
+`upgrade_id` makes it its tenant's; each tenant's first request with an id is kept for
+good. Lists of keys go in as arrays joined on the primary key (`unnest`), one round trip
+for a whole batch.
+
+Transactions run at READ COMMITTED, which is enough: a batch's rows are its own users',
+and an insert that meets a concurrent one of the same key waits for it and then does
+nothing (`ON CONFLICT DO NOTHING`), so two workers never both migrate one user nor two
+intakes both own one id. The schema is made on first use under an advisory lock, so
+processes starting together do not race to create it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Iterable, Iterator, Sequence
+
+from planshift.storage.directory import (
+    Claim,
+    DirectoryError,
+    Licence,
+    MigrationRefused,
+    MigrationResult,
+)
+
+DDL = """
+CREATE TABLE IF NOT EXISTS licences (
+    tenant_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    subscription_id TEXT NOT NULL,
+    sku TEXT NOT NULL,
+    disabled_services TEXT NOT NULL DEFAULT '[]',
+    PRIMARY KEY (tenant_id, subscription_id, user_id)
+);
+CREATE INDEX IF NOT EXISTS licences_by_user ON licences (tenant_id, user_id);
+CREATE TABLE IF NOT EXISTS service_resets (
+    tenant_id TEXT NOT NULL,
+    upgrade_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    subscription_id TEXT NOT NULL,
+    sku TEXT NOT NULL,
+    disabled_services TEXT NOT NULL,
+    PRIMARY KEY (upgrade_id, user_id)
+);
+CREATE TABLE IF NOT EXISTS upgrade_owners (
+    upgrade_id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS upgrade_sightings (
+    upgrade_id TEXT NOT NULL,
+    tenant_id TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    seen_at BIGINT NOT NULL,
+    PRIMARY KEY (upgrade_id, tenant_id)
+);
+CREATE TABLE IF NOT EXISTS swept_users (
+    upgrade_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    PRIMARY KEY (upgrade_id, user_id)
+);
+"""
+SCHEMA_LOCK = 0x706C616E  # pg_advisory_xact_lock key while the schema is made ("plan")
+
+
+class DirectoryUnavailable(DirectoryError):
+    """The database server cannot be reached (at start: the process says so and stops)."""
+
+
+class PostgresDirectory:
+    """The licence directory in a PostgreSQL database."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self._db = self._connect()
+        with self._db.transaction():
+            self.db.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+            self.db.execute(DDL)
+
+    def _connect(self):
+        import psycopg
+
+        try:
+            db = psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+        except psycopg.OperationalError as exc:
+            raise DirectoryUnavailable(f"cannot reach the licence directory at {_redacted(self.url)}: "
+                                       f"{str(exc).strip().splitlines()[0]}") from None
+        # The users of the batch being moved, and licences being imported; emptied at every commit.
+        db.execute("CREATE TEMP TABLE IF NOT EXISTS batch_users (user_id TEXT PRIMARY KEY) ON COMMIT DELETE ROWS")
+        return db
+
+    @property
+    def db(self):
+        """The connection; a new one if the last broke (a server restart, a network cut):
+        the call that met the break failed and is retried by its caller."""
+        if self._db.broken or self._db.closed:
+            self._db = self._connect()
+        return self._db
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _rows(self, sql: str, params: Sequence = ()) -> list[tuple]:
+        return self.db.execute(sql, params).fetchall()
+
+    # -- reads -----------------------------------------------------------------
+    def count_holders(self, tenant_id: str, subscription_id: str) -> int:
+        return self._rows("SELECT count(*) FROM licences WHERE tenant_id = %s AND subscription_id = %s",
+                          (tenant_id, subscription_id))[0][0]
+
+    def holders(self, tenant_id: str, subscription_id: str) -> list[str]:
+        return [r[0] for r in self._rows("SELECT user_id FROM licences WHERE tenant_id = %s AND subscription_id = %s "
+                                         "ORDER BY user_id", (tenant_id, subscription_id))]
+
+    def holders_many(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], list[str]]:
+        """`holders` for many (tenant_id, subscription_id) pairs in one query."""
+        wanted = list(dict.fromkeys(pairs))
+        found: dict[tuple[str, str], list[str]] = {pair: [] for pair in wanted}
+        if not wanted:
+            return found
+        rows = self._rows(
+            "SELECT l.tenant_id, l.subscription_id, l.user_id FROM unnest(%s::text[], %s::text[]) AS w(t, s) "
+            "JOIN licences AS l ON l.tenant_id = w.t AND l.subscription_id = w.s "
+            "ORDER BY l.tenant_id, l.subscription_id, l.user_id",
+            ([t for t, _ in wanted], [s for _, s in wanted]))
+        for tenant_id, subscription_id, user_id in rows:
+            found[(tenant_id, subscription_id)].append(user_id)
+        return found
+
+    def licences_of(self, tenant_id: str, user_id: str) -> list[Licence]:
+        rows = self._rows("SELECT tenant_id, user_id, subscription_id, sku, disabled_services FROM licences "
+                          "WHERE tenant_id = %s AND user_id = %s ORDER BY subscription_id", (tenant_id, user_id))
+        return [Licence(t, u, s, k, tuple(json.loads(d))) for t, u, s, k, d in rows]
+
+    def count(self) -> int:
+        return self._rows("SELECT count(*) FROM licences")[0][0]
+
+    def all(self) -> Iterator[tuple]:
+        """Every licence, in order (a server-side cursor: the export need not hold them all twice)."""
+        db = self.db
+        with db.transaction(), db.cursor(name="all_licences") as cursor:
+            cursor.execute("SELECT tenant_id, user_id, subscription_id, sku, disabled_services FROM licences "
+                           "ORDER BY tenant_id, user_id, subscription_id")
+            yield from cursor
+
+    def resets(self, upgrade_id: str) -> list[tuple[str, str, str, str, tuple[str, ...]]]:
+        rows = self._rows("SELECT tenant_id, user_id, subscription_id, sku, disabled_services FROM service_resets "
+                          "WHERE upgrade_id = %s ORDER BY user_id", (upgrade_id,))
+        return [(t, u, s, k, tuple(json.loads(d))) for t, u, s, k, d in rows]
+
+    def swept(self, upgrade_id: str) -> int:
+        return self._rows("SELECT count(*) FROM swept_users WHERE upgrade_id = %s", (upgrade_id,))[0][0]
+
+    # -- writes ----------------------------------------------------------------
+    def migrate(self, tenant_id: str, upgrade_id: str, user_ids: Sequence[str], source_subscription_id: str,
+                target_subscription_id: str, target_sku: str) -> MigrationResult:
+        """Move a batch of users to the target subscription in one transaction (as
+        `SqliteDirectory.migrate`, whose docstring says the rules)."""
+        def fill() -> int:
+            self.db.execute("INSERT INTO batch_users SELECT DISTINCT unnest(%s::text[]) ON CONFLICT DO NOTHING",
+                             (list(user_ids),))
+            return len(set(user_ids))
+
+        return self._move(tenant_id, upgrade_id, source_subscription_id, target_subscription_id, target_sku, fill)
+
+    def sweep(self, tenant_id: str, upgrade_id: str, source_subscription_id: str, target_subscription_id: str,
+              target_sku: str) -> MigrationResult:
+        """Move every user who still holds a source licence, remembered for `swept()`."""
+        def fill() -> int:
+            self.db.execute("INSERT INTO batch_users SELECT user_id FROM licences "
+                             "WHERE tenant_id = %s AND subscription_id = %s", (tenant_id, source_subscription_id))
+            self.db.execute("INSERT INTO swept_users SELECT %s, user_id FROM batch_users ON CONFLICT DO NOTHING",
+                             (upgrade_id,))
+            return self._rows("SELECT count(*) FROM batch_users")[0][0]
+
+        return self._move(tenant_id, upgrade_id, source_subscription_id, target_subscription_id, target_sku, fill)
+
+    def _move(self, tenant_id: str, upgrade_id: str, source: str, target: str, target_sku: str,
+              fill) -> MigrationResult:
+        db = self.db
+        with db.transaction():
+            if source == target:
+                raise MigrationRefused(f"source and target are the same subscription {source}: "
+                                       "moving users onto it would remove their only licence")
+            held = self._rows("SELECT sku FROM licences WHERE tenant_id = %s AND subscription_id = %s LIMIT 1",
+                              (tenant_id, target))
+            if held and held[0][0] != target_sku:
+                raise MigrationRefused(f"target subscription {target} is another subscription already in use "
+                                       f"(its licences are {held[0][0]}, not {target_sku}); they are not overwritten")
+            batch = fill()
+            holding = "FROM batch_users b JOIN licences l ON l.tenant_id = %s AND l.subscription_id = %s " \
+                      "AND l.user_id = b.user_id"
+            for subscription in (source, target):  # what was switched off, recorded before the reset
+                db.execute(f"INSERT INTO service_resets SELECT %s, %s, l.user_id, %s, l.sku, l.disabled_services "
+                           f"{holding} WHERE l.disabled_services <> '[]' ON CONFLICT DO NOTHING",
+                           (tenant_id, upgrade_id, subscription, tenant_id, subscription))
+            db.execute("UPDATE licences SET disabled_services = '[]' WHERE tenant_id = %s AND subscription_id = %s "
+                       "AND disabled_services <> '[]' AND user_id IN (SELECT user_id FROM batch_users)",
+                       (tenant_id, target))
+            db.execute(f"INSERT INTO licences SELECT %s, l.user_id, %s, %s, '[]' {holding} ON CONFLICT DO NOTHING",
+                       (tenant_id, target, target_sku, tenant_id, source))
+            migrated = db.execute("DELETE FROM licences WHERE tenant_id = %s AND subscription_id = %s "
+                                  "AND user_id IN (SELECT user_id FROM batch_users)", (tenant_id, source)).rowcount
+            holding_target = self._rows(f"SELECT count(*) {holding}", (tenant_id, target))[0][0]
+            resets = self._rows("SELECT r.user_id, r.disabled_services FROM batch_users b JOIN service_resets r "
+                                "ON r.upgrade_id = %s AND r.user_id = b.user_id ORDER BY r.user_id", (upgrade_id,))
+        return MigrationResult(migrated, holding_target - migrated, batch - holding_target,
+                               [(u, tuple(json.loads(d))) for u, d in resets])
+
+    def claim_upgrades(self, claims: Iterable[tuple[str, str, str]], now_ms: int,
+                       own: bool = True) -> dict[tuple[str, str], Claim]:
+        """As `SqliteDirectory.claim_upgrades`."""
+        wanted = list(dict.fromkeys(claims))
+        if not wanted:
+            return {}
+        ids, tenants, events = [u for u, _, _ in wanted], [t for _, t, _ in wanted], [e for _, _, e in wanted]
+        db = self.db
+        with db.transaction():
+            if own:
+                db.execute("INSERT INTO upgrade_owners SELECT * FROM unnest(%s::text[], %s::text[]) "
+                           "ON CONFLICT DO NOTHING", (ids, tenants))
+            before = {(u, t): (owner, e, at) for u, t, owner, e, at in self._rows(
+                "SELECT w.u, w.t, o.tenant_id, s.event_id, s.seen_at FROM unnest(%s::text[], %s::text[]) AS w(u, t) "
+                "LEFT JOIN upgrade_sightings AS s ON s.upgrade_id = w.u AND s.tenant_id = w.t "
+                "LEFT JOIN upgrade_owners AS o ON o.upgrade_id = w.u", (ids, tenants))}
+            db.execute("INSERT INTO upgrade_sightings SELECT w.u, w.t, w.e, %s "
+                       "FROM unnest(%s::text[], %s::text[], %s::text[]) WITH ORDINALITY AS w(u, t, e, n) "
+                       "ORDER BY w.n ON CONFLICT DO NOTHING", (now_ms, ids, tenants, events))
+        found: dict[tuple[str, str], Claim] = {}
+        for u, t, e in wanted:  # a pair new to the table has the first of its events in it now
+            if (u, t) not in found:
+                owner, first, at = before[(u, t)]
+                found[(u, t)] = Claim(owner, e, now_ms) if first is None else Claim(owner, first, at)
+        return found
+
+    def renew_claim(self, upgrade_id: str, tenant_id: str, now_ms: int) -> None:
+        self.db.execute("UPDATE upgrade_sightings SET seen_at = %s WHERE upgrade_id = %s AND tenant_id = %s",
+                         (now_ms, upgrade_id, tenant_id))
+
+    def put(self, licences: Iterable[Licence], replace_all: bool = False) -> int:
+        rows = [(lic.tenant_id, lic.user_id, lic.subscription_id, lic.sku, json.dumps(list(lic.disabled_services)))
+                for lic in licences]
+        self._write_rows(rows, replace_all)
+        return len(rows)
+
+    def _write_rows(self, rows: Sequence[tuple], replace_all: bool) -> None:
+        """Every row in one transaction, through COPY (an import of millions of licences)."""
+        db = self.db
+        with db.transaction():
+            if replace_all:
+                db.execute("DELETE FROM licences")
+            db.execute("CREATE TEMP TABLE IF NOT EXISTS incoming (LIKE licences INCLUDING DEFAULTS) "
+                       "ON COMMIT DELETE ROWS")
+            with db.cursor().copy("COPY incoming FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+            db.execute("INSERT INTO licences SELECT * FROM incoming ON CONFLICT (tenant_id, subscription_id, user_id) "
+                       "DO UPDATE SET sku = excluded.sku, disabled_services = excluded.disabled_services")
+
+
+def _redacted(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
