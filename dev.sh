@@ -2,8 +2,9 @@
 # planshift's two commands for a fresh machine:
 #   ./dev.sh demo   set everything up, start a local Apache Kafka and run the demo
 #   ./dev.sh test   set everything up and run the test suite (what CI runs)
-# Setup is idempotent: a virtualenv in .venv with planshift installed, and the Apache
-# Kafka jars from Maven Central cached in ~/.cache/planshift/kafka (outside the work tree).
+# Setup is idempotent: a virtualenv in .venv with planshift installed, the Apache Kafka
+# jars from Maven Central cached in ~/.cache/planshift/kafka (outside the work tree), and
+# Debian's java, maven and postgresql packages when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -14,12 +15,14 @@ need_system_packages() {
   local missing=()
   command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
   command -v mvn >/dev/null || missing+=(maven)
+  # PostgreSQL's server programs, for the tests of the shared licence directory
+  command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
   if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
       echo "installing ${missing[*]} from Debian's packages" >&2
       apt-get update -q >/dev/null && apt-get install -y -q "${missing[@]}" >/dev/null
     else
-      echo "planshift needs Java 17+ and Maven: install ${missing[*]}" >&2
+      echo "planshift needs Java 17+, Maven and PostgreSQL's server programs: install ${missing[*]}" >&2
       exit 1
     fi
   fi

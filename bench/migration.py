@@ -14,7 +14,16 @@ Two figures, one run, on a broker the benchmark starts:
    instances. Reports users per second for each. Goal: 4 instances at least 3.5× faster
    than 1. The delay is this model's, kept here in the benchmark.
 
-    python bench/migration.py [--users 1000000] [--remote-users 100000] [--scenario both|embedded|remote]
+3. postgres (issue 16): the 1M-user tenant again with the directory on PostgreSQL
+   (`PLANSHIFT_DIRECTORY_URL`, a server the benchmark starts: `LocalPostgres`), beside
+   the SQLite time of the same run (goal: within 2×); then `--hosts-users` (300,000) users
+   migrated by one worker "host" and by two (separate processes with separate data
+   folders sharing the database; goal: two reach 1.7× one). Every process of this
+   benchmark shares this machine's CPUs, so it also prints the CPU the migration used,
+   the bound any number of "hosts" on this machine can reach.
+
+    python bench/migration.py [--users 1000000] [--remote-users 100000]
+                              [--scenario both|embedded|remote|postgres] [--hosts-users 300000]
 
 The clock starts when the request is published, after every process has joined its
 consumer group, and stops when the completed status is visible to a read_committed reader.
@@ -82,8 +91,10 @@ def worker(args) -> None:
 
 
 def seed(settings, tenant: str, users: int) -> str:
+    from planshift.storage.directory import open_directory
+
     source = f"{tenant}-sub-m365_business_standard"
-    directory = SqliteDirectory.for_settings(settings)
+    directory = open_directory(settings)
     directory.put(Licence(tenant, f"u{i:07d}", source, "M365_BUSINESS_STANDARD",
                           ("SHAREPOINT",) if i % 10 == 0 else ()) for i in range(users))
     directory.close()
@@ -106,20 +117,31 @@ def group_members(settings, group: str) -> int:
     return len(members or []) if str(state).lower().endswith("stable") else 0
 
 
-def run_once(settings, tenant: str, users: int, instances: int, remote: tuple[float, int] | None) -> float:
+def run_once(settings, tenant: str, users: int, instances: int, remote: tuple[float, int] | None,
+             hosts: bool = False, cpu: dict | None = None) -> float:
+    """Seconds from the request to `completed`. `hosts`: each migration worker has a data
+    folder of its own (a host of its own, sharing only Kafka and the directory's
+    database). `cpu`, if given, receives the CPU seconds the migration workers used."""
     env = {**os.environ, "PLANSHIFT_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
            "PLANSHIFT_TOPIC_PREFIX": settings.topic_prefix, "PLANSHIFT_DATA_DIR": str(settings.data_dir),
            "PLANSHIFT_LOG_LEVEL": "WARNING"}
+    if settings.directory_url:
+        env["PLANSHIFT_DIRECTORY_URL"] = settings.directory_url
     cli = [sys.executable, "-m", "cli", "run"]
-    commands = [cli + ["intake"], cli + ["settle"]]
+    commands = [(cli + ["intake"], env), (cli + ["settle"], env)]
     for i in range(instances):
+        own = env
+        if hosts:
+            folder = settings.data_dir / f"host-{i}"
+            folder.mkdir(exist_ok=True)
+            own = {**env, "PLANSHIFT_DATA_DIR": str(folder)}
         if remote is None:
-            commands.append(cli + ["migrate", "--instance", str(i)])
+            commands.append((cli + ["migrate", "--instance", str(i)], own))
         else:
-            commands.append([sys.executable, str(Path(__file__).resolve()), "worker", "--instance", str(i),
-                             "--delay-ms", str(remote[0]), "--call-size", str(remote[1])])
+            commands.append(([sys.executable, str(Path(__file__).resolve()), "worker", "--instance", str(i),
+                              "--delay-ms", str(remote[0]), "--call-size", str(remote[1])], own))
     log = open(settings.data_dir / f"{settings.topic_prefix.strip('.')}.log", "ab")
-    procs = [subprocess.Popen(c, env=env, stdout=log, stderr=log, cwd=ROOT) for c in commands]
+    procs = [subprocess.Popen(c, env=e, stdout=log, stderr=log, cwd=ROOT) for c, e in commands]
     try:
         deadline = time.monotonic() + 120
         while group_members(settings, "planshift-migrate") < instances or \
@@ -145,6 +167,8 @@ def run_once(settings, tenant: str, users: int, instances: int, remote: tuple[fl
         elapsed = time.perf_counter() - began
         if "completed" not in statuses:
             raise RuntimeError(f"the upgrade ended {statuses[-1]}")
+        if cpu is not None:
+            cpu["workers"] = sum(_cpu_seconds(p.pid) for p in procs[2:])
         return elapsed
     finally:
         for p in procs:
@@ -156,6 +180,58 @@ def run_once(settings, tenant: str, users: int, instances: int, remote: tuple[fl
                 p.kill()
 
 
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_figures(base, args, results: list[str]) -> None:
+    from planshift.ops.postgres import LocalPostgres
+
+    server = LocalPostgres(base.data_dir / "postgres").start()
+    try:
+        import psycopg
+
+        def database(name: str) -> str:
+            with psycopg.connect(server.url, autocommit=True) as admin:
+                admin.execute(f'CREATE DATABASE "{name}"')
+            return server.url.rsplit("/", 1)[0] + f"/{name}"
+
+        times = {}
+        for kind in ("sqlite", "postgres"):
+            settings = base.with_(topic_prefix=f"{base.topic_prefix}{kind}.",
+                                  directory_url=database("giant") if kind == "postgres" else None)
+            create_topics(settings)
+            began = time.perf_counter()
+            seed(settings, "giant", args.users)
+            print(f"{kind}: seeded {args.users:,} users in {time.perf_counter() - began:.1f}s", flush=True)
+            times[kind] = run_once(settings, "giant", args.users, args.instances, None)
+            print(f"{kind} directory, {args.users:,} users, {args.instances} migration instances: "
+                  f"{times[kind]:.1f}s, {args.users / times[kind]:,.0f} users/s", flush=True)
+        ratio = times["postgres"] / times["sqlite"]
+        results.append(f"PostgreSQL directory: {args.users:,} users in {times['postgres']:.1f}s, {ratio:.2f}× the "
+                       f"SQLite time of {times['sqlite']:.1f}s (goal ≤ 2×: {'met' if ratio <= 2 else 'NOT met'})")
+        rates, cpus = {}, {}
+        for hosts in (1, 2):
+            settings = base.with_(topic_prefix=f"{base.topic_prefix}hosts{hosts}.",
+                                  directory_url=database(f"hosts{hosts}"))
+            create_topics(settings)
+            tenant = f"hosts{hosts}"
+            seed(settings, tenant, args.hosts_users)
+            cpu: dict = {}
+            elapsed = run_once(settings, tenant, args.hosts_users, hosts, None, hosts=True, cpu=cpu)
+            rates[hosts], cpus[hosts] = args.hosts_users / elapsed, cpu["workers"]
+            print(f"PostgreSQL directory, {hosts} worker host(s), {args.hosts_users:,} users: {elapsed:.1f}s, "
+                  f"{rates[hosts]:,.0f} users/s; the workers used {cpu['workers']:.1f} CPU-s "
+                  f"({cpu['workers'] / elapsed:.2f} cores)", flush=True)
+        speedup = rates[2] / rates[1]
+        results.append(f"PostgreSQL directory: 2 worker hosts {speedup:.2f}× one (goal ≥ 1.7×: "
+                       f"{'met' if speedup >= 1.7 else 'NOT met'}; this machine has {os.cpu_count()} cores for the "
+                       f"broker, the database, intake, settlement and the workers together)")
+    finally:
+        server.remove()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="mode")
@@ -163,7 +239,8 @@ def main() -> None:
     w.add_argument("--instance", default="0")
     w.add_argument("--delay-ms", type=float, default=20)
     w.add_argument("--call-size", type=int, default=20)
-    parser.add_argument("--scenario", choices=("both", "embedded", "remote"), default="both")
+    parser.add_argument("--scenario", choices=("both", "embedded", "remote", "postgres"), default="both")
+    parser.add_argument("--hosts-users", type=int, default=300_000, help="users of the two-hosts figure")
     parser.add_argument("--users", type=int, default=1_000_000)
     parser.add_argument("--instances", type=int, default=2, help="migration instances for the embedded figure")
     parser.add_argument("--remote-users", type=int, default=100_000)
@@ -188,6 +265,8 @@ def main() -> None:
                            f"{elapsed:.1f}s, {args.users / elapsed:,.0f} users/s "
                            f"(goal ≤ 60 s: {'met' if elapsed <= 60 else 'NOT met'})")
             print(results[-1], flush=True)
+        if args.scenario == "postgres":
+            postgres_figures(base, args, results)
         if args.scenario in ("both", "remote"):
             rates = {}
             for n in [int(x) for x in args.remote_instances.split(",")]:

@@ -1,4 +1,4 @@
-"""`planshift directory import|export`: the embedded licence directory."""
+"""`planshift directory import|export|copy`: the licence directory (embedded, or PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from planshift.settings import Settings
 
 
 def register(sub) -> None:
-    directory = sub.add_parser("directory", help="the embedded licence directory (SQLite under PLANSHIFT_DATA_DIR)")
+    directory = sub.add_parser("directory", help="the licence directory (PLANSHIFT_DIRECTORY_URL, else SQLite under "
+                                                 "PLANSHIFT_DATA_DIR)")
     dsub = directory.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=type(directory))
     imp = dsub.add_parser("import", help="load licences from Parquet (tenant_id, user_id, subscription_id, sku, "
                                          "disabled_services); a bad file changes nothing")
@@ -19,6 +20,12 @@ def register(sub) -> None:
     exp = dsub.add_parser("export", help="write the whole directory to Parquet")
     exp.add_argument("file", type=Path, metavar="FILE.parquet")
     exp.set_defaults(handler=directory_export, needs_broker=False)
+    cp = dsub.add_parser("copy", help="copy the embedded directory, every table, into a PostgreSQL database",
+                         description="Copies PLANSHIFT_DATA_DIR/directory.sqlite3 into the database at --to: the "
+                                     "licences and what keeps upgrades idempotent (upgrade-id owners, each tenant's "
+                                     "first request per id, recorded resets, swept users). Rows already there stay.")
+    cp.add_argument("--to", required=True, metavar="postgresql://…", help="the PostgreSQL database to copy into")
+    cp.set_defaults(handler=directory_copy, needs_broker=False)
 
 
 def directory_import(args: argparse.Namespace, settings: Settings) -> int:
@@ -47,3 +54,23 @@ def _where(directory) -> str:
     from planshift.storage.postgres import _redacted
 
     return _redacted(directory.url)
+
+
+def directory_copy(args: argparse.Namespace, settings: Settings) -> int:
+    from planshift.errors import OperationError
+    from planshift.storage.postgres import PostgresDirectory, _redacted, copy_from_sqlite
+
+    if not args.to.startswith(("postgresql://", "postgres://")):
+        raise OperationError(f"--to {args.to!r} is not a postgresql:// URL")
+    source = settings.data_dir / "directory.sqlite3"
+    if not source.exists():
+        raise OperationError(f"no embedded directory at {source}")
+    target = PostgresDirectory(args.to)
+    try:
+        copied = copy_from_sqlite(source, target)
+        print(f"copied {source} into {_redacted(args.to)}: "
+              + ", ".join(f"{table} {rows}" for table, rows in copied.items())
+              + f" ({target.count()} licences there in all)")
+    finally:
+        target.close()
+    return 0

@@ -194,3 +194,28 @@ def test_several_processes_write_one_postgresql_directory_at_once(postgres_url):
     directory = PostgresDirectory(postgres_url)
     assert directory.count() == 800
     directory.close()
+
+
+def test_copy_moves_every_table_so_upgrades_stay_idempotent_on_postgresql(tmp_path, monkeypatch, capsys, postgres_url):
+    from planshift.storage.directory import Claim
+    from planshift.storage.postgres import PostgresDirectory
+
+    embedded = open_one(tmp_path / "var", None)
+    embedded.put([Licence("contoso", "u1", "contoso-std", "M365_BUSINESS_STANDARD", ("SHAREPOINT",)),
+                  Licence("contoso", "u2", "contoso-std", "M365_BUSINESS_STANDARD")])
+    embedded.claim_upgrades([("ord-1", "contoso", "e-1")], 1000)
+    embedded.migrate("contoso", "ord-1", ["u1"], "contoso-std", "contoso-prem", "M365_BUSINESS_PREMIUM")
+    embedded.close()
+    monkeypatch.setenv("PLANSHIFT_DATA_DIR", str(tmp_path / "var"))
+    for _ in range(2):  # twice: nothing changes the second time
+        assert main(["directory", "copy", "--to", postgres_url]) == 0
+    out = capsys.readouterr().out
+    assert "licences 2" in out and "upgrade_owners 1" in out and "upgrade_sightings 1" in out
+    moved = PostgresDirectory(postgres_url)
+    assert moved.count() == 2 and moved.holders("contoso", "contoso-prem") == ["u1"]
+    assert moved.resets("ord-1") == [("contoso", "u1", "contoso-std", "M365_BUSINESS_STANDARD", ("SHAREPOINT",))]
+    # The id's first request came along: a repeat is still a repeat after the move.
+    assert moved.claim_upgrades([("ord-1", "contoso", "e-2")], 9000) == {("ord-1", "contoso"): Claim("contoso", "e-1", 1000)}
+    moved.close()
+    assert main(["directory", "copy", "--to", "sqlite:///x"]) == 1
+    assert "is not a postgresql:// URL" in capsys.readouterr().err

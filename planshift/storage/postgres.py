@@ -263,6 +263,39 @@ class PostgresDirectory:
                        "DO UPDATE SET sku = excluded.sku, disabled_services = excluded.disabled_services")
 
 
+TABLES = ("licences", "service_resets", "upgrade_owners", "upgrade_sightings", "swept_users")
+
+
+def copy_from_sqlite(sqlite_path, directory: PostgresDirectory) -> dict[str, int]:
+    """Copy every table of an embedded directory file into `directory`, in one transaction:
+    the licences, and also what keeps upgrades idempotent (each id's owner, each tenant's
+    first request with it, the recorded resets, the swept users). Rows already there stay
+    (a copy run twice changes nothing). Returns the rows read per table."""
+    import sqlite3
+
+    source = sqlite3.connect(f"file:{sqlite_path}?mode=ro", uri=True)
+    copied: dict[str, int] = {}
+    db = directory.db
+    try:
+        with db.transaction():
+            for table in TABLES:
+                if not source.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                                      (table,)).fetchone():
+                    copied[table] = 0  # a file made before that table existed
+                    continue
+                db.execute(f"CREATE TEMP TABLE incoming_{table} (LIKE {table}) ON COMMIT DROP")
+                rows = 0
+                with db.cursor().copy(f"COPY incoming_{table} FROM STDIN") as copy:
+                    for row in source.execute(f"SELECT * FROM {table}"):
+                        copy.write_row(row)
+                        rows += 1
+                db.execute(f"INSERT INTO {table} SELECT * FROM incoming_{table} ON CONFLICT DO NOTHING")
+                copied[table] = rows
+    finally:
+        source.close()
+    return copied
+
+
 def _redacted(url: str) -> str:
     """The URL without its password, for messages and logs."""
     from urllib.parse import urlsplit, urlunsplit
