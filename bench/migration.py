@@ -188,7 +188,7 @@ def _cpu_seconds(pid: int) -> float:
 def postgres_figures(base, args, results: list[str]) -> None:
     from planshift.ops.postgres import LocalPostgres
 
-    server = LocalPostgres(base.data_dir / "postgres").start()
+    server = LocalPostgres().start()
     try:
         import psycopg
 

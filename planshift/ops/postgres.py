@@ -59,7 +59,8 @@ class LocalPostgres:
 
     def start(self, timeout: float = 60.0) -> "LocalPostgres":
         data = self.folder / "data"
-        if self._as:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if self._as:  # (every folder above it must let the postgres user pass: /tmp does)
             shutil.chown(self.folder, "postgres", "postgres")
         if not (data / "PG_VERSION").exists():
             self._run(str(self.bin / "initdb"), "-D", str(data), "-U", self.user, "--auth=trust",

@@ -34,10 +34,10 @@ come before its source records leave their topic (else a restart would bring it 
 from __future__ import annotations
 
 import heapq
-import json
 import time
 from typing import Any, Callable, Iterator
 
+import orjson
 from kafka import TopicPartition
 
 from planshift.kafka import clients
@@ -93,7 +93,7 @@ class PartitionStore:
         for name, value in record.headers or ():
             if name == EXPIRES_HEADER:
                 expires = int(value)
-        self.apply(record.key.decode(), None if record.value is None else json.loads(record.value), expires)
+        self.apply(record.key.decode(), None if record.value is None else orjson.loads(record.value), expires)
 
     def next_expiry(self) -> int | None:
         while self._due and self._expires.get(self._due[0][1]) != self._due[0][0]:
@@ -126,8 +126,8 @@ def fold_record(fold: Callable[[PartitionStore, dict[str, Any]], None]) -> Calla
     """A derived-state fold as a record's: records that are not events are skipped."""
     def apply_event(store: PartitionStore, record) -> None:
         try:
-            value = json.loads(record.value) if record.value is not None else None
-        except (UnicodeDecodeError, json.JSONDecodeError):
+            value = orjson.loads(record.value) if record.value is not None else None
+        except orjson.JSONDecodeError:
             return  # not an event: nothing to derive
         if isinstance(value, dict):
             fold(store, value)

@@ -6,8 +6,8 @@ The same tables and the same semantics as the embedded `SqliteDirectory` (CONTRA
 target licence written before the source one is removed, repeatable, its users'
 switched-off services recorded before they are reset; the first valid request of an
 `upgrade_id` makes it its tenant's; each tenant's first request with an id is kept for
-good. Lists of keys go in as arrays joined on the primary key (`unnest`), one round trip
-for a whole batch.
+good. Lists of keys go in as arrays on the primary key (`= ANY`, `unnest`), one round
+trip per statement for a whole batch.
 
 Transactions run at READ COMMITTED, which is enough: a batch's rows are its own users',
 and an insert that meets a concurrent one of the same key waits for it and then does
@@ -68,6 +68,45 @@ CREATE TABLE IF NOT EXISTS swept_users (
 SCHEMA_LOCK = 0x706C616E  # pg_advisory_xact_lock key while the schema is made ("plan")
 
 
+# A batch's move, in one statement (one round trip). Its parts read one snapshot, taken
+# before any of them writes: `source` and `target` are the batch's licences as they were.
+# What was switched off is recorded (from the source licence, and from a target licence a
+# user already held); the target licences are reset and the missing ones given; the source
+# licences go. All of it commits or none of it, so no reader ever sees a user without a
+# licence. (`OFFSET 0` keeps the recorded resets a lookup per user: the upgrade may have
+# recorded hundreds of thousands.) It returns the users moved now, the users holding the target after it, and every
+# reset recorded for the batch's users (before, and now).
+MOVE = """
+WITH batch AS (SELECT unnest(%(users)s::text[]) AS user_id),
+source AS (SELECT l.user_id, l.sku, l.disabled_services FROM licences l
+           WHERE l.tenant_id = %(tenant)s AND l.subscription_id = %(source)s AND l.user_id = ANY(%(users)s::text[])),
+target AS (SELECT l.user_id, l.sku, l.disabled_services FROM licences l
+           WHERE l.tenant_id = %(tenant)s AND l.subscription_id = %(target)s AND l.user_id = ANY(%(users)s::text[])),
+recorded AS (SELECT r.user_id, r.disabled_services FROM batch b CROSS JOIN LATERAL
+             (SELECT user_id, disabled_services FROM service_resets
+              WHERE upgrade_id = %(upgrade)s AND user_id = b.user_id OFFSET 0) r),
+noted AS (INSERT INTO service_resets
+          SELECT %(tenant)s, %(upgrade)s, user_id, %(source)s, sku, disabled_services FROM source
+          WHERE disabled_services <> '[]'
+          UNION ALL
+          SELECT %(tenant)s, %(upgrade)s, user_id, %(target)s, sku, disabled_services FROM target
+          WHERE disabled_services <> '[]'
+          ON CONFLICT DO NOTHING RETURNING user_id, disabled_services),
+reset AS (UPDATE licences l SET disabled_services = '[]' FROM target t
+          WHERE l.tenant_id = %(tenant)s AND l.subscription_id = %(target)s AND l.user_id = t.user_id
+          AND t.disabled_services <> '[]'),
+given AS (INSERT INTO licences SELECT %(tenant)s, user_id, %(target)s, %(sku)s, '[]' FROM source
+          ON CONFLICT DO NOTHING RETURNING 1),
+removed AS (DELETE FROM licences
+            WHERE tenant_id = %(tenant)s AND subscription_id = %(source)s AND user_id = ANY(%(users)s::text[])
+            RETURNING 1)
+SELECT (SELECT count(*) FROM removed),
+       (SELECT count(*) FROM target) + (SELECT count(*) FROM given),
+       (SELECT array_agg(ARRAY[user_id, disabled_services])
+        FROM (SELECT * FROM recorded UNION SELECT * FROM noted) all_resets)
+"""
+
+
 class DirectoryUnavailable(DirectoryError):
     """The database server cannot be reached (at start: the process says so and stops)."""
 
@@ -90,8 +129,6 @@ class PostgresDirectory:
         except psycopg.OperationalError as exc:
             raise DirectoryUnavailable(f"cannot reach the licence directory at {_redacted(self.url)}: "
                                        f"{str(exc).strip().splitlines()[0]}") from None
-        # The users of the batch being moved, and licences being imported; emptied at every commit.
-        db.execute("CREATE TEMP TABLE IF NOT EXISTS batch_users (user_id TEXT PRIMARY KEY) ON COMMIT DELETE ROWS")
         return db
 
     @property
@@ -161,27 +198,24 @@ class PostgresDirectory:
                 target_subscription_id: str, target_sku: str) -> MigrationResult:
         """Move a batch of users to the target subscription in one transaction (as
         `SqliteDirectory.migrate`, whose docstring says the rules)."""
-        def fill() -> int:
-            self.db.execute("INSERT INTO batch_users SELECT DISTINCT unnest(%s::text[]) ON CONFLICT DO NOTHING",
-                             (list(user_ids),))
-            return len(set(user_ids))
-
-        return self._move(tenant_id, upgrade_id, source_subscription_id, target_subscription_id, target_sku, fill)
+        return self._move(tenant_id, upgrade_id, source_subscription_id, target_subscription_id, target_sku,
+                          lambda: sorted(set(user_ids)))
 
     def sweep(self, tenant_id: str, upgrade_id: str, source_subscription_id: str, target_subscription_id: str,
               target_sku: str) -> MigrationResult:
         """Move every user who still holds a source licence, remembered for `swept()`."""
-        def fill() -> int:
-            self.db.execute("INSERT INTO batch_users SELECT user_id FROM licences "
-                             "WHERE tenant_id = %s AND subscription_id = %s", (tenant_id, source_subscription_id))
-            self.db.execute("INSERT INTO swept_users SELECT %s, user_id FROM batch_users ON CONFLICT DO NOTHING",
-                             (upgrade_id,))
-            return self._rows("SELECT count(*) FROM batch_users")[0][0]
+        def fill() -> list[str]:
+            users = self.holders(tenant_id, source_subscription_id)
+            self.db.execute("INSERT INTO swept_users SELECT %s, unnest(%s::text[]) ON CONFLICT DO NOTHING",
+                            (upgrade_id, users))
+            return users
 
         return self._move(tenant_id, upgrade_id, source_subscription_id, target_subscription_id, target_sku, fill)
 
     def _move(self, tenant_id: str, upgrade_id: str, source: str, target: str, target_sku: str,
               fill) -> MigrationResult:
+        """One transaction: refuse an unsafe move, then move the users `fill()` returns, in
+        one statement (`MOVE`)."""
         db = self.db
         with db.transaction():
             if source == target:
@@ -192,25 +226,12 @@ class PostgresDirectory:
             if held and held[0][0] != target_sku:
                 raise MigrationRefused(f"target subscription {target} is another subscription already in use "
                                        f"(its licences are {held[0][0]}, not {target_sku}); they are not overwritten")
-            batch = fill()
-            holding = "FROM batch_users b JOIN licences l ON l.tenant_id = %s AND l.subscription_id = %s " \
-                      "AND l.user_id = b.user_id"
-            for subscription in (source, target):  # what was switched off, recorded before the reset
-                db.execute(f"INSERT INTO service_resets SELECT %s, %s, l.user_id, %s, l.sku, l.disabled_services "
-                           f"{holding} WHERE l.disabled_services <> '[]' ON CONFLICT DO NOTHING",
-                           (tenant_id, upgrade_id, subscription, tenant_id, subscription))
-            db.execute("UPDATE licences SET disabled_services = '[]' WHERE tenant_id = %s AND subscription_id = %s "
-                       "AND disabled_services <> '[]' AND user_id IN (SELECT user_id FROM batch_users)",
-                       (tenant_id, target))
-            db.execute(f"INSERT INTO licences SELECT %s, l.user_id, %s, %s, '[]' {holding} ON CONFLICT DO NOTHING",
-                       (tenant_id, target, target_sku, tenant_id, source))
-            migrated = db.execute("DELETE FROM licences WHERE tenant_id = %s AND subscription_id = %s "
-                                  "AND user_id IN (SELECT user_id FROM batch_users)", (tenant_id, source)).rowcount
-            holding_target = self._rows(f"SELECT count(*) {holding}", (tenant_id, target))[0][0]
-            resets = self._rows("SELECT r.user_id, r.disabled_services FROM batch_users b JOIN service_resets r "
-                                "ON r.upgrade_id = %s AND r.user_id = b.user_id ORDER BY r.user_id", (upgrade_id,))
-        return MigrationResult(migrated, holding_target - migrated, batch - holding_target,
-                               [(u, tuple(json.loads(d))) for u, d in resets])
+            users = fill()
+            migrated, holding_target, resets = self._rows(MOVE, {
+                "tenant": tenant_id, "upgrade": upgrade_id, "source": source, "target": target,
+                "sku": target_sku, "users": users})[0]
+        return MigrationResult(migrated, holding_target - migrated, len(users) - holding_target,
+                               sorted((u, tuple(json.loads(d))) for u, d in resets or ()))
 
     def claim_upgrades(self, claims: Iterable[tuple[str, str, str]], now_ms: int,
                        own: bool = True) -> dict[tuple[str, str], Claim]:
@@ -261,6 +282,7 @@ class PostgresDirectory:
                     copy.write_row(row)
             db.execute("INSERT INTO licences SELECT * FROM incoming ON CONFLICT (tenant_id, subscription_id, user_id) "
                        "DO UPDATE SET sku = excluded.sku, disabled_services = excluded.disabled_services")
+        db.execute("ANALYZE licences")  # the planner's view of a table that just grew by an import
 
 
 TABLES = ("licences", "service_resets", "upgrade_owners", "upgrade_sightings", "swept_users")
