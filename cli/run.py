@@ -11,6 +11,18 @@ from cli import tuning
 from cli.args import positive_int
 from planshift.settings import Settings
 
+INSTANCE_HELP = ("this instance's stable name: its transactional id and static group membership, unique per "
+                 "running process (default: PLANSHIFT_INSTANCE or the host name, and the lowest slot on this host "
+                 "no running instance holds, e.g. web-1-0)")
+
+
+def _instance(args: argparse.Namespace, settings: Settings, group: str) -> str:
+    if args.instance:
+        return args.instance
+    from planshift.ops.instance import claim_instance
+
+    return claim_instance(settings, group)
+
 
 def register(sub) -> None:
     run = sub.add_parser("run", help="run a planshift consumer until stopped (SIGTERM/Ctrl-C drain and exit)")
@@ -31,7 +43,7 @@ def register(sub) -> None:
                               description="Sinks upgrade.requested, upgrade.status, billing.switch, credit.issued "
                                           "and invoice.issued into PLANSHIFT_DATA_DIR/lake (Hive-partitioned by "
                                           "topic and event date), exactly once: rows the lake holds are never written again.")
-    archive.add_argument("--instance", default="0", help="this instance's stable name")
+    archive.add_argument("--instance", default=None, help=INSTANCE_HELP)
     archive.add_argument("--flush-every", type=positive_int, default=20_000, metavar="N",
                          help="write the buffered records and commit after N records (default 20000)")
     archive.add_argument("--flush-interval-s", type=float, default=5.0, metavar="S",
@@ -46,10 +58,10 @@ def register(sub) -> None:
 
 
 def run_archive(args: argparse.Namespace, settings: Settings) -> int:
-    from consumers.archive import archiver
+    from consumers.archive import GROUP_ID, archiver
 
     tuning.for_consumer()
-    worker = archiver(settings, instance=args.instance, flush_every=args.flush_every,
+    worker = archiver(settings, instance=_instance(args, settings, GROUP_ID), flush_every=args.flush_every,
                       flush_interval_s=args.flush_interval_s)
     worker.install_signal_handlers()
     worker.exit_if_stalled()
@@ -68,8 +80,7 @@ def run_all(args: argparse.Namespace, settings: Settings) -> int:
 def _consumer_parser(rsub, name: str, help: str, description: str) -> argparse.ArgumentParser:
     """`planshift run NAME`: a consumer of `consumers/NAME.py` on the transactional runtime."""
     parser = rsub.add_parser(name, help=help, description=description)
-    parser.add_argument("--instance", default="0",
-                        help="this instance's stable name, used as its transactional id (default 0)")
+    parser.add_argument("--instance", default=None, help=INSTANCE_HELP)
     _commit_options(parser)
     parser.set_defaults(handler=run_consumer, consumer_module=name, long_running=True)
     return parser
@@ -98,7 +109,7 @@ def run_consumer(args: argparse.Namespace, settings: Settings) -> int:
     module = importlib.import_module(f"consumers.{args.consumer_module}")
     options = {name: value for name, value in (("commit_every", args.commit_every),
                                                ("commit_interval_ms", args.commit_interval_ms)) if value is not None}
-    processor = module.processor(settings, instance=args.instance, **options)
+    processor = module.processor(settings, instance=_instance(args, settings, module.GROUP_ID), **options)
     processor.install_signal_handlers()
     processor.exit_if_stalled()
     processor.run()

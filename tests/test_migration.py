@@ -261,3 +261,52 @@ def test_workers_on_two_hosts_share_a_postgresql_directory_and_one_is_killed(set
     by_host = {host.name: (host / "worker.log").read_text() for host in hosts}
     assert all("processor started" in log for log in by_host.values()), "both hosts' workers ran"
     directory.close()
+
+
+def test_two_workers_started_without_an_instance_share_the_partitions_instead_of_fencing(settings, tmp_path):
+    """`planshift run migrate` twice with no --instance (as `docker compose --scale` does):
+    each takes a name of its own, both get partitions, and the upgrade completes."""
+    import socket
+
+    from planshift.kafka import clients
+
+    settings = settings.with_(batch_size=50)
+    seed(settings, "contoso", 1200)
+    req = request("contoso", "ord-scale", 1200)
+    produce(settings, Topic.UPGRADE_REQUESTED, [("contoso", req)])
+    workers = [spawn(settings, tmp_path / f"worker-{i}.log", "run", "migrate") for i in range(2)]
+    admin = clients.admin(settings)
+
+    def field(thing, name):
+        return thing.get(name) if isinstance(thing, dict) else getattr(thing, name, None)
+
+    seen = []
+
+    def members():
+        from kafka.errors import KafkaError
+
+        try:
+            described = admin.describe_groups([settings.topic(migrate.GROUP_ID)])
+        except KafkaError:  # not there yet
+            return None
+        group = described[0] if isinstance(described, list) else next(iter(described.values()))
+        found = {field(m, "group_instance_id"): field(m, "member_assignment") for m in field(group, "members") or []}
+        seen[:] = [found]
+        return found if len(found) == 2 and all(found.values()) else None
+
+    try:
+        found = wait_for(members, 90, interval=0.5, message=f"two members, each with partitions (last seen {seen})")
+        host = socket.gethostname()
+        assert sorted(found) == sorted(f"{settings.topic_prefix}{migrate.GROUP_ID}-{host}-{slot}" for slot in (0, 1))
+        with running(intake.processor(settings, commit_interval_ms=50)), \
+                running(settle.processor(settings, commit_interval_ms=50)):
+            wait_status(settings, "ord-scale", "completed", timeout=120)
+    finally:
+        admin.close()
+        for w in workers:
+            w.send_signal(signal.SIGTERM)
+        for w in workers:
+            w.wait(30)
+    assert Counter(c["batch_no"] for c in values(settings, Topic.LICENSE_BATCH_COMPLETED)) == Counter(range(24))
+    logs = "".join((tmp_path / f"worker-{i}.log").read_text() for i in range(2))
+    assert "ProducerFenced" not in logs and "fenced" not in logs.lower()
