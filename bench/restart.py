@@ -62,10 +62,7 @@ def child(role: str, clock_offset_days: float) -> None:
     settings = Settings.from_env()
     module = __import__(f"consumers.{role}", fromlist=["processor"])
     offset = clock_offset_days * DAY_S
-    processor = module.processor(settings, instance="bench", clock=lambda: time.time() + offset) \
-        if role == "intake" else module.processor(settings, instance="bench")
-    if role != "intake":
-        processor.engine.clock = lambda: time.time() + offset
+    processor = module.processor(settings, instance="bench", clock=lambda: time.time() + offset)
     thread = threading.Thread(target=processor.run, daemon=True)
     thread.start()
     expected = sum(1 for _ in _source_partitions(settings, processor))

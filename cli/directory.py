@@ -33,7 +33,7 @@ def directory_import(args: argparse.Namespace, settings: Settings) -> int:
 
     directory = open_directory(settings)
     count = import_parquet(directory, args.file, replace_all=args.replace)
-    print(f"imported {count} licences from {args.file} into {_where(directory)} "
+    print(f"imported {count} licences from {args.file} into {directory} "
           f"({directory.count()} licences in all)")
     return 0
 
@@ -43,32 +43,24 @@ def directory_export(args: argparse.Namespace, settings: Settings) -> int:
 
     directory = open_directory(settings)
     count = export_parquet(directory, args.file)
-    print(f"exported {count} licences from {_where(directory)} to {args.file}")
+    print(f"exported {count} licences from {directory} to {args.file}")
     return 0
-
-
-def _where(directory) -> str:
-    """Where the directory lives, for the operator (a database URL without its password)."""
-    if hasattr(directory, "path"):
-        return str(directory.path)
-    from planshift.storage.postgres import _redacted
-
-    return _redacted(directory.url)
 
 
 def directory_copy(args: argparse.Namespace, settings: Settings) -> int:
     from planshift.errors import OperationError
-    from planshift.storage.postgres import PostgresDirectory, _redacted, copy_from_sqlite
+    from planshift.storage.directory import SqliteDirectory
+    from planshift.storage.postgres import PostgresDirectory, copy_from_sqlite
 
     if not args.to.startswith(("postgresql://", "postgres://")):
         raise OperationError(f"--to {args.to!r} is not a postgresql:// URL")
-    source = settings.data_dir / "directory.sqlite3"
+    source = SqliteDirectory.path_for(settings)
     if not source.exists():
         raise OperationError(f"no embedded directory at {source}")
     target = PostgresDirectory(args.to)
     try:
         copied = copy_from_sqlite(source, target)
-        print(f"copied {source} into {_redacted(args.to)}: "
+        print(f"copied {source} into {target}: "
               + ", ".join(f"{table} {rows}" for table, rows in copied.items())
               + f" ({target.count()} licences there in all)")
     finally:

@@ -61,7 +61,7 @@ from planshift.domain.eligibility import (
     source_subscription,
 )
 from planshift.domain.lifecycle import ADMIN_LOCK, is_final, may_follow
-from planshift.domain.validity import check_request
+from planshift.domain.validity import check_request, utc_moment
 from planshift.errors import PermanentError
 from planshift.events import credit_check_requested, rfc3339, upgrade_status
 from planshift.kafka.partitioning import spread
@@ -332,8 +332,7 @@ def fold_status(store: PartitionStore, status: dict[str, Any]) -> None:
         expires = None
         if tenant.in_flight is None:
             try:
-                moment = datetime.fromisoformat(str(status.get("occurred_at")).replace("Z", "+00:00"))
-                expires = int((moment + STATUSES_KEPT).timestamp() * 1000)
+                expires = int((utc_moment(str(status.get("occurred_at"))) + STATUSES_KEPT).timestamp() * 1000)
             except ValueError:
                 pass  # kept until the tenant's next upgrade ends
         store.apply(f"tenant:{tenant_id}", tenant.as_dict(), expires, logged=False)

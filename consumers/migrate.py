@@ -26,8 +26,9 @@ dead letter, a replay — is ignored there, so a failed upgrade is never billed.
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable
 
 from planshift.contract import Topic, lifetime_ms
 from planshift.events import batch_completed
@@ -73,8 +74,8 @@ class Migration:
 
 
 def processor(settings: Settings, instance: str = "0", directory: LicenceDirectory | None = None,
-              **config: Any) -> StreamProcessor:
-    return StreamProcessor(settings, migration_config(settings, directory, instance, **config))
+              clock: Callable[[], float] = time.time, **config: Any) -> StreamProcessor:
+    return StreamProcessor(settings, migration_config(settings, directory, instance, **config), clock)
 
 
 def migration_config(settings: Settings, directory: LicenceDirectory | None = None, instance: str = "0",

@@ -38,8 +38,9 @@ how to finish (docs/RUNBOOK.md).
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Callable
 
 from planshift.contract import (
     Status,
@@ -170,8 +171,8 @@ def _plus(moment: str, delta: timedelta) -> str:
 
 
 def processor(settings: Settings, instance: str = "0", directory: LicenceDirectory | None = None,
-              **config: Any) -> StreamProcessor:
-    return StreamProcessor(settings, settlement_config(settings, directory, instance, **config))
+              clock: Callable[[], float] = time.time, **config: Any) -> StreamProcessor:
+    return StreamProcessor(settings, settlement_config(settings, directory, instance, **config), clock)
 
 
 def settlement_config(settings: Settings, directory: LicenceDirectory | None = None, instance: str = "0",

@@ -83,9 +83,9 @@ def lifetime_ms(topic: str) -> int:
     last record for good.)"""
     if topic.endswith(".dlq"):
         return DLQ_RETENTION_MS + SEGMENT_MS
-    spec = next(t for t in TOPICS if t.name == topic)
-    if spec.retention_ms is None:
-        raise ValueError(f"{topic} is compacted: its records have no lifetime")
+    spec = next((t for t in TOPICS if t.name == topic), None)
+    if spec is None or spec.retention_ms is None:
+        raise ValueError(f"{topic} is not a contract topic with a retention: its records have no lifetime")
     return spec.retention_ms + SEGMENT_MS
 
 # Topics planshift reads, so each has a dead-letter topic (CONTRACT.md §7).

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import multiprocessing
-import sqlite3
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -14,7 +13,6 @@ from planshift.storage.directory import (
     PARQUET_SCHEMA,
     DirectoryError,
     Licence,
-    SqliteDirectory,
     export_parquet,
     import_parquet,
 )
@@ -90,24 +88,25 @@ def test_cli_import_export_and_errors(tmp_path, monkeypatch, capsys):
     assert err.strip().splitlines() == [f"planshift: error: {tmp_path / 'absent.parquet'}: no such file"]
 
 
-def _writer(path, tenant, count):
-    directory = SqliteDirectory(path)
+def _writer(folder, directory_url, tenant, count):
+    directory = open_one(folder, directory_url)
     for i in range(count):
         directory.put([Licence(tenant, f"u{i}", f"{tenant}-sub", "M365_BUSINESS_BASIC")])
     directory.close()
 
 
-def test_several_processes_write_at_once(tmp_path):
-    path = tmp_path / "d.sqlite3"
-    SqliteDirectory(path).close()
+def test_several_processes_write_at_once(tmp_path, directory_url):
+    open_one(tmp_path, directory_url).close()
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_writer, args=(path, f"t{n}", 200)) for n in range(4)]
+    procs = [ctx.Process(target=_writer, args=(tmp_path, directory_url, f"t{n}", 200)) for n in range(4)]
     for p in procs:
         p.start()
     for p in procs:
         p.join(60)
         assert p.exitcode == 0
-    assert sqlite3.connect(path).execute("SELECT count(*) FROM licences").fetchone()[0] == 800
+    directory = open_one(tmp_path, directory_url)
+    assert directory.count() == 800
+    directory.close()
 
 
 def test_claims_keep_each_ids_owner_and_each_tenants_first_request_for_good(tmp_path, directory_url):
@@ -170,30 +169,6 @@ def test_an_unreachable_database_is_one_line_not_a_traceback(tmp_path, monkeypat
     monkeypatch.setenv("PLANSHIFT_DIRECTORY_URL", "mysql://nope")
     assert main(["directory", "export", str(tmp_path / "x.parquet")]) == 2
     assert "PLANSHIFT_DIRECTORY_URL must be a postgresql://" in capsys.readouterr().err
-
-
-def _pg_writer(url, tenant, count):
-    from planshift.storage.postgres import PostgresDirectory
-
-    directory = PostgresDirectory(url)
-    for i in range(count):
-        directory.put([Licence(tenant, f"u{i}", f"{tenant}-sub", "M365_BUSINESS_BASIC")])
-    directory.close()
-
-
-def test_several_processes_write_one_postgresql_directory_at_once(postgres_url):
-    ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_pg_writer, args=(postgres_url, f"t{n}", 200)) for n in range(4)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(60)
-        assert p.exitcode == 0
-    from planshift.storage.postgres import PostgresDirectory
-
-    directory = PostgresDirectory(postgres_url)
-    assert directory.count() == 800
-    directory.close()
 
 
 def test_copy_moves_every_table_so_upgrades_stay_idempotent_on_postgresql(tmp_path, monkeypatch, capsys, postgres_url):

@@ -14,7 +14,7 @@ from planshift.contract import Topic
 from planshift.domain.money import prorate
 from planshift.events import with_envelope
 from planshift.kafka.reader import read_topic, stable_end_offsets
-from planshift.storage.directory import Licence, SqliteDirectory
+from planshift.storage.directory import Licence, SqliteDirectory, open_directory
 from planshift.storage.reports import reset_report_path
 from producers.samples import month_period, upgrade_request
 from tests.conftest import kill_when, produce, running, spawn, values, wait_for
@@ -35,7 +35,7 @@ def source_sub(tenant):
 
 
 def seed(settings, tenant, users, disabled_every=0, other_every=0):
-    directory = SqliteDirectory.for_settings(settings)
+    directory = open_directory(settings)  # SQLite, or the settings' PostgreSQL database
     licences = []
     for i in range(users):
         disabled = ("SHAREPOINT",) if disabled_every and i % disabled_every == 0 else ()
@@ -66,7 +66,7 @@ def pipeline(settings, migrate_instances=2):
 
 
 def assert_directory_migrated(settings, tenant, users, target_sub, other_every=0):
-    directory = SqliteDirectory.for_settings(settings)
+    directory = open_directory(settings)
     try:
         assert directory.count_holders(tenant, source_sub(tenant)) == 0
         assert directory.count_holders(tenant, target_sub) == users
@@ -172,6 +172,28 @@ def test_a_batch_that_keeps_failing_fails_the_upgrade_and_frees_the_tenant(setti
     assert values(settings, Topic.BILLING_SWITCH) == []
 
 
+def under_way(settings) -> bool:
+    """Whether some batch has completed: the workers are in mid-tenant."""
+    return stable_end_offsets(settings, settings.topic(Topic.LICENSE_BATCH_COMPLETED)) > 0
+
+
+@contextlib.contextmanager
+def stopped_after(*workers):
+    """SIGTERM the worker processes when the block ends, however it ends."""
+    try:
+        yield
+    finally:
+        for worker in workers:
+            worker.send_signal(signal.SIGTERM)
+        for worker in workers:
+            worker.wait(30)
+
+
+def settle_until_completed(settings, upgrade_id):
+    with running(settle.processor(settings, commit_interval_ms=50)):
+        wait_status(settings, upgrade_id, "completed", timeout=180)
+
+
 def start_worker(settings, log_path):
     return spawn(settings, log_path, "run", "migrate", "--commit-every", "3", "--commit-interval-ms", "50")
 
@@ -184,19 +206,13 @@ def test_a_worker_killed_mid_tenant_leaves_every_user_migrated_once(settings, tm
     produce(settings, Topic.UPGRADE_REQUESTED, [("northwind", req)])
     with running(intake.processor(settings, commit_interval_ms=50)) as _:
         wait_status(settings, "ord-kill", "migrating")
-    kill_when(start_worker(settings, tmp_path / "worker.log"),
-              lambda: stable_end_offsets(settings, settings.topic(Topic.LICENSE_BATCH_COMPLETED)) > 0,
+    kill_when(start_worker(settings, tmp_path / "worker.log"), lambda: under_way(settings),
               "the worker to be under way")
     done_at_kill = len(values(settings, Topic.LICENSE_BATCH_COMPLETED))
     assert done_at_kill < 120, "the worker finished before the kill; the test proves nothing"
 
-    worker = start_worker(settings, tmp_path / "worker.log")
-    try:
-        with running(settle.processor(settings, commit_interval_ms=50)):
-            wait_status(settings, "ord-kill", "completed", timeout=180)
-    finally:
-        worker.send_signal(signal.SIGTERM)
-        worker.wait(30)
+    with stopped_after(start_worker(settings, tmp_path / "worker.log")):
+        settle_until_completed(settings, "ord-kill")
 
     completions = Counter(c["batch_no"] for c in values(settings, Topic.LICENSE_BATCH_COMPLETED))
     assert set(completions) == set(range(120)) and set(completions.values()) == {1}
@@ -220,9 +236,8 @@ def test_workers_on_two_hosts_share_a_postgresql_directory_and_one_is_killed(set
 
     settings = settings.with_(batch_size=50, directory_url=postgres_url)
     users = 4000
+    seed(settings, "northwind", users, disabled_every=5)
     directory = PostgresDirectory(postgres_url)
-    directory.put(Licence("northwind", f"u{i:06d}", source_sub("northwind"), SOURCE_SKU,
-                          ("SHAREPOINT",) if i % 5 == 0 else ()) for i in range(users))
     req = request("northwind", "ord-hosts", users)
     produce(settings, Topic.UPGRADE_REQUESTED, [("northwind", req)])
     hosts = [tmp_path / "host-a", tmp_path / "host-b"]
@@ -235,27 +250,15 @@ def test_workers_on_two_hosts_share_a_postgresql_directory_and_one_is_killed(set
 
     with running(intake.processor(settings, commit_interval_ms=50)):
         wait_status(settings, "ord-hosts", "migrating")
-    other = worker(hosts[1], "b")
-    try:
-        kill_when(worker(hosts[0], "a"),
-                  lambda: stable_end_offsets(settings, settings.topic(Topic.LICENSE_BATCH_COMPLETED)) > 0,
-                  "the workers to be under way")
-        again = worker(hosts[0], "a")
-        try:
-            with running(settle.processor(settings, commit_interval_ms=50)):
-                wait_status(settings, "ord-hosts", "completed", timeout=180)
-        finally:
-            again.send_signal(signal.SIGTERM)
-            again.wait(30)
-    finally:
-        other.send_signal(signal.SIGTERM)
-        other.wait(30)
+    with stopped_after(worker(hosts[1], "b")):
+        kill_when(worker(hosts[0], "a"), lambda: under_way(settings), "the workers to be under way")
+        with stopped_after(worker(hosts[0], "a")):
+            settle_until_completed(settings, "ord-hosts")
 
     completions = Counter(c["batch_no"] for c in values(settings, Topic.LICENSE_BATCH_COMPLETED))
     assert set(completions) == set(range(80)) and set(completions.values()) == {1}
     assert len(values(settings, Topic.BILLING_SWITCH)) == 1
-    assert directory.count_holders("northwind", source_sub("northwind")) == 0
-    assert directory.count_holders("northwind", req["target_subscription_id"]) == users
+    assert_directory_migrated(settings, "northwind", users, req["target_subscription_id"])
     assert len(directory.resets("ord-hosts")) == len(range(0, users, 5))
     assert not list((tmp_path / "host-a").glob("*.sqlite3")) and not list((tmp_path / "host-b").glob("*.sqlite3"))
     by_host = {host.name: (host / "worker.log").read_text() for host in hosts}
@@ -275,7 +278,6 @@ def test_two_workers_started_without_an_instance_share_the_partitions_instead_of
     req = request("contoso", "ord-scale", 1200)
     produce(settings, Topic.UPGRADE_REQUESTED, [("contoso", req)])
     workers = [spawn(settings, tmp_path / f"worker-{i}.log", "run", "migrate") for i in range(2)]
-    admin = clients.admin(settings)
 
     def field(thing, name):
         return thing.get(name) if isinstance(thing, dict) else getattr(thing, name, None)
@@ -294,19 +296,13 @@ def test_two_workers_started_without_an_instance_share_the_partitions_instead_of
         seen[:] = [found]
         return found if len(found) == 2 and all(found.values()) else None
 
-    try:
+    admin = clients.admin(settings)
+    with stopped_after(*workers), contextlib.closing(admin):
         found = wait_for(members, 90, interval=0.5, message=f"two members, each with partitions (last seen {seen})")
         host = socket.gethostname()
         assert sorted(found) == sorted(f"{settings.topic_prefix}{migrate.GROUP_ID}-{host}-{slot}" for slot in (0, 1))
-        with running(intake.processor(settings, commit_interval_ms=50)), \
-                running(settle.processor(settings, commit_interval_ms=50)):
-            wait_status(settings, "ord-scale", "completed", timeout=120)
-    finally:
-        admin.close()
-        for w in workers:
-            w.send_signal(signal.SIGTERM)
-        for w in workers:
-            w.wait(30)
+        with running(intake.processor(settings, commit_interval_ms=50)):
+            settle_until_completed(settings, "ord-scale")
     assert Counter(c["batch_no"] for c in values(settings, Topic.LICENSE_BATCH_COMPLETED)) == Counter(range(24))
     logs = "".join((tmp_path / f"worker-{i}.log").read_text() for i in range(2))
     assert "ProducerFenced" not in logs and "fenced" not in logs.lower()

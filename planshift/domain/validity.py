@@ -18,12 +18,17 @@ from typing import Any, Mapping
 from planshift.schema import InvalidEvent, Violation
 
 
-def utc_day(moment: str) -> date:
-    """The UTC day of an RFC 3339 timestamp with any offset (`…T22:30:00-05:00` is the next day in UTC)."""
+def utc_moment(moment: str) -> datetime:
+    """An RFC 3339 timestamp with any offset, in UTC (one without an offset is taken as UTC)."""
     parsed = datetime.fromisoformat(moment.replace("Z", "+00:00").replace("z", "+00:00"))
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc).date()
+    return parsed.astimezone(timezone.utc)
+
+
+def utc_day(moment: str) -> date:
+    """The UTC day of an RFC 3339 timestamp with any offset (`…T22:30:00-05:00` is the next day in UTC)."""
+    return utc_moment(moment).date()
 
 
 def _day(value: Any, path: str, found: list[Violation]) -> date | None:

@@ -69,7 +69,7 @@ class Context:
         self.writes[key] = value
         if expires_at is not None:
             self.expiries[key] = int(expires_at.timestamp() * 1000)
-        else:
+        elif self.expiries:  # (most handlers never set one: no work per put for them)
             self.expiries.pop(key, None)
         if logged:
             self.unlogged.discard(key)
@@ -78,7 +78,8 @@ class Context:
 
     def delete(self, key: str) -> None:
         self.writes[key] = _DELETED
-        self.expiries.pop(key, None)
+        if self.expiries:
+            self.expiries.pop(key, None)
 
     # -- timers ---------------------------------------------------------------
     def schedule(self, name: str, due: datetime, data: dict[str, Any] | None = None) -> None:

@@ -412,8 +412,6 @@ class StreamProcessor:
             log.info("state restored", partitions=sorted(whole), keys=keys,
                      seconds=round(time.monotonic() - restoration.began, 3),
                      longest_round_s=round(self.longest_round_s, 3))
-            if restoration.done:
-                restoration.close()
 
     def _on_assigned(self, assigned: set[TopicPartition]) -> None:
         self._assign_sinks(assigned)

@@ -98,6 +98,42 @@ class Claim(NamedTuple):
     last_seen_at: int  # ms since the epoch
 
 
+def licence_rows(licences: Iterable["Licence"]) -> list[tuple]:
+    """Licences as the directory's rows (disabled services as a JSON list)."""
+    return [(lic.tenant_id, lic.user_id, lic.subscription_id, lic.sku, json.dumps(list(lic.disabled_services)))
+            for lic in licences]
+
+
+def services(raw: str) -> tuple[str, ...]:
+    """A row's disabled services (stored as a JSON list)."""
+    return tuple(json.loads(raw))
+
+
+def refuse_unsafe(source_subscription_id: str, target_subscription_id: str, target_sku: str,
+                  held_sku: str | None) -> None:
+    """The migrations no directory makes (`MigrationRefused`): onto the source itself, or
+    onto a subscription whose licences (`held_sku`, one of them) are of another SKU."""
+    if source_subscription_id == target_subscription_id:
+        raise MigrationRefused(f"source and target are the same subscription {source_subscription_id}: "
+                               "moving users onto it would remove their only licence")
+    if held_sku is not None and held_sku != target_sku:
+        raise MigrationRefused(f"target subscription {target_subscription_id} is another subscription already "
+                               f"in use (its licences are {held_sku}, not {target_sku}); they are not overwritten")
+
+
+def first_claims(wanted: list[tuple[str, str, str]], before: dict[tuple[str, str], tuple], now_ms: int
+                 ) -> dict[tuple[str, str], "Claim"]:
+    """Each wanted (upgrade_id, tenant_id)'s `Claim`, from what the directory held before
+    this claim (`before`: owner, first event, last seen); a pair new to it has the first of
+    its events in it now."""
+    found: dict[tuple[str, str], Claim] = {}
+    for u, t, e in wanted:
+        if (u, t) not in found:
+            owner, first, at = before[(u, t)]
+            found[(u, t)] = Claim(owner, e, now_ms) if first is None else Claim(owner, first, at)
+    return found
+
+
 class DirectoryError(ValueError):
     """A directory file or request that cannot be used; nothing was changed."""
 
@@ -158,7 +194,15 @@ class SqliteDirectory:
 
     @classmethod
     def for_settings(cls, settings: Settings) -> "SqliteDirectory":
-        return cls(settings.data_dir / "directory.sqlite3")
+        return cls(cls.path_for(settings))
+
+    @staticmethod
+    def path_for(settings: Settings) -> Path:
+        """Where the embedded directory of these settings lives."""
+        return settings.data_dir / "directory.sqlite3"
+
+    def __str__(self) -> str:
+        return str(self.path)
 
     def close(self) -> None:
         self._db.close()
@@ -193,7 +237,7 @@ class SqliteDirectory:
     def licences_of(self, tenant_id: str, user_id: str) -> list[Licence]:
         rows = self._db.execute("SELECT tenant_id, user_id, subscription_id, sku, disabled_services FROM licences "
                                 "WHERE tenant_id=? AND user_id=? ORDER BY subscription_id", (tenant_id, user_id))
-        return [Licence(t, u, s, k, tuple(json.loads(d))) for t, u, s, k, d in rows]
+        return [Licence(t, u, s, k, services(d)) for t, u, s, k, d in rows]
 
     def count(self) -> int:
         return self._db.execute("SELECT count(*) FROM licences").fetchone()[0]
@@ -206,7 +250,7 @@ class SqliteDirectory:
         """(tenant_id, user_id, subscription_id, sku, disabled_services) recorded for an upgrade."""
         rows = self._db.execute("SELECT tenant_id, user_id, subscription_id, sku, disabled_services FROM service_resets "
                                 "WHERE upgrade_id=? ORDER BY user_id", (upgrade_id,))
-        return [(t, u, s, k, tuple(json.loads(d))) for t, u, s, k, d in rows]
+        return [(t, u, s, k, services(d)) for t, u, s, k, d in rows]
 
     # -- writes ----------------------------------------------------------------
     def migrate(self, tenant_id: str, upgrade_id: str, user_ids: Sequence[str], source_subscription_id: str,
@@ -268,16 +312,11 @@ class SqliteDirectory:
 
     def _refuse_unsafe(self, tenant_id: str, source_subscription_id: str, target_subscription_id: str,
                        target_sku: str) -> None:
-        if source_subscription_id == target_subscription_id:
-            raise MigrationRefused(f"source and target are the same subscription {source_subscription_id}: "
-                                   "moving users onto it would remove their only licence")
         # A subscription is of one SKU, so one of its licences tells (a primary-key prefix
         # lookup: counting them would read the whole, growing, target on every batch).
         held = self._db.execute("SELECT sku FROM licences WHERE tenant_id = ? AND subscription_id = ? LIMIT 1",
                                 (tenant_id, target_subscription_id)).fetchone()
-        if held is not None and held[0] != target_sku:
-            raise MigrationRefused(f"target subscription {target_subscription_id} is another subscription already "
-                                   f"in use (its licences are {held[0]}, not {target_sku}); they are not overwritten")
+        refuse_unsafe(source_subscription_id, target_subscription_id, target_sku, held and held[0])
 
     def _move_batch_users(self, tenant_id: str, upgrade_id: str, source_subscription_id: str,
                           target_subscription_id: str, target_sku: str, batch: int) -> MigrationResult:
@@ -312,7 +351,7 @@ class SqliteDirectory:
             "SELECT r.user_id, r.disabled_services FROM batch_users b CROSS JOIN service_resets r "
             "ON r.upgrade_id = ? AND r.user_id = b.user_id ORDER BY r.user_id", (upgrade_id,)).fetchall()
         return MigrationResult(migrated, holding_target - migrated, batch - holding_target,
-                               [(u, tuple(json.loads(d))) for u, d in resets])
+                               [(u, services(d)) for u, d in resets])
 
     def claim_upgrades(self, claims: Iterable[tuple[str, str, str]], now_ms: int,
                        own: bool = True) -> dict[tuple[str, str], Claim]:
@@ -337,16 +376,11 @@ class SqliteDirectory:
                 before.update(((u, t), (owner, e, at)) for u, t, owner, e, at in rows)
             db.executemany("INSERT OR IGNORE INTO upgrade_sightings VALUES (?, ?, ?, ?)",
                            [(u, t, e, now_ms) for u, t, e in wanted])
-            found: dict[tuple[str, str], Claim] = {}
-            for u, t, e in wanted:  # a pair new to the table has the first of its events in it now
-                if (u, t) not in found:
-                    owner, first, at = before[(u, t)]
-                    found[(u, t)] = Claim(owner, e, now_ms) if first is None else Claim(owner, first, at)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        return found
+        return first_claims(wanted, before, now_ms)
 
     def renew_claim(self, upgrade_id: str, tenant_id: str, now_ms: int) -> None:
         """The tenant's first request with `upgrade_id` is being handled again now."""
@@ -354,8 +388,7 @@ class SqliteDirectory:
                          (now_ms, upgrade_id, tenant_id))
 
     def put(self, licences: Iterable[Licence], replace_all: bool = False) -> int:
-        rows = [(lic.tenant_id, lic.user_id, lic.subscription_id, lic.sku, json.dumps(list(lic.disabled_services)))
-                for lic in licences]
+        rows = licence_rows(licences)
         self._write_rows(rows, replace_all)
         return len(rows)
 

@@ -18,15 +18,17 @@ processes starting together do not race to create it.
 
 from __future__ import annotations
 
-import json
 from typing import Iterable, Iterator, Sequence
 
 from planshift.storage.directory import (
     Claim,
     DirectoryError,
     Licence,
-    MigrationRefused,
     MigrationResult,
+    first_claims,
+    licence_rows,
+    refuse_unsafe,
+    services,
 )
 
 DDL = """
@@ -139,6 +141,9 @@ class PostgresDirectory:
             self._db = self._connect()
         return self._db
 
+    def __str__(self) -> str:
+        return _redacted(self.url)  # where it lives, for messages: without the password
+
     def close(self) -> None:
         self._db.close()
 
@@ -172,7 +177,7 @@ class PostgresDirectory:
     def licences_of(self, tenant_id: str, user_id: str) -> list[Licence]:
         rows = self._rows("SELECT tenant_id, user_id, subscription_id, sku, disabled_services FROM licences "
                           "WHERE tenant_id = %s AND user_id = %s ORDER BY subscription_id", (tenant_id, user_id))
-        return [Licence(t, u, s, k, tuple(json.loads(d))) for t, u, s, k, d in rows]
+        return [Licence(t, u, s, k, services(d)) for t, u, s, k, d in rows]
 
     def count(self) -> int:
         return self._rows("SELECT count(*) FROM licences")[0][0]
@@ -188,7 +193,7 @@ class PostgresDirectory:
     def resets(self, upgrade_id: str) -> list[tuple[str, str, str, str, tuple[str, ...]]]:
         rows = self._rows("SELECT tenant_id, user_id, subscription_id, sku, disabled_services FROM service_resets "
                           "WHERE upgrade_id = %s ORDER BY user_id", (upgrade_id,))
-        return [(t, u, s, k, tuple(json.loads(d))) for t, u, s, k, d in rows]
+        return [(t, u, s, k, services(d)) for t, u, s, k, d in rows]
 
     def swept(self, upgrade_id: str) -> int:
         return self._rows("SELECT count(*) FROM swept_users WHERE upgrade_id = %s", (upgrade_id,))[0][0]
@@ -218,20 +223,15 @@ class PostgresDirectory:
         one statement (`MOVE`)."""
         db = self.db
         with db.transaction():
-            if source == target:
-                raise MigrationRefused(f"source and target are the same subscription {source}: "
-                                       "moving users onto it would remove their only licence")
             held = self._rows("SELECT sku FROM licences WHERE tenant_id = %s AND subscription_id = %s LIMIT 1",
                               (tenant_id, target))
-            if held and held[0][0] != target_sku:
-                raise MigrationRefused(f"target subscription {target} is another subscription already in use "
-                                       f"(its licences are {held[0][0]}, not {target_sku}); they are not overwritten")
+            refuse_unsafe(source, target, target_sku, held[0][0] if held else None)
             users = fill()
             migrated, holding_target, resets = self._rows(MOVE, {
                 "tenant": tenant_id, "upgrade": upgrade_id, "source": source, "target": target,
                 "sku": target_sku, "users": users})[0]
         return MigrationResult(migrated, holding_target - migrated, len(users) - holding_target,
-                               sorted((u, tuple(json.loads(d))) for u, d in resets or ()))
+                               sorted((u, services(d)) for u, d in resets or ()))
 
     def claim_upgrades(self, claims: Iterable[tuple[str, str, str]], now_ms: int,
                        own: bool = True) -> dict[tuple[str, str], Claim]:
@@ -252,20 +252,14 @@ class PostgresDirectory:
             db.execute("INSERT INTO upgrade_sightings SELECT w.u, w.t, w.e, %s "
                        "FROM unnest(%s::text[], %s::text[], %s::text[]) WITH ORDINALITY AS w(u, t, e, n) "
                        "ORDER BY w.n ON CONFLICT DO NOTHING", (now_ms, ids, tenants, events))
-        found: dict[tuple[str, str], Claim] = {}
-        for u, t, e in wanted:  # a pair new to the table has the first of its events in it now
-            if (u, t) not in found:
-                owner, first, at = before[(u, t)]
-                found[(u, t)] = Claim(owner, e, now_ms) if first is None else Claim(owner, first, at)
-        return found
+        return first_claims(wanted, before, now_ms)
 
     def renew_claim(self, upgrade_id: str, tenant_id: str, now_ms: int) -> None:
         self.db.execute("UPDATE upgrade_sightings SET seen_at = %s WHERE upgrade_id = %s AND tenant_id = %s",
                          (now_ms, upgrade_id, tenant_id))
 
     def put(self, licences: Iterable[Licence], replace_all: bool = False) -> int:
-        rows = [(lic.tenant_id, lic.user_id, lic.subscription_id, lic.sku, json.dumps(list(lic.disabled_services)))
-                for lic in licences]
+        rows = licence_rows(licences)
         self._write_rows(rows, replace_all)
         return len(rows)
 
