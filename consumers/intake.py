@@ -16,7 +16,8 @@ intake itself rejects the upgrade (a declined, expired or re-checked credit chec
 statuses there are its own, and reading them back cost about a quarter of its time.
 
 State, per partition store (every input event carries tenant_id):
-  tenant:{tenant_id}  → {"in_flight": upgrade_id | null, "upgrades": {upgrade_id: status}}
+  tenant:{tenant_id}  → {"in_flight": upgrade_id | null, "upgrades": {upgrade_id: status},
+                         "since": when the one in flight took its status (ms; for /metrics)}
   pending:{upgrade_id} → the request, while its credit check is pending (logged)
   timer:credit-check-expiry:{upgrade_id} → when that check expires (a runtime timer, logged)
 
@@ -44,7 +45,7 @@ from __future__ import annotations
 import functools
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Mapping
 
@@ -291,16 +292,33 @@ class TenantState:
     tenant_id: str
     in_flight: str | None
     upgrades: dict[str, str]  # upgrade_id → its latest status
+    since: int | None = None  # when the upgrade in flight took its status (ms since the epoch): /metrics
+    _was: tuple = field(default=(None, None), repr=False, compare=False)
 
     @classmethod
     def load(cls, ctx: Context | PartitionStore, tenant_id: str) -> "TenantState":
         raw = ctx.get(f"tenant:{tenant_id}") or {}
-        return cls(tenant_id, raw.get("in_flight"), dict(raw.get("upgrades", {})))
+        tenant = cls(tenant_id, raw.get("in_flight"), dict(raw.get("upgrades", {})), raw.get("since"))
+        tenant._was = (tenant.in_flight, tenant.upgrades.get(tenant.in_flight))
+        return tenant
 
     def as_dict(self) -> dict[str, Any]:
-        return {"in_flight": self.in_flight, "upgrades": self.upgrades}
+        state = {"in_flight": self.in_flight, "upgrades": self.upgrades}
+        if self.in_flight is not None and self.since is not None:
+            state["since"] = self.since
+        return state
+
+    def stamp(self, at_ms: int) -> None:
+        """Note when the upgrade in flight took its status, if it took a new one."""
+        now = (self.in_flight, self.upgrades.get(self.in_flight))
+        if self.in_flight is None:
+            self.since = None
+        elif now != self._was or self.since is None:
+            self.since = at_ms
+        self._was = now
 
     def save(self, ctx: Context) -> None:
+        self.stamp(int(ctx.now().timestamp() * 1000))
         # Derived from upgrade.status; once nothing is in flight it goes when those statuses do.
         ctx.put(f"tenant:{self.tenant_id}", self.as_dict(), logged=False,
                 expires_at=None if self.in_flight else ctx.now() + STATUSES_KEPT)
@@ -329,13 +347,40 @@ def fold_status(store: PartitionStore, status: dict[str, Any]) -> None:
         return
     tenant = TenantState.load(store, tenant_id)
     if tenant.apply(upgrade_id, name):
+        try:
+            moment = utc_moment(str(status.get("occurred_at")))
+        except ValueError:
+            moment = None
+        if moment is not None:
+            tenant.stamp(int(moment.timestamp() * 1000))
         expires = None
-        if tenant.in_flight is None:
-            try:
-                expires = int((utc_moment(str(status.get("occurred_at"))) + STATUSES_KEPT).timestamp() * 1000)
-            except ValueError:
-                pass  # kept until the tenant's next upgrade ends
+        if tenant.in_flight is None and moment is not None:
+            expires = int((moment + STATUSES_KEPT).timestamp() * 1000)  # else kept until its next upgrade ends
         store.apply(f"tenant:{tenant_id}", tenant.as_dict(), expires, logged=False)
+
+
+IN_FLIGHT_STATUSES = (Status.ACCEPTED, Status.CREDIT_CHECK_PENDING, Status.MIGRATING)
+
+
+def in_flight_gauges(engine: Any, now_ms: int) -> dict[tuple[str, str], float]:
+    """/metrics: upgrades in flight by status, and how long the oldest has been in its status
+    (the alert on an upgrade `migrating` for more than an hour)."""
+    counts: dict[str, int] = {}
+    oldest: dict[str, int] = {}
+    for store in list(engine.stores.values()):
+        for key, value in store.items():
+            if not key.startswith("tenant:") or not isinstance(value, dict) or value.get("in_flight") is None:
+                continue
+            status = str(value["upgrades"].get(value["in_flight"], "?"))
+            counts[status] = counts.get(status, 0) + 1
+            since = value.get("since")
+            if since is not None and since < oldest.get(status, now_ms + 1):
+                oldest[status] = since
+    gauges: dict[tuple[str, str], float] = {("in_flight", str(s)): 0 for s in IN_FLIGHT_STATUSES}
+    gauges.update({("oldest_in_flight_s", str(s)): 0 for s in IN_FLIGHT_STATUSES})
+    gauges.update({("in_flight", s): n for s, n in counts.items()})
+    gauges.update({("oldest_in_flight_s", s): max(0, now_ms - t) / 1000 for s, t in oldest.items()})
+    return gauges
 
 
 def processor(settings: Settings, instance: str = "0", directory: LicenceDirectory | None = None,
@@ -365,6 +410,7 @@ def intake_config(settings: Settings, directory: LicenceDirectory | None = None,
         tables=(Topic.SERVICE_HEALTH,),
         derived_from=((Topic.UPGRADE_STATUS, fold_status),),
         on_timer=intake.on_timer,
+        gauges=in_flight_gauges,
         instance=instance,
         **config,
     )

@@ -66,6 +66,11 @@ class Settings:
     # (PLANSHIFT_FAST_SENDS=0): the public `KafkaProducer.send`, slower but safe from a
     # kafka-python upgrade that changes those parts.
     fast_sends: bool = True
+    # Beyond the contract (issue 14): the port of /metrics, /healthz and /readyz of every
+    # long-running process (None: not served; 0: any free port), and the Prometheus
+    # Pushgateway the nightly reconciliation pushes its findings to (None: not pushed).
+    metrics_port: int | None = None
+    pushgateway_url: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -116,6 +121,8 @@ class Settings:
             commit_interval_ms=(get_int("PLANSHIFT_COMMIT_INTERVAL_MS", 0)
                                 if get("PLANSHIFT_COMMIT_INTERVAL_MS") else None),
             fast_sends=(get("PLANSHIFT_FAST_SENDS") or "1").lower() not in ("0", "false", "no"),
+            metrics_port=get_int("PLANSHIFT_METRICS_PORT", 0, 0) if get("PLANSHIFT_METRICS_PORT") else None,
+            pushgateway_url=get("PLANSHIFT_PUSHGATEWAY_URL"),
         )
         settings.validate()
         return settings
@@ -134,6 +141,10 @@ class Settings:
         if self.directory_url is not None and not self.directory_url.startswith(("postgresql://", "postgres://")):
             raise SettingsError("PLANSHIFT_DIRECTORY_URL must be a postgresql://user:password@host:port/database URL "
                                 "(unset: the embedded SQLite directory under PLANSHIFT_DATA_DIR)")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise SettingsError(f"PLANSHIFT_METRICS_PORT={self.metrics_port} must be a port number (0: any free port)")
+        if self.pushgateway_url is not None and not self.pushgateway_url.startswith(("http://", "https://")):
+            raise SettingsError("PLANSHIFT_PUSHGATEWAY_URL must be an http(s):// URL of a Prometheus Pushgateway")
         host, _, port = self.bootstrap_servers.split(",")[0].rpartition(":")
         if not host or not port.isdigit():
             raise SettingsError(

@@ -126,6 +126,7 @@ class Checkpoint:
     def commit(self) -> None:
         if not self.open:
             return
+        began = time.perf_counter()
         for sink in self.sinks:
             sink.flush()
         offsets = {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in self._offsets.items()}
@@ -136,6 +137,8 @@ class Checkpoint:
         self.open = False
         self._offsets.clear()
         self.metrics.commits += 1
+        self.metrics.commit_seconds.observe(time.perf_counter() - began)
+        self.metrics.committed()
         self.metrics.finished_at = time.monotonic()
 
     def abort(self) -> bool:
@@ -148,6 +151,7 @@ class Checkpoint:
                 log.warning("abort failed; the producer is replaced")
                 aborted = False
             self.metrics.aborts += 1
+        self.metrics.dropped()
         self.open = False
         self._offsets.clear()
         return aborted
@@ -156,5 +160,6 @@ class Checkpoint:
         """Drop the open transaction of a fenced producer without a word to the broker."""
         if self.open:
             self.metrics.aborts += 1
+        self.metrics.dropped()
         self.open = False
         self._offsets.clear()

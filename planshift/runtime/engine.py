@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple, Protocol
 
 from planshift import logs
@@ -30,6 +30,7 @@ from planshift.events import encode_json, encode_key, event_headers
 from planshift.logs import get_logger
 from planshift.runtime.context import TIMER_PREFIX, Context
 from planshift.runtime.deadletters import dead_letter_headers
+from planshift.runtime.metrics import TALLIED, Metrics, tally_output
 from planshift.runtime.state import EXPIRES_HEADER, PartitionStore, changelog_topic
 from planshift.schema import InvalidEvent, parse, parse_json, schema_names, validate
 from planshift.settings import Settings
@@ -97,23 +98,9 @@ class ProcessorConfig:
     # archiver): it commits every `commit_every` records or `commit_interval_ms`, so a
     # trickle of records does not make a file each.
     commit_when_idle: bool = True
-
-
-@dataclass
-class Metrics:
-    records: int = 0
-    records_by_topic: dict[str, int] = field(default_factory=dict)  # contract topic → records taken in
-    dead_letters: int = 0
-    retries: int = 0
-    commits: int = 0
-    aborts: int = 0
-    restored_keys: int = 0
-    restore_seconds: float = 0.0  # time spent restoring, summed over restorations
-    expired_keys: int = 0
-    timers_fired: int = 0
-    started_at: float = field(default_factory=time.monotonic)
-    first_record_at: float | None = None  # throughput is measured from here, after start-up
-    finished_at: float | None = None
+    # The consumer's own gauges for /metrics, measured by the loop every few seconds:
+    # (engine, now_ms) → {(name, label): value} (intake: upgrades in flight and the oldest).
+    gauges: Callable[[Any, int], dict[tuple[str, str], float]] | None = None
 
 
 class Sink(Protocol):
@@ -250,6 +237,8 @@ class Engine:
         """Send a handled record's outputs and state changes (to the store and its changelog)."""
         sink = self.sink
         for output in ctx.outputs:
+            if output.topic in TALLIED:
+                tally_output(self.metrics.pending, output.topic, output.value)
             topic = self._topic_names.get(output.topic)
             if topic is None:
                 topic = self._topic_names[output.topic] = self.settings.topic(output.topic)
@@ -279,7 +268,7 @@ class Engine:
         source = self.sources.get(record.topic)
         source_topic = source.topic if source is not None else record.topic
         self.sink.dead_letter(self.settings.topic(dlq(source_topic)), record.key, record.value, headers)
-        self.metrics.dead_letters += 1
+        self.metrics.count_dead_letter(source_topic)
 
     # -- stores ------------------------------------------------------------------
     def adopt_stores(self, restored: dict[int, PartitionStore]) -> None:

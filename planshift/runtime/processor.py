@@ -67,6 +67,8 @@ RESTORE_SLICE_S = 0.25
 # a long pause) go over many short rounds, not in one long one.
 EXPIRE_PER_ROUND = 10_000
 CHANGELOG_SEGMENT_MS = 60 * 60 * 1000
+# How often the loop measures its lag and the consumer's gauges for /metrics.
+MEASURE_INTERVAL_S = 5.0
 
 FENCED = (ProducerFencedError, InvalidProducerEpochError)
 # A producer that is fenced, or whose call ran out of time, cannot be trusted to abort:
@@ -105,6 +107,9 @@ class StreamProcessor:
         self.transactional_id = f"{settings.topic_prefix}{config.group_id}-{config.instance}"
         self.consumer = None
         self.producer = None
+        self.telemetry = None  # the /metrics, /healthz, /readyz server, when a port is set
+        self._joined = False  # the group gave this member an assignment (perhaps empty)
+        self._measured = 0.0
 
     def stop(self) -> None:
         """Finish the record in hand, commit, leave the group (from any thread)."""
@@ -150,6 +155,7 @@ class StreamProcessor:
                 self._restore_step()
                 self._poll_once()
                 self._fire_timers()
+                self._measure()
                 if until is not None and not self.checkpoint.open and until(self):
                     break
         finally:
@@ -163,6 +169,10 @@ class StreamProcessor:
                         session_timeout_s=self.config.session_timeout_ms / 1000)
 
     def _start(self) -> None:
+        if self.settings.metrics_port is not None and self.telemetry is None:
+            from planshift.runtime.telemetry import TelemetryServer
+
+            self.telemetry = TelemetryServer(self, self.settings.metrics_port).start()
         fastpath.install_rejoin_fix()
         if self._changelog:
             self._ensure_changelog()
@@ -212,15 +222,76 @@ class StreamProcessor:
             # belongs to a transaction that was aborted or will be.
             if self.consumer is not None:
                 self.consumer.close(timeout_ms=self.config.call_timeout_ms)
+                self._leave_group()
             if self.producer is not None:
                 self.producer.close(timeout=self.config.call_timeout_ms / 1000)
             for table in self._tables.values():
                 table.close()
             for restoration in set(self._restoring.values()):
                 restoration.close()
+            if self.telemetry is not None:
+                self.telemetry.close()
             log.info("processor stopped", group=self.config.group_id, records=self.metrics.records,
                      dead_letters=self.metrics.dead_letters, commits=self.metrics.commits,
                      longest_round_s=round(self.longest_round_s, 3))
+
+    def _leave_group(self) -> None:
+        """A static member stays in its group until its session times out, so that a
+        crashed instance finds its place again; one stopped on purpose leaves at once, so
+        that its partitions move now and the group is empty for a replay (`ops/offsets.py`)."""
+        if not self._joined:
+            return
+        try:
+            from kafka.admin import MemberToRemove
+
+            admin = clients.admin(self.settings)
+            try:
+                admin.remove_group_members(self.engine.group, [MemberToRemove(group_instance_id=self.transactional_id)])
+            finally:
+                admin.close()
+        except Exception as exc:  # noqa: BLE001 - the session timeout removes it anyway
+            log.warning("could not leave the group; the broker removes this member after the session timeout",
+                        error=repr(exc), session_timeout_s=self.config.session_timeout_ms / 1000)
+
+    # -- health --------------------------------------------------------------------
+    def config_topics(self) -> list[str]:
+        return [source.topic for source in self._sources.values()]
+
+    def health(self) -> dict:
+        """/healthz: the loop is alive if it came round within max.poll.interval.ms."""
+        limit = (self.consumer.config["max_poll_interval_ms"] if self.consumer is not None else 300_000) / 1000
+        since = time.monotonic() - self._came_round
+        return {"alive": since <= limit, "group": self.engine.group, "instance": self.transactional_id,
+                "seconds_since_round": round(since, 3), "limit_s": limit}
+
+    def readiness(self) -> dict:
+        """/readyz: joined the group, and every assigned partition's state restored."""
+        consumer = self.consumer
+        partitions = len({tp.partition for tp in consumer.assignment()}) if consumer is not None else 0
+        restoring = sorted(self._restoring)
+        ready = consumer is not None and self._joined and not restoring and not self._stop.is_set()
+        return {"ready": ready, "group": self.engine.group, "instance": self.transactional_id,
+                "joined": self._joined, "partitions": partitions, "restoring": restoring}
+
+    def _measure(self) -> None:
+        """Every few seconds, when served: lag per partition and the consumer's gauges."""
+        if self.telemetry is None or time.monotonic() - self._measured < MEASURE_INTERVAL_S:
+            return
+        self._measured = time.monotonic()
+        lag = {}
+        for tp in self.consumer.assignment():
+            try:
+                end, position = self.consumer.highwater(tp), self.consumer.position(tp, timeout_ms=0)
+            except Exception:  # noqa: BLE001 - not known yet (just assigned, restoring)
+                continue
+            if end is not None and position is not None:
+                lag[(tp.topic, tp.partition)] = max(0, end - position)
+        self.metrics.lag = lag
+        if self.config.gauges is not None:
+            try:
+                self.metrics.gauges = self.config.gauges(self.engine, int(self.engine.clock() * 1000))
+            except Exception:  # noqa: BLE001 - a gauge must not stop the loop
+                log.exception("measuring the consumer's gauges failed")
 
     # -- the loop ----------------------------------------------------------------
     def _refresh_tables(self) -> None:
@@ -248,10 +319,13 @@ class StreamProcessor:
                 decoded = [engine.decode(source, r) for r in records]
                 if source.prepare is not None:
                     engine.prepare(source, [d for d in decoded if isinstance(d, dict)])
+                took = metrics.handler_histogram(source.topic)
                 for record, event in zip(records, decoded):
                     if not checkpoint.open:
                         checkpoint.begin()
+                    began = time.perf_counter()
                     engine.process(source, record, event)
+                    took.observe(time.perf_counter() - began)
                     checkpoint.track(tp, record.offset)
                     metrics.records += 1
                     metrics.records_by_topic[source.topic] = metrics.records_by_topic.get(source.topic, 0) + 1
@@ -409,11 +483,16 @@ class StreamProcessor:
             self.consumer.resume(*[tp for tp in self.consumer.assignment() if tp.partition in whole])
             keys = sum(len(s) for s in stores.values())
             self.metrics.restored_keys += keys
+            self.metrics.restores.observe(time.monotonic() - restoration.began)
             log.info("state restored", partitions=sorted(whole), keys=keys,
                      seconds=round(time.monotonic() - restoration.began, 3),
                      longest_round_s=round(self.longest_round_s, 3))
 
+    def _rebalanced(self, event: str) -> None:
+        self.metrics.rebalances[event] = self.metrics.rebalances.get(event, 0) + 1
+
     def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._rebalanced("assigned")
         self._assign_sinks(assigned)
         # A partition whose store is being rebuilt waits for it on every topic.
         waiting = [tp for tp in assigned if tp.partition in self._restoring]
@@ -423,6 +502,7 @@ class StreamProcessor:
         self._restore(new)
 
     def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+        self._rebalanced("revoked")
         if self.checkpoint.open:
             try:
                 self.checkpoint.commit()
@@ -438,6 +518,7 @@ class StreamProcessor:
             self._restoring.pop(partition, None)
 
     def _on_lost(self, lost: set[TopicPartition]) -> None:
+        self._rebalanced("lost")
         # Another member may already own them: abandon the open work without committing.
         if self.checkpoint.open:
             self._drop_transaction(replace=False)
@@ -476,6 +557,7 @@ class _Listener(ConsumerRebalanceListener):
             self.processor._on_revoked(set(revoked))
 
     def on_partitions_assigned(self, assigned):
+        self.processor._joined = True
         if assigned:
             self.processor._on_assigned(set(assigned))
 

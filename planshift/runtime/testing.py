@@ -162,6 +162,7 @@ class TestDriver:
         self.engine.metrics.records += 1
         for sink in self.engine.config.sinks:  # each record is its own commit here
             sink.flush()
+        self.engine.metrics.committed()
 
     def replay(self, topic: str) -> int:
         """Handle every record of a source topic again, from the start (`planshift replay
@@ -186,6 +187,7 @@ class TestDriver:
         now_ms = int(self.clock() * 1000)
         fired = self.engine.fire_timers(now_ms)
         self.engine.expire(now_ms)
+        self.engine.metrics.committed()
         return fired
 
     # -- restart -----------------------------------------------------------------
