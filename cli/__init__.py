@@ -62,6 +62,10 @@ def dispatch(args: argparse.Namespace) -> int:
         settings = Settings.from_env()
     except SettingsError as exc:
         return fail(str(exc), 2)
+    if getattr(args, "metrics_port", None) is not None:
+        import dataclasses
+
+        settings = dataclasses.replace(settings, metrics_port=args.metrics_port)
     # Long-running processes (`run …`) log at the configured level; one-shot commands
     # print their own results and keep the log to warnings, and leave kafka-python's
     # reconnect chatter out (an unreachable broker is reported once, below).

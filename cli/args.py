@@ -21,6 +21,24 @@ def positive_int(text: str) -> int:
     return value
 
 
+def port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port number (0-65535; 0: any free port)")
+    return value
+
+
+METRICS_PORT_HELP = ("serve /metrics, /healthz and /readyz on this port (default PLANSHIFT_METRICS_PORT; "
+                     "unset: not served; 0: any free port, logged)")
+
+
+def metrics_option(parser: argparse.ArgumentParser, help: str = METRICS_PORT_HELP) -> None:
+    parser.add_argument("--metrics-port", type=port, default=None, metavar="PORT", help=help)
+
+
 def fault(text: str) -> tuple[str, float]:
     from producers.billing import FAULTS, HARMLESS
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from cli import tuning
-from cli.args import positive_int
+from cli.args import METRICS_PORT_HELP, metrics_option, positive_int
 from planshift.settings import Settings
 
 INSTANCE_HELP = ("this instance's stable name: its transactional id and static group membership, unique per "
@@ -44,6 +44,7 @@ def register(sub) -> None:
                                           "and invoice.issued into PLANSHIFT_DATA_DIR/lake (Hive-partitioned by "
                                           "topic and event date), exactly once: rows the lake holds are never written again.")
     archive.add_argument("--instance", default=None, help=INSTANCE_HELP)
+    metrics_option(archive)
     archive.add_argument("--flush-every", type=positive_int, default=20_000, metavar="N",
                          help="write the buffered records and commit after N records (default 20000)")
     archive.add_argument("--flush-interval-s", type=float, default=5.0, metavar="S",
@@ -54,6 +55,8 @@ def register(sub) -> None:
                                              "processes; restart a child that dies; Ctrl-C stops them cleanly")
     everything.add_argument("--migrate-instances", type=positive_int, default=2, metavar="N",
                             help="migration worker processes (default 2)")
+    metrics_option(everything, "each child serves /metrics, /healthz and /readyz: intake on PORT, settlement "
+                               "on PORT+1, migration worker i on PORT+2+i (default PLANSHIFT_METRICS_PORT)")
     everything.set_defaults(handler=run_all, long_running=True)
 
 
@@ -72,15 +75,25 @@ def run_archive(args: argparse.Namespace, settings: Settings) -> int:
 def run_all(args: argparse.Namespace, settings: Settings) -> int:
     from cli.supervise import Child, supervise
 
-    children = [Child("intake", ["run", "intake"]), Child("settle", ["run", "settle"])]
-    children += [Child(f"migrate-{i}", ["run", "migrate", "--instance", str(i)]) for i in range(args.migrate_instances)]
+    base = settings.metrics_port
+    children = [Child("intake", ["run", "intake", *_port(base, 0)]), Child("settle", ["run", "settle", *_port(base, 1)])]
+    children += [Child(f"migrate-{i}", ["run", "migrate", "--instance", str(i), *_port(base, 2 + i)])
+                 for i in range(args.migrate_instances)]
     return supervise(children)
+
+
+def _port(base: int | None, offset: int) -> list[str]:
+    """A supervised child's --metrics-port: the base port plus its place (0 stays 0: any free port)."""
+    if base is None:
+        return []
+    return ["--metrics-port", str(base + offset if base else 0)]
 
 
 def _consumer_parser(rsub, name: str, help: str, description: str) -> argparse.ArgumentParser:
     """`planshift run NAME`: a consumer of `consumers/NAME.py` on the transactional runtime."""
     parser = rsub.add_parser(name, help=help, description=description)
     parser.add_argument("--instance", default=None, help=INSTANCE_HELP)
+    metrics_option(parser, METRICS_PORT_HELP + "; with --instances N, instance i on PORT+i")
     _commit_options(parser)
     parser.set_defaults(handler=run_consumer, consumer_module=name, long_running=True)
     return parser
@@ -104,7 +117,8 @@ def run_consumer(args: argparse.Namespace, settings: Settings) -> int:
                                           ("--commit-interval-ms", args.commit_interval_ms))
                   if value is not None for arg in (flag, str(value))]
         return supervise([Child(f"{args.consumer_module}-{i}", ["run", args.consumer_module, "--instance", str(i),
-                                                                 *common]) for i in range(args.instances)])
+                                                                 *common, *_port(settings.metrics_port, i)])
+                          for i in range(args.instances)])
     tuning.for_consumer()
     module = importlib.import_module(f"consumers.{args.consumer_module}")
     options = {name: value for name, value in (("commit_every", args.commit_every),

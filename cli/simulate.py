@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from cli import tuning
-from cli.args import fault
+from cli.args import fault, metrics_option
 from planshift.settings import Settings
 
 
@@ -24,6 +24,7 @@ def register(sub) -> None:
                               "redelivered-invoice, split-credit")
     billing.add_argument("--seed", default="planshift", help="seed of the fault choice")
     billing.add_argument("--instance", default="0", help="this instance's stable name")
+    metrics_option(billing)
     billing.set_defaults(handler=run_billing_simulator, long_running=True)
 
 

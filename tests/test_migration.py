@@ -277,7 +277,11 @@ def test_two_workers_started_without_an_instance_share_the_partitions_instead_of
     seed(settings, "contoso", 1200)
     req = request("contoso", "ord-scale", 1200)
     produce(settings, Topic.UPGRADE_REQUESTED, [("contoso", req)])
-    workers = [spawn(settings, tmp_path / f"worker-{i}.log", "run", "migrate") for i in range(2)]
+    from tests.test_telemetry import free_port, sample, scrape
+
+    ports = [free_port(), free_port()]
+    workers = [spawn(settings, tmp_path / f"worker-{i}.log", "run", "migrate", "--metrics-port", str(ports[i]))
+               for i in range(2)]
 
     def field(thing, name):
         return thing.get(name) if isinstance(thing, dict) else getattr(thing, name, None)
@@ -303,6 +307,12 @@ def test_two_workers_started_without_an_instance_share_the_partitions_instead_of
         assert sorted(found) == sorted(f"{settings.topic_prefix}{migrate.GROUP_ID}-{host}-{slot}" for slot in (0, 1))
         with running(intake.processor(settings, commit_interval_ms=50)):
             settle_until_completed(settings, "ord-scale")
+        # both kept committing: each migrated batches of its own partitions
+        for port in ports:
+            scraped = scrape(port)
+            assert sample(scraped, "planshift_transactions_committed_total") > 0
+            assert sample(scraped, "planshift_batches_migrated_total", outcome="completed") > 0
+            assert 0 < sample(scraped, "planshift_partitions_assigned") < 12
     assert Counter(c["batch_no"] for c in values(settings, Topic.LICENSE_BATCH_COMPLETED)) == Counter(range(24))
     logs = "".join((tmp_path / f"worker-{i}.log").read_text() for i in range(2))
     assert "ProducerFenced" not in logs and "fenced" not in logs.lower()
