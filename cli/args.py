@@ -64,6 +64,21 @@ def timestamp(text: str):
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
+def duration_ms(text: str) -> int:
+    """A duration as kafka-consumer-groups takes it (ISO 8601: PT1H, P2D, PT30M, P1DT12H) or
+    shortly (90s, 30m, 2h, 1d) → milliseconds."""
+    import re
+
+    short = re.fullmatch(r"(\d+)([smhd])", text)
+    if short:
+        return int(short[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[short[2]] * 1000
+    iso = re.fullmatch(r"P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?", text.upper())
+    if not iso or text.upper() in ("P", "PT") or text.upper().endswith("T"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (e.g. PT1H, P2D, 30m, 2h)")
+    days, hours, minutes, seconds = (float(g) if g else 0.0 for g in iso.groups())
+    return int(((days * 24 + hours) * 60 + minutes) * 60_000 + seconds * 1000)
+
+
 def run_date(text: str):
     from datetime import date, datetime, timedelta, timezone
 

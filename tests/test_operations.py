@@ -7,12 +7,14 @@ import contextlib
 from collections import Counter
 from datetime import date
 
+import pytest
+
 from cli import main
 from consumers import intake, migrate, settle
 from planshift.contract import Topic
 from planshift.events import with_envelope
 from planshift.ops.deadletters import dead_letters, redrive
-from planshift.ops.offsets import reset_offsets
+from planshift.ops.offsets import execute, plan_reset
 from planshift.storage.directory import SqliteDirectory
 from producers.samples import upgrade_request
 from tests.conftest import produce, running, seed_users, values, wait_for
@@ -50,8 +52,9 @@ def test_replaying_every_group_from_the_start_produces_nothing_twice(settings):
     assert before[3] == before[4] == 3
 
     for group in ("planshift-intake", "planshift-migrate", "planshift-settle"):
-        moved = reset_offsets(settings, group, to_start=True)
-        assert moved and set(moved.values()) == {0}
+        plan = plan_reset(settings, group, ("earliest", None))
+        assert plan.moves and {m.new for m in plan.moves} == {0} and plan.reread > 0
+        execute(settings, plan)
     with pipeline(settings) as procs:
         # Wait on what each group has handled, not on its position: the position moves
         # when records are fetched, before they are handled.
@@ -111,3 +114,66 @@ def test_replay_refuses_a_bad_choice(settings, capsys, monkeypatch):
     monkeypatch.setenv("PLANSHIFT_BOOTSTRAP_SERVERS", settings.bootstrap_servers)
     assert main(["replay", "planshift-nobody", "--to-start"]) == 1
     assert "no committed offsets" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        main(["replay", "planshift-nobody", "--by-duration", "an hour"])
+    assert exited.value.code == 2
+    assert "is not a duration" in capsys.readouterr().err
+
+
+def committed_offsets(settings, group):
+    from planshift.kafka import clients
+
+    admin = clients.admin(settings)
+    try:
+        found = admin.list_group_offsets({settings.topic(group): None})
+    finally:
+        admin.close()
+    found = found.get(settings.topic(group), found)
+    return {tp.partition: o.offset for tp, o in found.items()}
+
+
+def test_replay_prints_its_plan_moves_only_with_execute_and_refuses_a_running_group(settings, capsys, monkeypatch):
+    from planshift.kafka.topics import ensure_topic
+    from planshift.runtime import ProcessorConfig, Source, StreamProcessor
+
+    monkeypatch.setenv("PLANSHIFT_BOOTSTRAP_SERVERS", settings.bootstrap_servers)
+    monkeypatch.setenv("PLANSHIFT_TOPIC_PREFIX", settings.topic_prefix)
+    ensure_topic(settings, settings.topic("numbers"), 2, {})
+    produce(settings, "numbers", [(None, {"n": n}) for n in range(10)])
+
+    def reader():
+        return StreamProcessor(settings, ProcessorConfig(group_id="readers", stateful=False, commit_interval_ms=50,
+                                                         sources=(Source("numbers", lambda ctx, e: None, schema=""),)))
+
+    first = reader()
+    with running(first):
+        wait_for(lambda: sum(committed_offsets(settings, "readers").values()) == 10, 30, message="all committed")
+        assert main(["replay", "readers", "--to-earliest"]) == 1  # refused, dry run or not
+        refusal = capsys.readouterr().err
+        assert "active member" in refusal and "stop its consumers first" in refusal
+        assert main(["replay", "readers", "--to-earliest", "--execute"]) == 1
+    ends = committed_offsets(settings, "readers")
+    assert sorted(ends) == [0, 1]
+
+    # A stopped consumer left its group: the dry run plans, and moves nothing.
+    assert main(["replay", "readers", "--shift-by", "-3"]) == 0
+    out = capsys.readouterr().out
+    assert "re-reads 3" in out and "6 records to re-read" in out and "dry run: nothing moved" in out
+    assert committed_offsets(settings, "readers") == ends
+
+    # --execute does what the plan said; one partition only with TOPIC:P.
+    assert main(["replay", "readers", "--topic", "numbers:0", "--shift-by", "-3", "--execute"]) == 0
+    assert "moved 1 partitions" in capsys.readouterr().out
+    assert committed_offsets(settings, "readers") == {0: max(0, ends[0] - 3), 1: ends[1]}
+    # clamped to what the partition holds, as kafka-consumer-groups does
+    assert main(["replay", "readers", "--to-offset", "999", "--execute"]) == 0
+    assert committed_offsets(settings, "readers") == ends
+    assert main(["replay", "readers", "--by-duration", "PT1H", "--execute"]) == 0  # everything is newer
+    assert committed_offsets(settings, "readers") == {0: 0, 1: 0}
+    assert "re-reads" in capsys.readouterr().out
+
+    second = reader()
+    with running(second):
+        wait_for(lambda: second.metrics.records == 10, 30, message="the replay re-read all 10")
+    assert main(["replay", "readers", "--topic", "numbers:7", "--to-latest"]) == 1
+    assert "has no partition 7" in capsys.readouterr().err
