@@ -69,6 +69,9 @@ TOPICS: tuple[TopicSpec, ...] = (
 )
 
 DLQ_PARTITIONS = 1
+# Beyond §7 (docs/CONTRACT.md, refinement 28): the dead letters re-driven, keyed
+# `TOPIC:PARTITION:OFFSET`, compacted, so none is re-driven twice by accident.
+REDRIVEN_TOPIC = "dlq.redriven"
 DLQ_RETENTION_MS = 30 * DAY_MS
 
 # Kafka deletes a log segment once its newest record is older than the topic's retention,

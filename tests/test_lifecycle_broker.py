@@ -51,7 +51,12 @@ def test_redriving_a_failed_upgrades_batch_never_completes_or_bills_it(settings,
         directory.down = False  # the incident is over: the operator re-drives the dead letters
         monkeypatch.setenv("PLANSHIFT_BOOTSTRAP_SERVERS", settings.bootstrap_servers)
         monkeypatch.setenv("PLANSHIFT_TOPIC_PREFIX", settings.topic_prefix)
-        assert main(["dlq", "redrive", "license.batches.dlq"]) == 0
+        # The upgrade is final: a re-drive could change nothing, so it is reported, not done…
+        assert main(["dlq", "redrive", "license.batches.dlq", "--execute"]) == 0
+        out = capsys.readouterr().out
+        assert "2 upgrade already final" in out and "(failed)" in out and "re-drove 0 dead letters" in out
+        # …unless the operator rolls forward by hand (docs/RUNBOOK.md) and says so.
+        assert main(["dlq", "redrive", "license.batches.dlq", "--include-final", "--execute"]) == 0
         assert "re-drove 2 dead letters" in capsys.readouterr().out
         completed = lambda: [c for c in values(settings, Topic.LICENSE_BATCH_COMPLETED)  # noqa: E731
                              if c.get("outcome") == "completed"]

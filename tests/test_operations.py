@@ -100,6 +100,8 @@ def test_a_dead_letter_is_redriven_once_after_the_incident(settings, capsys, mon
 
     with running(intake.processor(settings, commit_interval_ms=50)):  # the directory is back
         assert main(["dlq", "redrive", "upgrade.requested.dlq", "--group", "planshift-intake"]) == 0
+        assert "1 re-drive" in capsys.readouterr().out  # the plan only
+        assert main(["dlq", "redrive", "upgrade.requested.dlq", "--group", "planshift-intake", "--execute"]) == 0
         assert "re-drove 1 dead letters" in capsys.readouterr().out
         wait_for(lambda: any(v["status"] == "migrating" for v in values(settings, Topic.UPGRADE_STATUS)), 30,
                  message="the re-driven request to be handled")
@@ -177,3 +179,80 @@ def test_replay_prints_its_plan_moves_only_with_execute_and_refuses_a_running_gr
         wait_for(lambda: second.metrics.records == 10, 30, message="the replay re-read all 10")
     assert main(["replay", "readers", "--topic", "numbers:7", "--to-latest"]) == 1
     assert "has no partition 7" in capsys.readouterr().err
+
+
+def test_redrive_chooses_by_error_class_and_offsets_plans_first_and_never_sends_one_twice(settings, capsys,
+                                                                                        monkeypatch):
+    """Dead letters of three kinds; the operator re-drives one kind, then one offset, and
+    the dry runs in between change nothing."""
+    from planshift.kafka.topics import ensure_topic
+    from planshift.runtime import ProcessorConfig, Source, StreamProcessor
+
+    monkeypatch.setenv("PLANSHIFT_BOOTSTRAP_SERVERS", settings.bootstrap_servers)
+    monkeypatch.setenv("PLANSHIFT_TOPIC_PREFIX", settings.topic_prefix)
+    for name in ("numbers", "numbers.dlq"):
+        ensure_topic(settings, settings.topic(name), 1, {})
+    seen = Counter()
+
+    def handle(ctx, event):
+        seen[event["n"]] += 1
+        if "redriven" in event:
+            return
+        if event["n"] in (1, 2):
+            raise ConnectionError("licence service unavailable")
+        if event["n"] == 3:
+            raise ValueError("no such plan")
+
+    def worker():
+        return StreamProcessor(settings, ProcessorConfig(
+            group_id="workers", stateful=False, commit_interval_ms=50, max_attempts=1,
+            sources=(Source("numbers", handle, schema=""),)))
+
+    produce(settings, "numbers", [("k", {"n": n}) for n in range(4)])
+    first = worker()
+    with running(first):
+        wait_for(lambda: first.metrics.dead_letters == 3 and first.metrics.commits > 0, 30,
+                 message="three dead letters")
+    letters = dead_letters(settings, "numbers.dlq")
+    assert [r.headers["dlq.error.class"] for r in letters] == [b"ConnectionError"] * 2 + [b"ValueError"]
+    trace = letters[2].headers["dlq.error.stacktrace"].decode()
+    assert trace.startswith("Traceback") and "in handle" in trace and "ValueError: no such plan" in trace
+
+    assert main(["dlq", "redrive", "numbers.dlq", "--error-class", "ConnectionError"]) == 0  # a dry run
+    out = capsys.readouterr().out
+    assert "2 re-drive, 1 not chosen" in out and "dry run: nothing re-driven" in out
+    assert len(values(settings, "numbers")) == 4  # nothing was sent
+
+    assert main(["dlq", "redrive", "numbers.dlq", "--error-class", "ConnectionError", "--execute"]) == 0
+    assert "re-drove 2 dead letters" in capsys.readouterr().out
+    assert main(["dlq", "redrive", "numbers.dlq", "--execute"]) == 0  # everything, but the two are done
+    out = capsys.readouterr().out
+    assert "2 re-driven before" in out and "re-drove 1 dead letters" in out
+    assert main(["dlq", "redrive", "numbers.dlq", "--from-offset", "0", "--to-offset", "2", "--execute"]) == 0
+    assert "re-drove 0 dead letters" in capsys.readouterr().out  # nothing twice by accident
+    resent = [r for r in read_topic_raw(settings, "numbers")[4:]]
+    assert sorted(v["n"] for v in (r.value for r in resent)) == [1, 2, 3]
+    assert all("dlq.redriven.from" in r.headers and "dlq.error.class" not in r.headers for r in resent)
+
+    # a second re-drive while one runs (a member of its group) is refused, dry run or not
+    from planshift.kafka import clients
+    from planshift.ops.deadletters import REDRIVE_GROUP
+
+    other = clients.consumer(settings, settings.topic(REDRIVE_GROUP), settings.topic("numbers.dlq"))
+    try:
+        wait_for(lambda: other.poll(timeout_ms=100) is not None and other.assignment(), 30, message="joined")
+        assert main(["dlq", "redrive", "numbers.dlq"]) == 1
+        assert "another re-drive is running" in capsys.readouterr().err
+    finally:
+        other.close()
+
+    with pytest.raises(SystemExit) as exited:
+        main(["dlq", "redrive", "numbers.dlq", "--since", "yesterday"])
+    assert exited.value.code == 2
+    assert main(["dlq", "redrive", "numbers.dlq", "--from-offset", "3", "--to-offset", "1"]) == 2
+
+
+def read_topic_raw(settings, topic):
+    from planshift.kafka.reader import read_topic
+
+    return read_topic(settings, settings.topic(topic))

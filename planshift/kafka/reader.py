@@ -119,6 +119,14 @@ def read_to_end(consumer, tps: list[TopicPartition], timeout: float, what: str) 
 def iter_topic(settings: Settings, topic: str, timeout: float = 30.0,
                partitions: list[int] | None = None) -> Iterator[Record]:
     """Every committed record of `topic` up to its end as of now, partition by partition order."""
+    for r in iter_raw(settings, topic, timeout, partitions):
+        yield Record(r.topic, r.partition, r.offset, r.timestamp,
+                     r.key.decode() if r.key is not None else None, _decode(r.value), dict(r.headers or []))
+
+
+def iter_raw(settings: Settings, topic: str, timeout: float = 30.0,
+             partitions: list[int] | None = None) -> Iterator:
+    """`iter_topic`'s records as kafka-python gives them: key and value as bytes."""
     consumer = clients.consumer(settings, None, enable_auto_commit=False)
     try:
         available = consumer.partitions_for_topic(topic)
@@ -132,9 +140,7 @@ def iter_topic(settings: Settings, topic: str, timeout: float = 30.0,
         tps = [TopicPartition(topic, p) for p in sorted(available) if partitions is None or p in partitions]
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
-        for r in read_to_end(consumer, tps, timeout, topic):
-            yield Record(r.topic, r.partition, r.offset, r.timestamp,
-                         r.key.decode() if r.key is not None else None, _decode(r.value), dict(r.headers or []))
+        yield from read_to_end(consumer, tps, timeout, topic)
     finally:
         consumer.close()
 

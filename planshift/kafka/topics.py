@@ -12,6 +12,7 @@ from planshift.contract import (
     DLQ_RETENTION_MS,
     TOPICS,
     Topic,
+    REDRIVEN_TOPIC,
     dlq,
 )
 from planshift.kafka import clients
@@ -46,6 +47,8 @@ def planned_topics(settings: Settings) -> list[TopicPlan]:
     for name in CONSUMED_TOPICS:
         plans.append(TopicPlan(settings.topic(dlq(name)), DLQ_PARTITIONS,
                                {"cleanup.policy": "delete", "retention.ms": str(DLQ_RETENTION_MS)}))
+    # Which dead letters were re-driven, for good (`planshift/ops/deadletters.py`).
+    plans.append(TopicPlan(settings.topic(REDRIVEN_TOPIC), 1, {"cleanup.policy": "compact"}))
     return plans
 
 

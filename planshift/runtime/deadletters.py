@@ -2,7 +2,8 @@
 
 Besides the record's own headers: dlq.source.topic, dlq.source.partition,
 dlq.source.offset, dlq.source.timestamp, dlq.consumer.group, dlq.error.class,
-dlq.error.message and dlq.attempts.
+dlq.error.message, dlq.error.stacktrace (as Kafka Connect's
+`__connect.errors.exception.stacktrace`) and dlq.attempts.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import traceback
 from planshift.schema import InvalidEvent
 
 MAX_MESSAGE = 8000
+MAX_STACKTRACE = 16000  # the innermost frames are kept: that is where it failed
 
 
 def error_message(exc: BaseException) -> str:
@@ -19,6 +21,11 @@ def error_message(exc: BaseException) -> str:
         return "; ".join(map(str, exc.violations))
     detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
     return detail if str(exc) in detail else f"{exc}\n{detail}"
+
+
+def stacktrace(exc: BaseException) -> str:
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return text if len(text) <= MAX_STACKTRACE else "…" + text[-MAX_STACKTRACE:]
 
 
 def dead_letter_headers(record, group: str, exc: BaseException, attempts: int) -> list[tuple[str, bytes]]:
@@ -31,5 +38,6 @@ def dead_letter_headers(record, group: str, exc: BaseException, attempts: int) -
         ("dlq.consumer.group", group.encode()),
         ("dlq.error.class", type(exc).__name__.encode()),
         ("dlq.error.message", error_message(exc)[:MAX_MESSAGE].encode()),
+        ("dlq.error.stacktrace", stacktrace(exc).encode()),
         ("dlq.attempts", str(attempts).encode()),
     ]
