@@ -21,6 +21,9 @@ def register(sub) -> None:
     reconcile.add_argument("--buckets", type=positive_int, default=None, metavar="N",
                            help="split the work into N tenant buckets, one after another, to bound memory "
                                 "(default: one per 4 million archived invoices)")
+    reconcile.add_argument("--pushgateway", default=None, metavar="URL",
+                           help="push the findings to this Prometheus Pushgateway (default PLANSHIFT_PUSHGATEWAY_URL; "
+                                "unset: not pushed)")
     reconcile.set_defaults(handler=run_reconcile, needs_broker=False)
 
 
@@ -31,4 +34,16 @@ def run_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     result = reconcile(settings, args.date, progress=sys.stderr.isatty(), chart=not args.no_chart,
                        buckets=args.buckets)
     print(result.describe())
+    gateway = args.pushgateway or settings.pushgateway_url
+    if gateway:
+        from jobs.metrics import push
+
+        try:
+            push(gateway, result)
+        except OSError as exc:
+            # The reports are written; only Prometheus did not hear of them (the alert on a
+            # reconciliation that stopped running will say so if this goes on).
+            print(f"planshift: error: pushing the findings to {gateway} failed: {exc}", file=sys.stderr)
+            return 1
+        print(f"pushed to {gateway} (job {'planshift-reconcile'})")
     return 0

@@ -364,3 +364,34 @@ def test_events_after_the_run_date_are_left_out(local_settings):
     build_lake(local_settings, [upgrade_events(1)], OneUpgrade("overlap"))
     result = run(local_settings, EFFECTIVE - timedelta(days=1))
     assert len(result.upgrades) == 0 and len(result.findings) == 0
+
+
+def test_the_nightly_run_pushes_its_findings_to_a_real_pushgateway_for_the_past_due_alert(local_settings, tmp_path,
+                                                                                          monkeypatch, capsys):
+    """Issue 14: a credit past due (MISSING_CREDIT) reaches Prometheus through the
+    Pushgateway, and the next run replaces it."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from cli import main
+    from planshift.ops.prometheus import LocalPushgateway
+
+    def findings(text):
+        return {s.labels["check"]: s.value for f in text_string_to_metric_families(text) for s in f.samples
+                if s.name == "planshift_reconciliation_findings" and s.labels.get("job") == "planshift-reconcile"}
+
+    build_lake(local_settings, [upgrade_events(n) for n in range(3)], OneUpgrade("missing-credit"))
+    monkeypatch.setenv("PLANSHIFT_DATA_DIR", str(local_settings.data_dir))
+    gateway = LocalPushgateway().start()
+    try:
+        assert main(["reconcile", "--date", RUN.isoformat(), "--no-chart", "--pushgateway", gateway.url]) == 0
+        assert "pushed to" in capsys.readouterr().out
+        pushed = findings(gateway.metrics())
+        assert pushed["MISSING_CREDIT"] == 1 and pushed["OVERLAP"] == 0 and len(pushed) == 10
+        # before the credit was due, the same lake owes nothing yet: the push replaces the last one
+        monkeypatch.setenv("PLANSHIFT_PUSHGATEWAY_URL", gateway.url)
+        assert main(["reconcile", "--date", "2026-12-10", "--no-chart"]) == 0
+        assert findings(gateway.metrics())["MISSING_CREDIT"] == 0
+    finally:
+        gateway.stop()
+    assert main(["reconcile", "--date", RUN.isoformat(), "--no-chart", "--pushgateway", gateway.url]) == 1
+    assert "pushing the findings" in capsys.readouterr().err
