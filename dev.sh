@@ -4,7 +4,8 @@
 #   ./dev.sh test   set everything up and run the test suite (what CI runs)
 # Setup is idempotent: a virtualenv in .venv with planshift installed, the Apache Kafka
 # jars from Maven Central cached in ~/.cache/planshift/kafka (outside the work tree), and
-# Debian's java, maven and postgresql packages when they are missing.
+# Debian's java, maven, postgresql, prometheus and prometheus-pushgateway packages when
+# they are missing.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -17,12 +18,15 @@ need_system_packages() {
   command -v mvn >/dev/null || missing+=(maven)
   # PostgreSQL's server programs, for the tests of the shared licence directory
   command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+  # promtool (the alert rules' checks and tests) and a Pushgateway (the nightly job's metrics)
+  command -v promtool >/dev/null || missing+=(prometheus)
+  command -v prometheus-pushgateway >/dev/null || missing+=(prometheus-pushgateway)
   if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
       echo "installing ${missing[*]} from Debian's packages" >&2
       apt-get update -q >/dev/null && apt-get install -y -q "${missing[@]}" >/dev/null
     else
-      echo "planshift needs Java 17+, Maven and PostgreSQL's server programs: install ${missing[*]}" >&2
+      echo "planshift needs Java 17+, Maven, PostgreSQL's server programs and Prometheus' promtool and Pushgateway: install ${missing[*]}" >&2
       exit 1
     fi
   fi

@@ -16,6 +16,7 @@ from cli import (
     demo,
     directory,
     dlq,
+    health,
     publish,
     reconcile,
     replay,
@@ -29,7 +30,7 @@ from cli.args import fail
 from planshift import __version__
 from planshift.settings import Settings, SettingsError
 
-GROUPS = (broker, topics, publish, tail, run, simulate, reconcile, dlq, replay, status, directory, demo)
+GROUPS = (broker, topics, publish, tail, run, simulate, reconcile, dlq, replay, status, directory, health, demo)
 
 
 class Parser(argparse.ArgumentParser):

@@ -16,6 +16,10 @@ def register(sub) -> None:
                                          "disabled_services); a bad file changes nothing")
     imp.add_argument("file", type=Path, metavar="FILE.parquet")
     imp.add_argument("--replace", action="store_true", help="replace the whole directory instead of merging")
+    imp.add_argument("--if-empty", action="store_true",
+                     help="import only into a directory that holds no licence yet (a seeding step that may run "
+                          "again, as docker compose's does: it never puts migrated users back)")
+    imp.add_argument("--skip-missing", action="store_true", help="a FILE that does not exist imports nothing")
     imp.set_defaults(handler=directory_import, needs_broker=False)
     exp = dsub.add_parser("export", help="write the whole directory to Parquet")
     exp.add_argument("file", type=Path, metavar="FILE.parquet")
@@ -31,7 +35,17 @@ def register(sub) -> None:
 def directory_import(args: argparse.Namespace, settings: Settings) -> int:
     from planshift.storage.directory import import_parquet, open_directory
 
+    if args.replace and args.if_empty:
+        from cli.args import fail
+
+        return fail("--replace and --if-empty exclude each other", 2)
+    if args.skip_missing and not args.file.exists():
+        print(f"{args.file} does not exist: nothing imported")
+        return 0
     directory = open_directory(settings)
+    if args.if_empty and directory.count():
+        print(f"{directory} already holds {directory.count()} licences: nothing imported (--if-empty)")
+        return 0
     count = import_parquet(directory, args.file, replace_all=args.replace)
     print(f"imported {count} licences from {args.file} into {directory} "
           f"({directory.count()} licences in all)")

@@ -4,11 +4,13 @@ scraped from real running consumers, ready only once state is restored."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import urllib.error
 import urllib.request
 from datetime import datetime, timezone
+from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -147,6 +149,13 @@ def test_a_running_intake_serves_metrics_that_move_with_the_records_it_handled(s
         assert len(wait_for(lags, 30, interval=0.5, message="every partition's lag measured as 0")) == 18  # 3 topics × 6
         wait_for(lambda: sample(scrape(port), "planshift_upgrades_in_flight", status="migrating") == 3,
                  30, interval=0.5, message="three upgrades in flight")
+        # every metric the runbook's table promises for a consumer is served
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            families = {f.name for f in text_string_to_metric_families(response.read().decode())}
+        runbook = (Path(__file__).resolve().parent.parent / "docs" / "RUNBOOK.md").read_text()
+        documented = {re.sub(r"_total$", "", m) for m in re.findall(r"^\| `(planshift_[a-z_]+)`", runbook, re.M)
+                      if not m.startswith("planshift_reconciliation_")}
+        assert len(documented) >= 20 and documented <= families, documented - families
     finally:
         process.terminate()
         process.wait(30)
