@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kafka.admin import ConfigResource, ConfigResourceType
 
-from planshift.contract import CONSUMED_TOPICS, TOPICS, dlq
+from planshift.contract import CONSUMED_TOPICS, REDRIVEN_TOPIC, TOPICS, dlq
 from planshift.kafka import clients
 from planshift.kafka.topics import create_topics, existing_partitions, planned_topics
 
@@ -12,7 +12,8 @@ from planshift.kafka.topics import create_topics, existing_partitions, planned_t
 def test_create_twice_creates_once(kafka_broker, broker_settings, unique_name):
     settings = broker_settings.with_(topic_prefix=f"{unique_name('p')}.")
     first = create_topics(settings)
-    expected = {settings.topic(s.name) for s in TOPICS} | {settings.topic(dlq(t)) for t in CONSUMED_TOPICS}
+    expected = {settings.topic(s.name) for s in TOPICS} | {settings.topic(dlq(t)) for t in CONSUMED_TOPICS} \
+        | {settings.topic(REDRIVEN_TOPIC)}
     assert set(first.created) == expected and first.existing == []
 
     second = create_topics(settings)
