@@ -64,7 +64,10 @@ def prefill(settings, n: int) -> None:
     topic = settings.topic(Topic.UPGRADE_REQUESTED)
     headers = event_headers(Topic.UPGRADE_REQUESTED)
     for t in range(n):
-        request = with_envelope(upgrade_request(f"t{t:06d}", f"ord-{t:06d}", today=today, licenses=3),
+        # Ids of this round's own (the directory keeps every id it has seen, for good): each
+        # round's requests are new upgrades, not repeats of the round before.
+        request = with_envelope(upgrade_request(f"t{t:06d}", f"{settings.topic_prefix}ord-{t:06d}", today=today,
+                                                licenses=3),
                                 "upgrade.requested")
         producer.send(topic, key=request["tenant_id"].encode(), value=encode_json(request),
                       headers=headers)

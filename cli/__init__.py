@@ -12,6 +12,7 @@ import argparse
 from typing import Sequence
 
 from cli import (
+    acls,
     broker,
     demo,
     directory,
@@ -30,7 +31,7 @@ from cli.args import fail
 from planshift import __version__
 from planshift.settings import Settings, SettingsError
 
-GROUPS = (broker, topics, publish, tail, run, simulate, reconcile, dlq, replay, status, directory, health, demo)
+GROUPS = (broker, acls, topics, publish, tail, run, simulate, reconcile, dlq, replay, status, directory, health, demo)
 
 
 class Parser(argparse.ArgumentParser):

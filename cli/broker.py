@@ -21,7 +21,16 @@ def register(sub) -> None:
     start.add_argument("--nodes", type=positive_int, default=1, metavar="N",
                        help="a cluster of N nodes on this host, replicating to 3 with min.insync.replicas 2 "
                             "(default 1)")
+    start.add_argument("--secure", action="store_true",
+                       help="SASL_SSL only, SCRAM-SHA-512 users for the admin and every role, ACLs enforced "
+                            "(a CA and keystore made with keytool; credentials in PLANSHIFT_DATA_DIR/kafka/"
+                            "credentials.json; docs/SECURITY.md)")
     start.set_defaults(handler=broker_start, needs_broker=False)
+    env = bsub.add_parser("env", help="print the PLANSHIFT_* security settings of a role of the local secured broker",
+                          description="For `eval \"$(planshift broker env intake)\"`: the protocol, mechanism, user, "
+                                      "password and CA of ROLE (a role of docs/SECURITY.md, or admin).")
+    env.add_argument("role", help="intake, migrate, settle, archive, billing, orders, credit, operator or admin")
+    env.set_defaults(handler=broker_env, needs_broker=False)
     bsub.add_parser("stop", help="stop the broker, or every node of the cluster (SIGTERM, then wait)") \
         .set_defaults(handler=broker_stop, needs_broker=False)
     bsub.add_parser("status", help="print address, pid and Kafka version (exit 3 when not running)") \
@@ -40,11 +49,28 @@ def broker_start(args: argparse.Namespace, settings: Settings) -> int:
         print(f"give planshift all of them: PLANSHIFT_BOOTSTRAP_SERVERS={cluster.bootstrap_servers} "
               f"PLANSHIFT_REPLICATION_FACTOR={min(3, args.nodes)}")
         return 0
-    status, started = LocalBroker(settings).start(timeout=args.timeout)
+    broker = LocalBroker(settings, secure=args.secure)
+    status, started = broker.start(timeout=args.timeout)
     if started:
         print(f"broker started in {time.monotonic() - began:.1f}s: {status.describe()}")
     else:
         print(f"broker already running: {status.describe()}")
+    if broker.secure:
+        print(f"secured: SASL_SSL with SCRAM-SHA-512 at {settings.bootstrap_servers}, ACLs enforced; "
+              f"CA {broker.credentials().cafile}; passwords in {broker.credentials_file}")
+        print("a role's settings: eval \"$(planshift broker env intake)\"   (roles: planshift acls list)")
+    return 0
+
+
+def broker_env(args: argparse.Namespace, settings: Settings) -> int:
+    import shlex
+
+    from planshift.ops.broker import LocalBroker
+    from planshift.ops.security import user_of
+
+    broker = LocalBroker(settings)
+    for name, value in broker.credentials().environment(user_of(args.role)).items():
+        print(f"export {name}={shlex.quote(value)}")
     return 0
 
 

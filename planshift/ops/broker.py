@@ -7,7 +7,12 @@ binding that its published POM leaves out, resolved once by
 under `PLANSHIFT_DATA_DIR/kafka`, so a restarted broker keeps its topics and offsets.
 
 `start()` returns once a metadata request succeeds, or raises `BrokerError` with the
-tail of the broker's log within the timeout. `stop()` sends SIGTERM and waits (the
+tail of the broker's log within the timeout. `LocalBroker(settings, secure=True)` (`planshift
+broker start --secure`) listens with SASL_SSL only: a CA and a keystore made with keytool,
+SCRAM-SHA-512 users for the admin and every role (created when the storage is formatted),
+the `StandardAuthorizer` with nothing allowed that an ACL does not allow, and each role's
+ACLs applied once it answers (`planshift/ops/security.py`). A data folder formatted secure
+stays secure. `stop()` sends SIGTERM and waits (the
 broker's shutdown hook closes its logs cleanly), then SIGKILL as a last resort.
 """
 
@@ -142,7 +147,7 @@ class BrokerStatus:
 class LocalBroker:
     """One combined KRaft node whose files live under `settings.data_dir / "kafka"`."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, secure: bool = False):
         self.settings = settings
         self.home = settings.data_dir / "kafka"
         self.log_dirs = self.home / "data"
@@ -151,6 +156,21 @@ class LocalBroker:
         self.log_file = self.home / "broker.log"
         self.properties_file = self.home / "server.properties"
         self.log4j_file = self.home / "log4j2.properties"
+        self.tls_dir = self.home / "tls"
+        self.credentials_file = self.home / "credentials.json"
+        self.secure = secure or bool(self._state().get("secure"))
+        if self.secure and self.credentials_file.exists():
+            self.settings = self.admin_settings()
+
+    def credentials(self):
+        from planshift.ops.security import Credentials
+
+        return Credentials.load(self.credentials_file)
+
+    def admin_settings(self) -> Settings:
+        from planshift.ops.security import ADMIN_USER
+
+        return self.credentials().settings_for(self.settings, ADMIN_USER)
 
     # -- state -------------------------------------------------------------
     def _state(self) -> dict:
@@ -183,6 +203,10 @@ class LocalBroker:
             return self.status(), False
         proc = self.launch()
         self.wait_ready(proc, timeout)
+        if self.secure:
+            from planshift.ops.security import apply_acls
+
+            apply_acls(self.settings)
         return self.status(), True
 
     def launch(self) -> subprocess.Popen:
@@ -206,8 +230,13 @@ class LocalBroker:
                 "cluster_id": _cluster_id(),
                 "controller_port": free_port(host),
                 "kafka_version": self.settings.kafka_version,
+                "secure": self.secure,
             }
+        if self.secure and not self.credentials_file.exists():
+            self._make_secrets(host)
         self._write_config(host, port, state["controller_port"])
+        if self.secure:
+            self.settings = self.admin_settings()  # its own probe, and the ACLs, as the admin
         if not (self.log_dirs / "meta.properties").exists():
             self._format(libs, state["cluster_id"])
         self.state_file.write_text(json.dumps(state, indent=2))
@@ -279,6 +308,16 @@ class LocalBroker:
     def _quorum(self, host: str, controller_port: int) -> str:
         return f"controller.quorum.bootstrap.servers={host}:{controller_port}"
 
+    def _listeners(self, host: str, port: int, controller_port: int) -> str:
+        if self.secure:
+            return self._security_config(host, port, controller_port)
+        return f"""listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{controller_port}
+advertised.listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{controller_port}
+inter.broker.listener.name=PLAINTEXT
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+"""
+
     def _write_config(self, host: str, port: int, controller_port: int) -> None:
         self.log_dirs.mkdir(parents=True, exist_ok=True)
         rf, min_isr = self.replication, min(2, self.replication)
@@ -286,12 +325,7 @@ class LocalBroker:
 process.roles=broker,controller
 node.id={self.node_id}
 {self._quorum(host, controller_port)}
-listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{controller_port}
-advertised.listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{controller_port}
-inter.broker.listener.name=PLAINTEXT
-controller.listener.names=CONTROLLER
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
-log.dirs={self.log_dirs}
+{self._listeners(host, port, controller_port)}log.dirs={self.log_dirs}
 num.partitions=1
 default.replication.factor={rf}
 min.insync.replicas={min_isr}
@@ -314,10 +348,63 @@ log.cleaner.dedupe.buffer.size=16777216
 
     format_options = ("--standalone",)  # a node of a static quorum (`cluster.py`) formats without
 
+    def _scram_options(self) -> list[str]:
+        """`--add-scram` for every user of a secured broker: they exist from its first start."""
+        if not self.secure:
+            return []
+        from planshift.ops.security import MECHANISM
+
+        options = []
+        for user, password in self.credentials().passwords.items():
+            options += ["--add-scram", f"{MECHANISM}=[name={user},password={password}]"]
+        return options
+
+    def _make_secrets(self, host: str) -> None:
+        from planshift.ops.security import Credentials, make_tls
+
+        store_password = __import__("secrets").token_urlsafe(18)
+        files = make_tls(self.tls_dir, host, store_password)
+        (self.tls_dir / "store-password").write_text(store_password)
+        os.chmod(self.tls_dir / "store-password", 0o600)
+        Credentials.create(self.credentials_file, files["ca_pem"])
+
+    def _security_config(self, host: str, port: int, controller_port: int) -> str:
+        """The listeners of a secured node: clients and the node itself over SASL_SSL with
+        SCRAM-SHA-512; the controller listener (this host only) over SASL with PLAIN, as
+        KRaft cannot use SCRAM there; the StandardAuthorizer, the admin the only super user."""
+        from planshift.ops.security import ADMIN_USER
+
+        admin = self.credentials().passwords[ADMIN_USER]
+        store = (self.tls_dir / "store-password").read_text().strip()
+        return f"""listeners=SASL_SSL://{host}:{port},CONTROLLER://{host}:{controller_port}
+advertised.listeners=SASL_SSL://{host}:{port},CONTROLLER://{host}:{controller_port}
+inter.broker.listener.name=SASL_SSL
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=CONTROLLER:SASL_PLAINTEXT,SASL_SSL:SASL_SSL
+sasl.enabled.mechanisms=SCRAM-SHA-512
+sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="{ADMIN_USER}" password="{admin}";
+sasl.mechanism.controller.protocol=PLAIN
+listener.name.controller.sasl.enabled.mechanisms=PLAIN
+listener.name.controller.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required username="{ADMIN_USER}" password="{admin}" user_{ADMIN_USER}="{admin}";
+ssl.keystore.type=PKCS12
+ssl.keystore.location={self.tls_dir / "broker.p12"}
+ssl.keystore.password={store}
+ssl.key.password={store}
+ssl.truststore.type=PKCS12
+ssl.truststore.location={self.tls_dir / "truststore.p12"}
+ssl.truststore.password={store}
+ssl.endpoint.identification.algorithm=https
+ssl.client.auth=none
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+super.users=User:{ADMIN_USER}
+allow.everyone.if.no.acl.found=false
+"""
+
     def _format(self, libs: Path, cluster_id: str) -> None:
         proc = subprocess.run(
             ["java", "-Xmx256m", "-cp", f"{libs}/*", "kafka.tools.StorageTool", "format",
-             *self.format_options, "-t", cluster_id, "-c", str(self.properties_file)],
+             *self.format_options, *self._scram_options(), "-t", cluster_id, "-c", str(self.properties_file)],
             capture_output=True, text=True,
         )
         if proc.returncode != 0:
