@@ -78,7 +78,9 @@ def dispatch(args: argparse.Namespace) -> int:
     from kafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 
     from planshift.catalogue import CatalogueError
-    from planshift.kafka.clients import BrokerUnreachable
+    from kafka.errors import AuthorizationError
+
+    from planshift.kafka.clients import BrokerRefused, BrokerUnreachable
     from planshift.ops.broker import BrokerError
     from planshift.errors import OperationError
     from planshift.storage.directory import DirectoryError
@@ -89,6 +91,10 @@ def dispatch(args: argparse.Namespace) -> int:
 
             require_broker(settings)
         return args.handler(args, settings)
+    except BrokerRefused as exc:
+        return fail(str(exc))
+    except AuthorizationError as exc:
+        return fail(not_authorized(settings, exc))
     except (KafkaConnectionError, KafkaTimeoutError):
         return fail(f"no Kafka broker answers at {settings.bootstrap_servers} "
                      "(start one with 'planshift broker start')")
@@ -96,3 +102,13 @@ def dispatch(args: argparse.Namespace) -> int:
         return fail(str(exc))
     except KeyboardInterrupt:
         return 130
+
+
+def not_authorized(settings: Settings, exc: Exception) -> str:
+    """An ACL said no: who asked, for what, and where each role's rights are listed."""
+    who = f"User:{settings.sasl_username}" if settings.sasl_username else "this client"
+    what = {"TopicAuthorizationFailedError": "this topic", "GroupAuthorizationFailedError": "this consumer group",
+            "TransactionalIdAuthorizationFailedError": "this transactional id",
+            "ClusterAuthorizationFailedError": "this cluster operation"}.get(type(exc).__name__, "this")
+    detail = str(exc).split(": ", 1)[-1] if ": " in str(exc) else type(exc).__name__
+    return f"not authorized: {who} may not use {what} ({detail}); each role's rights: 'planshift acls list'"

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from kafka.errors import AuthorizationError
+
 from planshift.contract import Topic
 from planshift.events import encode_json, encode_key, event_headers, with_envelope
 from planshift.kafka import clients
@@ -100,6 +102,8 @@ def publish_file(settings: Settings, path: Path, on_line: Callable[[], None] | N
             try:
                 future.get(timeout=30)
                 report.sent += 1
+            except AuthorizationError:
+                raise  # not this line's fault: this user may not write the topic at all (one line, cli)
             except Exception as exc:  # the broker refused or timed out: report the line
                 report.errors.append((number, f"{type(exc).__name__}: {exc}"))
     report.errors.sort()

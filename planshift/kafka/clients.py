@@ -11,7 +11,10 @@ auto-commit off (offsets are committed inside the producer's transaction).
 
 from __future__ import annotations
 
+import logging
 import socket
+import ssl
+import struct
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
@@ -24,20 +27,96 @@ class BrokerUnreachable(ConnectionError):
     pass
 
 
-def require_broker(settings: Settings, timeout: float = 3.0) -> None:
-    """Fail fast, in one line, when nothing listens at the bootstrap servers.
+class BrokerRefused(ConnectionError):
+    """The broker answers but will not let this client in: TLS, protocol or credentials."""
 
-    kafka-python would otherwise retry its bootstrap for the whole request timeout.
-    """
+
+def require_broker(settings: Settings, timeout: float = 3.0) -> None:
+    """Fail fast, in one line, when nothing listens at the bootstrap servers, or when the
+    broker there will not let this client in (wrong protocol, untrusted certificate, wrong
+    user or password): kafka-python would retry its bootstrap for the whole request
+    timeout and only log why."""
     for server in settings.bootstrap_servers.split(","):
         host, _, port = server.strip().rpartition(":")
         try:
-            socket.create_connection((host, int(port)), timeout=timeout).close()
-            return
+            sock = socket.create_connection((host, int(port)), timeout=timeout)
         except OSError:
             continue
+        try:
+            _check_protocol(settings, sock, host, int(port), timeout)
+        finally:
+            sock.close()
+        if settings.sasl_mechanism:
+            _check_credentials(settings)
+        return
     raise BrokerUnreachable(f"no Kafka broker answers at {settings.bootstrap_servers} "
                             "(start one with 'planshift broker start')")
+
+
+# ApiVersions v0, the first request of every Kafka client: it works before any authentication.
+_API_VERSIONS = struct.pack(">hhih", 18, 0, 0x504C4E53, 9) + b"planshift"
+
+
+def _check_protocol(settings: Settings, sock: socket.socket, host: str, port: int, timeout: float) -> None:
+    where = f"{host}:{port}"
+    if settings.security_protocol in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(cafile=settings.ssl_cafile)
+        try:
+            context.wrap_socket(sock, server_hostname=host).close()
+        except ssl.SSLCertVerificationError as exc:
+            raise BrokerRefused(f"the broker's TLS certificate at {where} is not trusted "
+                                f"({exc.verify_message}): PLANSHIFT_SSL_CAFILE="
+                                f"{settings.ssl_cafile or '(the system CAs)'} did not sign it for {host}") from None
+        except (ssl.SSLError, OSError) as exc:
+            raise BrokerRefused(f"no TLS at {where} ({exc.__class__.__name__}): the broker does not expect "
+                                f"PLANSHIFT_SECURITY_PROTOCOL={settings.security_protocol}") from None
+        return
+    # Plain bytes: a Kafka listener without TLS answers ApiVersions; one with TLS hangs up.
+    try:
+        sock.settimeout(timeout)
+        sock.sendall(struct.pack(">i", len(_API_VERSIONS)) + _API_VERSIONS)
+        header = sock.recv(8)
+    except OSError:
+        header = b""
+    if len(header) < 8 or struct.unpack(">i", header[4:8])[0] != 0x504C4E53:
+        raise BrokerRefused(f"the broker at {where} did not answer PLANSHIFT_SECURITY_PROTOCOL="
+                            f"{settings.security_protocol}: it expects TLS (set SASL_SSL or SSL, with "
+                            "PLANSHIFT_SSL_CAFILE and PLANSHIFT_SASL_*)")
+
+
+class _Seen(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def _check_credentials(settings: Settings) -> None:
+    """One short bootstrap with the configured user: kafka-python logs, not raises, why a
+    SASL handshake failed, so its log is read for the reason."""
+    from kafka.errors import KafkaError
+
+    kafka_log = logging.getLogger("kafka")
+    seen, level, propagate = _Seen(), kafka_log.level, kafka_log.propagate
+    kafka_log.addHandler(seen)
+    kafka_log.setLevel(logging.ERROR)
+    kafka_log.propagate = False
+    try:
+        probe = KafkaAdminClient(**settings.kafka_client_config(), client_id="planshift-probe",
+                                 request_timeout_ms=5000, bootstrap_timeout_ms=5000)
+        probe.close()
+    except KafkaError:
+        failed = next((m for m in seen.messages if "AuthenticationFailed" in m or "Authentication failed" in m), None)
+        if failed is not None:
+            raise BrokerRefused(f"authentication failed for PLANSHIFT_SASL_USERNAME={settings.sasl_username!r} with "
+                                f"{settings.sasl_mechanism}: wrong user or password") from None
+        raise
+    finally:
+        kafka_log.removeHandler(seen)
+        kafka_log.setLevel(level)
+        kafka_log.propagate = propagate
 
 
 def admin(settings: Settings, **overrides: Any) -> KafkaAdminClient:

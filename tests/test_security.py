@@ -1,0 +1,166 @@
+"""Issue 13 against a real secured broker (`planshift broker start --secure`): SASL_SSL with
+SCRAM-SHA-512 and hostname verification, one principal per role, least-privilege ACLs
+enforced by Kafka's StandardAuthorizer. Each refusal is one clear line, and nothing is
+written."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import Counter
+from datetime import date
+
+import pytest
+
+from consumers import intake, migrate, settle
+from planshift.contract import Topic
+from planshift.events import encode_json, event_headers, with_envelope
+from planshift.kafka import clients
+from planshift.kafka.reader import read_topic
+from planshift.kafka.topics import create_topics
+from planshift.ops.broker import LocalBroker, free_port
+from planshift.ops.security import ADMIN_USER, ROLES, Credentials, apply_acls
+from planshift.settings import Settings
+from producers.samples import upgrade_request
+from tests.conftest import running, seed_users, wait_for
+
+
+@pytest.fixture(scope="session")
+def secure_broker(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("planshift-secure")
+    import os
+
+    base = Settings.from_env({k: v for k, v in os.environ.items() if k in ("PLANSHIFT_KAFKA_CACHE",
+                                                                           "PLANSHIFT_FAST_SENDS")})
+    broker = LocalBroker(base.with_(bootstrap_servers=f"127.0.0.1:{free_port()}", data_dir=data_dir,
+                                    validate_outputs=True), secure=True)
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def secured(secure_broker, unique_name, tmp_path):
+    """(credentials, settings as `role`): this test's topics, under a prefix of its own, with
+    every role's ACLs for them; the settings carry no credentials until asked for a role."""
+    credentials: Credentials = secure_broker.credentials()
+    plain = secure_broker.settings.with_(topic_prefix=f"{unique_name('s')}.", data_dir=tmp_path / "var",
+                                         security_protocol="PLAINTEXT", sasl_mechanism=None, sasl_username=None,
+                                         sasl_password=None, ssl_cafile=None)
+    plain.data_dir.mkdir(parents=True)
+    admin = credentials.settings_for(plain, ADMIN_USER)
+    apply_acls(admin)
+    create_topics(credentials.settings_for(plain, ROLES["operator"].user))
+
+    def as_role(role: str) -> Settings:
+        return credentials.settings_for(plain, ROLES[role].user)
+
+    as_role.plain = plain
+    as_role.credentials = credentials
+    return as_role
+
+
+def requests(n: int) -> list[dict]:
+    return [with_envelope(upgrade_request(f"t{i}", f"ord-{i}", today=date.today(), licenses=3), "upgrade.requested")
+            for i in range(n)]
+
+
+def publish(settings: Settings, topic: str, events: list[dict]) -> None:
+    producer = clients.producer(settings)
+    try:
+        for event in events:
+            producer.send(settings.topic(topic), key=event["tenant_id"].encode(), value=encode_json(event),
+                          headers=event_headers(topic)).get(30)
+    finally:
+        producer.close()
+
+
+def test_planshift_runs_end_to_end_with_each_roles_own_credentials(secured):
+    for i in range(3):
+        seed_users(secured.plain, f"t{i}", f"t{i}-sub-m365_business_standard", "M365_BUSINESS_STANDARD", 3)
+    publish(secured("orders"), Topic.UPGRADE_REQUESTED, requests(3))  # an order system, as itself
+    with running(intake.processor(secured("intake"), commit_interval_ms=50), timeout=60), \
+            running(migrate.processor(secured("migrate"), commit_interval_ms=50), timeout=60), \
+            running(settle.processor(secured("settle"), commit_interval_ms=50), timeout=60):
+        orders = secured("orders")  # the order system follows its statuses
+        wait_for(lambda: Counter(r.value["status"] for r in read_topic(orders, orders.topic(Topic.UPGRADE_STATUS)))
+                 ["completed"] == 3, 120, interval=0.5, message="three upgrades completed")
+    operator = secured("operator")
+    assert len(read_topic(operator, operator.topic(Topic.BILLING_SWITCH))) == 3
+    assert len(read_topic(operator, operator.topic(Topic.LICENSE_BATCH_COMPLETED))) == 3
+
+
+def cli(settings: Settings, monkeypatch, *args: str) -> int:
+    from cli import main
+
+    for name, value in (("PLANSHIFT_BOOTSTRAP_SERVERS", settings.bootstrap_servers),
+                        ("PLANSHIFT_TOPIC_PREFIX", settings.topic_prefix),
+                        ("PLANSHIFT_DATA_DIR", str(settings.data_dir)),
+                        ("PLANSHIFT_SECURITY_PROTOCOL", settings.security_protocol),
+                        ("PLANSHIFT_SASL_MECHANISM", settings.sasl_mechanism),
+                        ("PLANSHIFT_SASL_USERNAME", settings.sasl_username),
+                        ("PLANSHIFT_SASL_PASSWORD", settings.sasl_password),
+                        ("PLANSHIFT_SSL_CAFILE", settings.ssl_cafile)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    return main(list(args))
+
+
+def one_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err
+    return err
+
+
+def test_who_cannot_authenticate_is_refused_in_one_line(secured, monkeypatch, capsys, tmp_path):
+    began = time.monotonic()
+    assert cli(secured.plain, monkeypatch, "tail", Topic.UPGRADE_STATUS) == 1  # no TLS, no user
+    assert "expects TLS" in one_line(capsys)
+    wrong = secured("intake").with_(sasl_password="not-the-password")
+    assert cli(wrong, monkeypatch, "tail", Topic.UPGRADE_STATUS) == 1
+    assert one_line(capsys) == ("planshift: error: authentication failed for PLANSHIFT_SASL_USERNAME="
+                                "'planshift-intake' with SCRAM-SHA-512: wrong user or password")
+    from planshift.ops.security import make_tls
+
+    make_tls(tmp_path / "other-tls", "127.0.0.1", "other-password")  # a CA that did not sign the broker's
+    untrusted = secured("intake").with_(ssl_cafile=str(tmp_path / "other-tls" / "ca.pem"))
+    assert cli(untrusted, monkeypatch, "tail", Topic.UPGRADE_STATUS) == 1
+    assert "TLS certificate at" in (line := one_line(capsys)) and "is not trusted" in line
+    assert time.monotonic() - began < 60  # refused at once, not after kafka-python's retries
+    operator = secured("operator")
+    assert read_topic(operator, operator.topic(Topic.UPGRADE_STATUS)) == []  # nobody wrote anything
+
+
+def test_a_role_may_not_write_what_its_acls_do_not_allow_and_nothing_is_written(secured, monkeypatch, capsys,
+                                                                                 tmp_path):
+    from kafka.errors import KafkaError
+
+    # intake may not bill: a transactional send of billing.switch as intake fails, and
+    # nothing reaches a read_committed reader
+    settings = secured("intake")
+    producer = clients.producer(settings, transactional_id=settings.topic("planshift-intake-rogue"))
+    producer.init_transactions()
+    producer.begin_transaction()
+    with pytest.raises(KafkaError) as refused:
+        producer.send(settings.topic(Topic.BILLING_SWITCH), key=b"t0", value=b"{}").get(30)
+        producer.commit_transaction()
+    assert "Authorization" in type(refused.value).__name__
+    with contextlib.suppress(KafkaError):
+        producer.abort_transaction()
+    producer.close(timeout=5)
+    # another role's transactional ids are not intake's either
+    with pytest.raises(KafkaError) as fenced_out:
+        clients.producer(settings, transactional_id=settings.topic("planshift-settle-0")).init_transactions()
+    assert "TransactionalIdAuthorization" in type(fenced_out.value).__name__
+
+    # the archiver only reads (and dead-letters): it may not publish a request
+    (tmp_path / "one.jsonl").write_bytes(encode_json(requests(1)[0]) + b"\n")
+    assert cli(secured("archive"), monkeypatch, "publish", "upgrade-requests", str(tmp_path / "one.jsonl")) == 1
+    err = capsys.readouterr().err
+    assert "not authorized: User:planshift-archive may not use this topic" in err
+    assert "planshift acls list" in err
+    operator = secured("operator")
+    assert read_topic(operator, operator.topic(Topic.BILLING_SWITCH)) == []
+    assert read_topic(operator, operator.topic(Topic.UPGRADE_REQUESTED)) == []
