@@ -71,6 +71,9 @@ def dispatch(args: argparse.Namespace) -> int:
     # Long-running processes (`run …`) log at the configured level; one-shot commands
     # print their own results and keep the log to warnings, and leave kafka-python's
     # reconnect chatter out (an unreachable broker is reported once, below).
+    logs.register_secret(settings.sasl_password)
+    if settings.directory_url and "@" in settings.directory_url:
+        logs.register_secret(settings.directory_url.split("://", 1)[-1].rsplit("@", 1)[0].partition(":")[2])
     if getattr(args, "long_running", False):
         logs.configure(settings.log_level)
     else:

@@ -5,11 +5,23 @@ it here (`hold_record`), and every line logged meanwhile carries its topic, part
 and offset and, once the record is decoded, its tenant_id and upgrade_id. Other
 context is bound with `structlog.contextvars`. kafka-python's standard-library
 loggers are routed through the same renderer.
+
+Every line, planshift's and kafka-python's, passes `redact` last: credentials never reach
+a log (values of password-, secret- and token-like keys, passwords in URLs and JAAS-style
+`password=` settings, and every secret the settings hold, wherever it appears), and
+neither do people: e-mail addresses (Microsoft 365 user ids are e-mail addresses) and the
+values of user-id keys are replaced by a keyed hash, the same for the same person in
+every process, so an operator can still follow one user through the logs without
+reading who it is (`PLANSHIFT_LOG_HASH_KEY` keys the hash; set it to keep it unguessable).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
+import os
+import re
 import sys
 from contextvars import ContextVar
 from typing import Any
@@ -44,6 +56,72 @@ def merge_record(logger: Any, method_name: str, event_dict: dict[str, Any]) -> d
     return event_dict
 
 
+REDACTED = "[redacted]"
+SECRET_KEY = re.compile(r"pass(word)?|secret|token|credential|authorization|jaas", re.I)
+USER_KEYS = frozenset({"user", "user_id", "user_ids", "users", "users_missing", "users_swept", "holders",
+                       "late_users", "email"})
+EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
+URL_PASSWORD = re.compile(r"\b([a-z][a-z0-9+.-]*://[^:/@\s]+:)[^@\s]+@", re.I)
+PASSWORD_SETTING = re.compile(r"""(password[\"']?\s*[=:]\s*[\"']?)[^\"'\s;,}]+""", re.I)
+_secrets: set[str] = set()
+_hash_key = (os.environ.get("PLANSHIFT_LOG_HASH_KEY") or "planshift").encode()
+
+
+def register_secret(value: str | None) -> None:
+    """A secret (a password) that must never be logged, wherever it would appear."""
+    if value and len(value) >= 4:
+        _secrets.add(value)
+
+
+def pseudonym(value: str, kind: str = "user") -> str:
+    """A person's id as logs carry it: a keyed hash, stable across processes."""
+    return f"{kind}:{hmac.new(_hash_key, value.encode(), hashlib.sha256).hexdigest()[:12]}"
+
+
+def _clean(text: str) -> str:
+    for secret in _secrets:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    if "@" in text:
+        text = URL_PASSWORD.sub(lambda m: m.group(1) + REDACTED + "@", text)
+        text = EMAIL.sub(lambda m: pseudonym(m.group(0).lower()), text)
+    if "assword" in text or "ASSWORD" in text:
+        text = PASSWORD_SETTING.sub(lambda m: m.group(1) + REDACTED, text)
+    return text
+
+
+def _people(value: Any) -> Any:
+    if isinstance(value, str):
+        return pseudonym(value.lower() if "@" in value else value)
+    if isinstance(value, (list, tuple, set)):
+        return [_people(v) for v in value]
+    return value  # a count
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        return _clean(value)
+    if isinstance(value, (list, tuple)):
+        return [_scrub(v) for v in value]
+    if isinstance(value, dict):
+        return {k: (REDACTED if SECRET_KEY.search(str(k)) else _scrub(v)) for k, v in value.items()}
+    return value
+
+
+def redact(logger: Any, method_name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """structlog processor, last before rendering: no credentials, no people (module docstring)."""
+    for key, value in list(event_dict.items()):
+        if key in USER_KEYS:
+            event_dict[key] = _people(value)
+        elif SECRET_KEY.search(key) and value is not None:
+            event_dict[key] = REDACTED
+        elif isinstance(value, (str, list, tuple, dict)):
+            event_dict[key] = _scrub(value)
+        elif value is not None and not isinstance(value, (int, float, bool)):
+            event_dict[key] = _clean(str(value))
+    return event_dict
+
+
 def configure(level: str = "INFO", stream=None, kafka_level: str | None = None) -> None:
     global _configured
     stream = stream or sys.stderr
@@ -55,6 +133,7 @@ def configure(level: str = "INFO", stream=None, kafka_level: str | None = None) 
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.StackInfoRenderer(),
         structlog.processors.format_exc_info,
+        redact,
     ]
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],

@@ -54,3 +54,34 @@ def test_lines_name_the_record_in_hand_until_it_is_released():
         "offset": "given wins"}
     assert invalid["offset"] == 42 and "tenant_id" not in invalid
     assert not {"topic", "partition", "offset"} & set(idle)
+
+
+def test_no_line_carries_a_credential_and_people_are_hashed_not_dropped():
+    stream = io.StringIO()
+    logs.register_secret("Pa55-w0rd-of-intake")
+    logs.configure("INFO", stream=stream)
+    try:
+        log = logs.get_logger("planshift.test")
+        log.info("moved Alice@Contoso.com", users_missing=["alice@contoso.com", "u-0001"], users_swept=3,
+                 directory="postgresql://planshift:db-secret@db:5432/planshift", sasl_password="Pa55-w0rd-of-intake",
+                 config={"ssl_cafile": "/ca.pem", "sasl_plain_password": "Pa55-w0rd-of-intake"})
+        logging.getLogger("kafka.conn").error("auth failed with password=Pa55-w0rd-of-intake for bob@fabrikam.com")
+        try:
+            raise ValueError("user carol@contoso.com holds it twice (secret Pa55-w0rd-of-intake)")
+        except ValueError:
+            log.exception("import failed")
+    finally:
+        structlog.reset_defaults()
+        logging.getLogger().handlers.clear()
+    text = stream.getvalue()
+    for leaked in ("Pa55-w0rd-of-intake", "db-secret", "@contoso.com", "@fabrikam.com", "u-0001"):
+        assert leaked not in text, leaked
+    first, kafka_line, failure = (json.loads(line) for line in text.splitlines())
+    alice = logs.pseudonym("alice@contoso.com")
+    assert first["event"] == f"moved {alice}" and first["users_missing"] == [alice, logs.pseudonym("u-0001")]
+    assert first["users_swept"] == 3  # a count stays a count
+    assert first["directory"] == "postgresql://planshift:[redacted]@db:5432/planshift"
+    assert first["sasl_password"] == "[redacted]" and first["config"]["sasl_plain_password"] == "[redacted]"
+    assert first["config"]["ssl_cafile"] == "/ca.pem"
+    assert logs.pseudonym("bob@fabrikam.com") in kafka_line["event"] and "[redacted]" in kafka_line["event"]
+    assert logs.pseudonym("carol@contoso.com") in failure["exception"]

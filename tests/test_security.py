@@ -164,3 +164,65 @@ def test_a_role_may_not_write_what_its_acls_do_not_allow_and_nothing_is_written(
     operator = secured("operator")
     assert read_topic(operator, operator.topic(Topic.BILLING_SWITCH)) == []
     assert read_topic(operator, operator.topic(Topic.UPGRADE_REQUESTED)) == []
+
+
+def test_a_consumer_started_with_another_roles_credentials_stops_with_one_line(secured, monkeypatch, capsys):
+    """Settlement run as the migration workers' principal: refused at start, not retried for ever."""
+    assert cli(secured("migrate"), monkeypatch, "run", "settle") == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("planshift: error: not authorized: User:planshift-migrate may not use"), err
+
+
+def test_no_log_line_of_a_whole_upgrade_with_a_dead_letter_holds_a_secret_or_a_person(secured, tmp_path):
+    """Intake, a migration worker and settlement as processes, each with its own password,
+    users whose ids are e-mail addresses (as Microsoft 365's are), one of whom takes the
+    source licence mid-upgrade (settlement logs the sweep), and a broken request that is
+    dead-lettered. Every line they write is scanned."""
+    import re
+    import signal
+
+    from planshift.logs import pseudonym
+    from planshift.storage.directory import Licence, SqliteDirectory
+    from tests.conftest import spawn
+
+    plain = secured.plain
+    users = [f"user{i}@contoso.com" for i in range(6)]
+    directory = SqliteDirectory.for_settings(plain)
+    source = "contoso-sub-m365_business_standard"
+    directory.put(Licence("contoso", u, source, "M365_BUSINESS_STANDARD") for u in users)
+    request = with_envelope(upgrade_request("contoso", "ord-1", today=date.today(), licenses=7), "upgrade.requested")
+    # an order system that put its admin's address where the licence count goes
+    broken = dict(request, upgrade_id="ord-2", licenses="admin.person@fabrikam.com", tenant_id="fabrikam")
+    publish(secured("orders"), Topic.UPGRADE_REQUESTED, [broken])
+    logs = {role: tmp_path / f"{role}.log" for role in ("intake", "migrate", "settle")}
+    env = {"PLANSHIFT_LOG_LEVEL": "DEBUG", "PLANSHIFT_BATCH_SIZE": "2"}
+    processes = [spawn(plain, path, "run", role, "--commit-interval-ms", "50",
+                       **secured.credentials.environment(ROLES[role].user), **env) for role, path in logs.items()]
+    operator = secured("operator")
+    try:
+        wait_for(lambda: read_topic(operator, operator.topic("upgrade.requested.dlq")), 60, interval=0.5,
+                 message="the broken request dead-lettered")
+        publish(secured("orders"), Topic.UPGRADE_REQUESTED, [request])
+        wait_for(lambda: any(r.value["status"] == "migrating" for r in
+                             read_topic(operator, operator.topic(Topic.UPGRADE_STATUS))), 60, interval=0.5,
+                 message="migrating")
+        directory.put([Licence("contoso", "late.joiner@contoso.com", source, "M365_BUSINESS_STANDARD")])
+        wait_for(lambda: any(r.value["status"] == "completed" for r in
+                             read_topic(operator, operator.topic(Topic.UPGRADE_STATUS))), 120, interval=0.5,
+                 message="completed")
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            process.wait(30)
+    text = {role: path.read_text() for role, path in logs.items()}
+    lines = [line for t in text.values() for line in t.splitlines()]
+    assert len(lines) > 10 and all(line.startswith("{") for line in lines), "structlog JSON lines only"
+    secrets = list(secured.credentials.passwords.values())
+    for line in lines:
+        assert not any(secret in line for secret in secrets), line
+        assert not re.search(r"[A-Za-z0-9._-]+@[A-Za-z0-9-]+\.[a-z]{2,}", line), line  # no e-mail address
+    # hashed, not dropped: the dead letter's line still says whose address it was
+    assert "invalid record dead-lettered" in text["intake"]
+    assert pseudonym("admin.person@fabrikam.com") in text["intake"]
+    assert '"users_swept": 1' in text["settle"]

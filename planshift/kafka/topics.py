@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kafka.errors import TopicAlreadyExistsError
+from kafka.errors import AuthorizationError, TopicAlreadyExistsError
 
 from planshift.contract import (
     CONSUMED_TOPICS,
@@ -85,21 +85,28 @@ def _create(settings: Settings, plans: list[TopicPlan]) -> list[str]:
     """Create the planned topics; return those created here (one created meanwhile elsewhere is the same result)."""
     if not plans:
         return []
+    from kafka.errors import for_code
+
     admin = clients.admin(settings)
     try:
         response = admin.create_topics(
             {p.name: {"num_partitions": p.partitions, "replication_factor": settings.replication_factor,
                       "configs": p.configs} for p in plans},
-            raise_errors=False, wait_for_metadata=True,
+            raise_errors=False,
         )
+        created = []
+        for row in response.get("topics", []):
+            if row["error_code"] == 0:
+                created.append(row["name"])
+            elif row["error_code"] != TopicAlreadyExistsError.errno:
+                error = for_code(row["error_code"])
+                if issubclass(error, AuthorizationError):  # a role without the right: one line at the CLI
+                    raise error(f"creating topic {row['name']}")
+                raise TopicsError(f"creating {row['name']} failed: {row.get('error_message') or row['error_code']}")
+        # Visible with a leader on every partition before anyone uses them.
+        admin.wait_for_topics(created)
     finally:
         admin.close()
-    created = []
-    for row in response.get("topics", []):
-        if row["error_code"] == 0:
-            created.append(row["name"])
-        elif row["error_code"] != TopicAlreadyExistsError.errno:
-            raise TopicsError(f"creating {row['name']} failed: {row.get('error_message') or row['error_code']}")
     return created
 
 

@@ -194,6 +194,7 @@ class Engine:
                     log.exception("on_invalid failed")
                     ctx = self._context(source.topic, record, key, headers)
             self.apply(ctx)
+            log.warning("invalid record dead-lettered", error="; ".join(map(str, event.violations))[:1000])
             self.dead_letter(record, event, attempts=1)
             return
         for attempt in range(1, self.config.max_attempts + 1):

@@ -34,6 +34,7 @@ from typing import Callable
 
 from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.errors import (
+    AuthorizationError,
     CommitFailedError,
     IllegalGenerationError,
     InvalidProducerEpochError,
@@ -365,7 +366,14 @@ class StreamProcessor:
             self._transaction_failed(exc)
 
     def _transaction_failed(self, exc: KafkaError) -> None:
-        """The open transaction cannot commit: drop it and go back to the committed state."""
+        """The open transaction cannot commit: drop it and go back to the committed state.
+        An ACL that says no is not retried: this process was given the wrong credentials
+        (or its role lacks a right), and no retry changes that; it stops, saying so."""
+        if isinstance(exc, AuthorizationError):
+            log.error("not authorized; stopping (each role's rights: planshift acls list)", error=repr(exc),
+                      user=self.settings.sasl_username)
+            self._drop_transaction(replace=True)
+            raise exc
         if isinstance(exc, REPLACE + LOST_GENERATION):
             log.warning("transaction lost; resetting to the committed offsets", error=repr(exc))
             self._recover(fenced=isinstance(exc, REPLACE))
