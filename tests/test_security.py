@@ -226,3 +226,29 @@ def test_no_log_line_of_a_whole_upgrade_with_a_dead_letter_holds_a_secret_or_a_p
     assert "invalid record dead-lettered" in text["intake"]
     assert pseudonym("admin.person@fabrikam.com") in text["intake"]
     assert '"users_swept": 1' in text["settle"]
+
+
+def test_a_rotated_password_works_at_once_and_the_old_one_no_longer(secured, monkeypatch, capsys):
+    admin = secured.credentials.settings_for(secured.plain, ADMIN_USER)
+    monkeypatch.setattr("sys.stdin", __import__("io").StringIO("a-new-password-for-credit\n"))
+    assert cli(admin, monkeypatch, "acls", "passwd", "credit", "--stdin") == 0
+    assert "planshift-credit: new password set" in capsys.readouterr().out
+    old = secured("credit")
+    # the broker applies the new credential as its metadata catches up: within moments
+    wait_for(lambda: cli(old, monkeypatch, "tail", Topic.CREDIT_CHECK_REQUESTED) == 1, 30, interval=0.5,
+             message="the old password refused")
+    assert "authentication failed" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert cli(old.with_(sasl_password="a-new-password-for-credit"), monkeypatch, "tail",
+               Topic.CREDIT_CHECK_REQUESTED) == 0
+    # only a super user may change passwords
+    assert cli(secured("operator"), monkeypatch, "acls", "passwd", "settle") == 1
+    assert "not authorized" in capsys.readouterr().err
+
+
+def test_the_documented_acl_table_is_the_one_applied():
+    from pathlib import Path
+
+    from planshift.ops.security import markdown_table
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "SECURITY.md").read_text()
+    assert markdown_table() in doc

@@ -161,9 +161,13 @@ def set_password(settings: Settings, user: str, password: str) -> None:
             [UserScramCredentialUpsertion(user, ScramMechanism.SCRAM_SHA_512, password)])
     finally:
         admin.close()
-    errors = {u: e for u, e in (result or {}).items() if e not in (None,) and getattr(e, "errno", 0)}
-    if errors:
-        raise OperationError(f"setting the password of {user} failed: {errors}")
+    error = (result or {}).get(user)
+    if error:  # kafka-python answers the broker's error message, None on success
+        from kafka.errors import ClusterAuthorizationFailedError
+
+        if "authoriz" in str(error).lower() or "permission" in str(error).lower():
+            raise ClusterAuthorizationFailedError(f"changing the password of {user} needs ALTER on the cluster")
+        raise OperationError(f"setting the password of {user} failed: {error}")
 
 
 # -- a local secured broker ------------------------------------------------------------
@@ -249,3 +253,25 @@ def make_tls(folder: Path, host: str, password: str) -> dict[str, Path]:
     _keytool("-importcert", "-alias", "broker", "-file", str(cert), "-keystore", str(keystore), *store)
     _keytool("-importcert", "-alias", "ca", "-file", str(ca_pem), "-noprompt", "-keystore", str(truststore), *store)
     return {"ca_pem": ca_pem, "keystore": keystore, "truststore": truststore}
+
+
+def markdown_table() -> str:
+    """The roles as docs/SECURITY.md shows them (a test keeps the two the same)."""
+
+    def names(topics, dead_letters: bool) -> str:
+        chosen = [t for t in topics if t.endswith(".dlq") == dead_letters]
+        return ", ".join(f"`{t}`" for t in chosen) or "—"
+
+    lines = ["| role | principal | reads | writes | dead letters it writes | group, transactional ids | "
+             "also |", "|---|---|---|---|---|---|---|"]
+    for role in ROLES.values():
+        group = f"`{role.group}`, `{role.group}-*`" if role.group else "—"
+        also = []
+        if role.changelog:
+            also.append(f"creates, reads and writes `{role.group}.state.changelog`")
+        if role.operator:
+            also.append("creates topics (cluster CREATE); reads, describes and resets every `planshift-*` group")
+        lines.append(f"| {role.name} | `User:{role.user}` | {names(role.reads, False)} | "
+                     f"{names(role.writes, False)} | {names(role.writes, True)} | {group} | "
+                     f"{'; '.join(also) or '—'} |")
+    return "\n".join(lines)
