@@ -99,3 +99,12 @@ def test_every_alert_has_its_runbook_section_and_uses_documented_metrics():
         assert rule["annotations"]["runbook"].split("#")[1] in anchors, rule["alert"]
         for metric in re.findall(r"\b(planshift_[a-z_]+)", rule["expr"]):
             assert metric in documented, f"{rule['alert']} uses {metric}, which the runbook's table lacks"
+
+
+def test_each_service_logs_in_as_its_own_role_on_a_secured_cluster():
+    from planshift.ops.security import ROLES
+
+    for service, role in (("intake", "intake"), ("migrate", "migrate"), ("settle", "settle"),
+                          ("archive", "archive"), ("topics", "operator")):
+        username = PLANSHIFT[service]["environment"]["PLANSHIFT_SASL_USERNAME"]
+        assert username.endswith(f":-{ROLES[role].user}}}"), (service, username)
