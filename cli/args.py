@@ -11,24 +11,22 @@ def fail(message: str, code: int = 1) -> int:
     return code
 
 
-def positive_int(text: str) -> int:
+def _whole(text: str, what: str, low: int, high: int | None, out_of_range: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+    if value < low or (high is not None and value > high):
+        raise argparse.ArgumentTypeError(out_of_range.format(value=value))
     return value
+
+
+def positive_int(text: str) -> int:
+    return _whole(text, "a whole number", 1, None, "{value} must be at least 1")
 
 
 def port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{value} is not a port number (0-65535; 0: any free port)")
-    return value
+    return _whole(text, "a port number", 0, 65535, "{value} is not a port number (0-65535; 0: any free port)")
 
 
 METRICS_PORT_HELP = ("serve /metrics, /healthz and /readyz on this port (default PLANSHIFT_METRICS_PORT; "
