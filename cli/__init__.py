@@ -99,8 +99,7 @@ def dispatch(args: argparse.Namespace) -> int:
     except AuthorizationError as exc:
         return fail(not_authorized(settings, exc))
     except (KafkaConnectionError, KafkaTimeoutError):
-        return fail(f"no Kafka broker answers at {settings.bootstrap_servers} "
-                     "(start one with 'planshift broker start')")
+        return fail(_why_unanswered(settings))
     except (BrokerError, BrokerUnreachable, CatalogueError, DirectoryError, OperationError, LookupError, TimeoutError, KafkaError) as exc:
         return fail(str(exc))
     except KeyboardInterrupt:
@@ -115,3 +114,18 @@ def not_authorized(settings: Settings, exc: Exception) -> str:
             "ClusterAuthorizationFailedError": "this cluster operation"}.get(type(exc).__name__, "this")
     detail = str(exc).split(": ", 1)[-1] if ": " in str(exc) else type(exc).__name__
     return f"not authorized: {who} may not use {what} ({detail}); each role's rights: 'planshift acls list'"
+
+
+def _why_unanswered(settings: Settings) -> str:
+    """A call timed out: ask again, the way that says why (the broker went away, or it
+    refuses this client: kafka-python only logs that, then times out)."""
+    from planshift.kafka.clients import BrokerRefused, BrokerUnreachable, require_broker
+
+    try:
+        require_broker(settings)
+    except (BrokerRefused, BrokerUnreachable) as exc:
+        return str(exc)
+    except Exception:  # noqa: BLE001 - the diagnosis itself timed out: say what is known
+        pass
+    return (f"no Kafka broker answers at {settings.bootstrap_servers} in time "
+            "(start one with 'planshift broker start')")
