@@ -18,6 +18,7 @@ from cli import (
     directory,
     dlq,
     health,
+    preview,
     publish,
     reconcile,
     replay,
@@ -31,7 +32,7 @@ from cli.args import fail
 from planshift import __version__
 from planshift.settings import Settings, SettingsError
 
-GROUPS = (broker, acls, topics, publish, tail, run, simulate, reconcile, dlq, replay, status, directory, health, demo)
+GROUPS = (broker, acls, topics, publish, tail, run, simulate, reconcile, dlq, replay, status, preview, directory, health, demo)
 
 
 class Parser(argparse.ArgumentParser):
