@@ -10,7 +10,7 @@ Exactly once, whatever the crashes: when a partition is assigned, the leftovers 
 crashed flush (files no manifest names) are removed, reading resumes at the group's
 committed offset, and rows the lake already holds are skipped. So a crash between a flush and its commit reads those records
 again without archiving them twice, and a record is in the lake once. Replaying the
-archive group (`planshift replay planshift-archive --to-start`) re-archives nothing; to
+archive group (`planshift replay planshift-archive --to-earliest --execute`) re-archives nothing; to
 rebuild a lost lake, replay the archive group to the start.
 
 A record that is not JSON, breaks its schema or is impossible (CONTRACT.md §3 r2, the
