@@ -36,7 +36,7 @@ def run_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     print(result.describe())
     gateway = args.pushgateway or settings.pushgateway_url
     if gateway:
-        from jobs.metrics import push
+        from jobs.metrics import JOB, push
 
         try:
             push(gateway, result)
@@ -45,5 +45,5 @@ def run_reconcile(args: argparse.Namespace, settings: Settings) -> int:
             # reconciliation that stopped running will say so if this goes on).
             print(f"planshift: error: pushing the findings to {gateway} failed: {exc}", file=sys.stderr)
             return 1
-        print(f"pushed to {gateway} (job {'planshift-reconcile'})")
+        print(f"pushed to {gateway} (job {JOB})")
     return 0

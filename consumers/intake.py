@@ -52,7 +52,7 @@ from typing import Any, Callable, Mapping
 from planshift.catalogue import Catalogue
 from planshift.contract import Status, Topic, batch_key, lifetime_ms
 from planshift.domain.batches import batch_events
-from planshift.domain.credit_check import add_business_days, credit_check_reason
+from planshift.domain.credit_check import add_business_days, credit_check_reason, decision_due_by
 from planshift.domain.eligibility import (
     TenantView,
     evaluate,
@@ -82,6 +82,8 @@ EXPIRY_TIMER = "credit-check-expiry:"
 # can no longer be read (a restart would not find them either).
 STATUSES_KEPT_MS = lifetime_ms(Topic.UPGRADE_STATUS)
 STATUSES_KEPT = timedelta(milliseconds=STATUSES_KEPT_MS)
+# A sighting of an upgrade id is renewed once it is this old (Intake._handling_again).
+RENEW_AFTER_MS = 24 * 60 * 60 * 1000
 
 
 class UpgradeIdTaken(PermanentError):
@@ -177,7 +179,7 @@ class Intake:
         if check is None:
             self._start_migration(ctx, tenant, request, users, now, stamp)
             return
-        due_by = add_business_days(request_date(request), 2).isoformat()
+        due_by = decision_due_by(request_date(request)).isoformat()
         ctx.publish(credit_check_requested(tenant_id, upgrade_id, check, request["new_total_cost_minor"],
                                            request["currency"], due_by, stamp))
         ctx.publish(upgrade_status(tenant_id, upgrade_id, Status.CREDIT_CHECK_PENDING, occurred_at=stamp,
@@ -362,8 +364,6 @@ def fold_status(store: PartitionStore, status: dict[str, Any]) -> None:
             expires = int((moment + STATUSES_KEPT).timestamp() * 1000)  # else kept until its next upgrade ends
         store.apply(f"tenant:{tenant_id}", tenant.as_dict(), expires, logged=False)
 
-
-RENEW_AFTER_MS = 24 * 60 * 60 * 1000
 
 IN_FLIGHT_STATUSES = (Status.ACCEPTED, Status.CREDIT_CHECK_PENDING, Status.MIGRATING)
 

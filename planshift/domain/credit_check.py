@@ -17,6 +17,14 @@ def credit_check_reason(request: Mapping[str, Any], threshold_minor: int) -> str
     return None
 
 
+DECISION_BUSINESS_DAYS = 2  # the credit system decides within two business days of the request (§4)
+
+
+def decision_due_by(request_day: date) -> date:
+    """`credit_check.due_by`: when the credit system's decision is due."""
+    return add_business_days(request_day, DECISION_BUSINESS_DAYS)
+
+
 def add_business_days(day: date, days: int) -> date:
     """`days` business days (Monday–Friday) after `day`."""
     while days > 0:

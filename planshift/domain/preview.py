@@ -15,7 +15,7 @@ from datetime import date
 from typing import Any, Mapping
 
 from planshift.catalogue import Catalogue
-from planshift.domain.credit_check import add_business_days, credit_check_reason
+from planshift.domain.credit_check import add_business_days, credit_check_reason, decision_due_by
 from planshift.domain.eligibility import TenantView, evaluate, reason, request_date, source_subscription
 from planshift.domain.money import subscription_credit
 from planshift.domain.settlement import CREDIT_DUE
@@ -59,7 +59,7 @@ def preview(request: Mapping[str, Any], tenant: TenantView, catalogue: Catalogue
     gate = None
     if check is not None:
         day = request_date(request)
-        gate = {"reason": check, "due_by": add_business_days(day, 2).isoformat(),
+        gate = {"reason": check, "due_by": decision_due_by(day).isoformat(),
                 "expires_after": add_business_days(day, credit_check_expiry_days).isoformat()}
     credit = subscription_credit(source_subscription(request), today, request["new_total_cost_minor"])
     owed = {"amount_minor": credit.amount_minor, "currency": request["currency"], "basis": credit.basis,

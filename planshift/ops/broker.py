@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -362,7 +363,7 @@ log.cleaner.dedupe.buffer.size=16777216
     def _make_secrets(self, host: str) -> None:
         from planshift.ops.security import Credentials, make_tls
 
-        store_password = __import__("secrets").token_urlsafe(18)
+        store_password = secrets.token_urlsafe(18)
         files = make_tls(self.tls_dir, host, store_password)
         (self.tls_dir / "store-password").write_text(store_password)
         os.chmod(self.tls_dir / "store-password", 0o600)

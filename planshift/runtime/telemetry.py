@@ -92,8 +92,8 @@ class ProcessorCollector:
             family = families.get(key)
             if family is not None:
                 family.add_metric([group] + ([label] if OUTCOMES[key][2] else []), amount)
-        if not any(k == "dead_letters" for k, _ in outcomes):
-            for topic in processor.config_topics():  # a zero per topic, so that rate() has a start
+        for topic in processor.config_topics():  # a zero for each source without any, so rate() has a start
+            if ("dead_letters", topic) not in outcomes:
                 families["dead_letters"].add_metric([group, topic], 0)
         yield from families.values()
 
@@ -129,7 +129,8 @@ class ProcessorCollector:
         for (key, label), value in dict(m.gauges).items():
             if key in gauges:
                 gauges[key].add_metric([group, label], value)
-        yield from (family for family in gauges.values() if family.samples or processor.config.gauges)
+        if processor.config.gauges is not None:  # only consumers that measure some
+            yield from gauges.values()
 
 
 def _histogram(name: str, help: str, group: str, histograms: dict[tuple, Histogram], labels: list[str]
