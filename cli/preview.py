@@ -23,17 +23,8 @@ def register(sub) -> None:
 
 
 def run_preview(args: argparse.Namespace, settings: Settings) -> int:
-    from datetime import datetime, timezone
-
     from cli.args import fail
-    from consumers.intake import TenantState, fold_status
-    from planshift.catalogue import Catalogue
-    from planshift.contract import Topic
-    from planshift.domain.eligibility import TenantView
-    from planshift.domain.preview import preview
-    from planshift.kafka.reader import iter_topic
-    from planshift.runtime.state import PartitionStore
-    from planshift.storage.directory import open_directory
+    from planshift.ops.view import StatusView, preview_request
 
     try:
         text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
@@ -45,27 +36,12 @@ def run_preview(args: argparse.Namespace, settings: Settings) -> int:
         return fail(f"{args.file}: not JSON: {exc.msg} at line {exc.lineno}")
     if not isinstance(request, dict):
         return fail(f"{args.file}: not a JSON object")
-    tenant_id, upgrade_id = request.get("tenant_id"), request.get("upgrade_id")
-    statuses, health, known = PartitionStore(0), {}, None
-    for record in iter_topic(settings, settings.topic(Topic.UPGRADE_STATUS)):
-        status = record.value if isinstance(record.value, dict) else {}
-        if status.get("tenant_id") == tenant_id:
-            fold_status(statuses, status)
-        elif status.get("upgrade_id") == upgrade_id and upgrade_id is not None:
-            known = "taken"
-    for record in iter_topic(settings, settings.topic(Topic.SERVICE_HEALTH)):
-        if isinstance(record.value, dict) and isinstance(record.value.get("service"), str):
-            health[record.value["service"]] = record.value.get("status")
-    tenant = TenantState.load(statuses, str(tenant_id))
-    if upgrade_id in tenant.upgrades:
-        known = "repeat"
-    holders = 0
-    if isinstance(tenant_id, str) and isinstance(request.get("source_subscription_id"), str):
-        holders = open_directory(settings).count_holders(tenant_id, request["source_subscription_id"])
-    view = TenantView(holders, health, tenant.in_flight, settings.prepaid_policy)
-    result = preview(request, view, Catalogue.for_settings(settings), datetime.now(timezone.utc).date(),
-                     batch_size=settings.batch_size, credit_check_threshold_minor=settings.credit_check_threshold_minor,
-                     credit_check_expiry_days=settings.credit_check_expiry_days, known=known)
+    view = StatusView(settings, dead_letters=False)
+    try:
+        view.catch_up()
+        result = preview_request(view, settings, request)
+    finally:
+        view.close()
     if args.json:
         print(json.dumps(result.as_dict(), ensure_ascii=False))
         return 0
