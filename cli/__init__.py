@@ -23,6 +23,7 @@ from cli import (
     reconcile,
     replay,
     run,
+    serve,
     simulate,
     status,
     tail,
@@ -32,7 +33,7 @@ from cli.args import fail
 from planshift import __version__
 from planshift.settings import Settings, SettingsError
 
-GROUPS = (broker, acls, topics, publish, tail, run, simulate, reconcile, dlq, replay, status, preview, directory, health, demo)
+GROUPS = (broker, acls, topics, publish, tail, run, simulate, reconcile, dlq, replay, status, serve, preview, directory, health, demo)
 
 
 class Parser(argparse.ArgumentParser):

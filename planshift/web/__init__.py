@@ -1,0 +1,1 @@
+"""The admins' status page and its JSON API (`planshift serve`)."""
