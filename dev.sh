@@ -4,8 +4,8 @@
 #   ./dev.sh test   set everything up and run the test suite (what CI runs)
 # Setup is idempotent: a virtualenv in .venv with planshift installed, the Apache Kafka
 # jars from Maven Central cached in ~/.cache/planshift/kafka (outside the work tree), and
-# Debian's java, maven, postgresql, prometheus and prometheus-pushgateway packages when
-# they are missing.
+# Debian's java, maven, postgresql, prometheus, prometheus-pushgateway, chromium and
+# chromium-driver packages when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -21,12 +21,15 @@ need_system_packages() {
   # promtool (the alert rules' checks and tests) and a Pushgateway (the nightly job's metrics)
   command -v promtool >/dev/null || missing+=(prometheus)
   command -v prometheus-pushgateway >/dev/null || missing+=(prometheus-pushgateway)
+  # a real headless browser for the status page's tests (selenium drives it)
+  command -v chromium >/dev/null || missing+=(chromium)
+  command -v chromedriver >/dev/null || missing+=(chromium-driver)
   if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
       echo "installing ${missing[*]} from Debian's packages" >&2
       apt-get update -q >/dev/null && apt-get install -y -q "${missing[@]}" >/dev/null
     else
-      echo "planshift needs Java 17+, Maven, PostgreSQL's server programs and Prometheus' promtool and Pushgateway: install ${missing[*]}" >&2
+      echo "planshift needs Java 17+, Maven, PostgreSQL's server programs, Prometheus' promtool and Pushgateway, and chromium with chromedriver (the status page's tests): install ${missing[*]}" >&2
       exit 1
     fi
   fi

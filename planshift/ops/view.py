@@ -87,7 +87,8 @@ class UpgradeView:
         if self.status == Status.COMPLETED:
             view.update({key: latest.get(key) for key in
                          ("new_subscription_id", "credit_minor", "forfeit_minor", "currency")})
-            view["service_plan_resets"] = len(latest.get("service_plan_resets") or [])
+            resets = latest.get("service_plan_resets")
+            view["service_plan_resets"] = len(resets) if isinstance(resets, list) else int(resets or 0)
         if history:
             view["history"] = [{key: s.get(key) for key in ("occurred_at", "status", "reasons", "progress",
                                                               "admin_locked_until", "credit_check")}

@@ -103,10 +103,15 @@ def create_app(settings: Settings, view: StatusView | None = None, *, follow: bo
                 "reader_error": follower.error}
 
     async def index(request: Request) -> Response:
-        return HTMLResponse(page("planshift — upgrade status", render_live(view, summary()), live=True))
+        tenant = request.query_params.get("tenant") or None
+        form = (f'<form class="filter" method="get" action="/"><label for="tenant">Tenant</label>'
+                f'<input id="tenant" name="tenant" value="{_e(tenant)}" placeholder="all tenants">'
+                f'<button type="submit">Show</button></form>')
+        return HTMLResponse(page("planshift — upgrade status", render_live(view, summary(), tenant), live=True,
+                                 before=form))
 
     async def live(request: Request) -> Response:
-        return HTMLResponse(render_live(view, summary()))
+        return HTMLResponse(render_live(view, summary(), request.query_params.get("tenant") or None))
 
     async def upgrade_page(request: Request) -> Response:
         upgrade = view.upgrades.get(request.path_params["upgrade_id"])
@@ -184,6 +189,17 @@ def _e(value: Any) -> str:
     return html.escape("" if value is None else str(value))
 
 
+def when(moment: str | None) -> str:
+    """An RFC 3339 moment as an admin reads it: 2026-12-01 09:30:05 UTC."""
+    if not moment:
+        return "—"
+    try:
+        parsed = datetime.fromisoformat(moment.replace("Z", "+00:00")).astimezone(timezone.utc)
+    except ValueError:
+        return moment
+    return parsed.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 def money(minor: int | None, currency: str | None) -> str:
     if minor is None:
         return "—"
@@ -193,7 +209,11 @@ def money(minor: int | None, currency: str | None) -> str:
 STYLE = """
 :root { --fg:#1b1f24; --muted:#5b6470; --line:#d8dde3; --ok:#1a7f37; --bad:#b42318; --wait:#9a6700; --bar:#0969da; }
 * { box-sizing: border-box; }
-body { font: 16px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: var(--fg); margin: 0; }
+body { font: 16px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: var(--fg); margin: 0;
+       overflow-wrap: anywhere; }
+.scroll { overflow-x: auto; }
+form.filter { margin: .8rem 0 0; display: flex; gap: .4rem; flex-wrap: wrap; }
+form.filter input { font: inherit; padding: .2rem .4rem; min-width: 12rem; }
 header { padding: .8rem 1rem; border-bottom: 1px solid var(--line); }
 header h1 { font-size: 1.15rem; margin: 0; }
 main { padding: 0 1rem 2rem; max-width: 60rem; margin: 0 auto; }
@@ -220,7 +240,7 @@ SCRIPT = """
   const live = document.getElementById('live');
   async function refresh() {
     try {
-      const response = await fetch('/live', {cache: 'no-store'});
+      const response = await fetch('/live' + window.location.search, {cache: 'no-store'});
       if (response.ok) { live.innerHTML = await response.text(); live.dataset.refreshed = Date.now(); }
     } catch (e) { /* the server restarts: try again */ }
   }
@@ -230,8 +250,8 @@ SCRIPT = """
 """
 
 
-def page(title: str, body: str, live: bool = False) -> str:
-    content = f'<div id="live">{body}</div>{SCRIPT}' if live else body
+def page(title: str, body: str, live: bool = False, before: str = "") -> str:
+    content = before + (f'<div id="live">{body}</div>{SCRIPT}' if live else body)
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f'<title>{_e(title)}</title><style>{STYLE}</style></head><body>'
@@ -242,8 +262,8 @@ def _badge(status: str) -> str:
     return f'<span class="badge {_e(status)}">{_e(status.replace("_", " "))}</span>'
 
 
-def render_live(view: StatusView, summary: dict[str, Any]) -> str:
-    upgrades = list(view)
+def render_live(view: StatusView, summary: dict[str, Any], tenant: str | None = None) -> str:
+    upgrades = view.find(tenant=tenant) if tenant else list(view)
     counts = " · ".join(f"{n} {s.replace('_', ' ')}" for s, n in sorted(summary["counts"].items())) or "none yet"
     parts = [f'<p class="counts" id="counts">Upgrades: {_e(counts)}</p>']
     if summary.get("reader_error"):
@@ -278,7 +298,7 @@ def render_in_flight(u: UpgradeView) -> str:
         locked = u.latest.get("admin_locked_until")
         if locked:
             lines.append(f'<div class="meta lock">The admin centre is locked for this tenant until '
-                         f'{_e(locked)} (at most an hour after migration starts).</div>')
+                         f'{_e(when(locked))} (at most an hour after migration starts).</div>')
     elif u.status == Status.CREDIT_CHECK_PENDING and u.credit_check:
         check = u.credit_check
         lines.append(f'<div class="meta">Waiting for a credit check ({_e(check.get("reason"))}); the decision is '
@@ -295,13 +315,18 @@ def render_completed(u: UpgradeView) -> str:
     text = f"credit {money(credit, latest.get('currency'))}" if credit else "no credit (nothing unused)"
     if latest.get("forfeit_minor"):
         text += f" · prepaid time forfeited {money(latest['forfeit_minor'], latest.get('currency'))}"
-    resets = len(latest.get("service_plan_resets") or [])
+    resets = _count(latest.get("service_plan_resets"))
     users = (u.progress or {}).get("users_done")
     return (f'<div class="card done" data-upgrade="{_e(u.upgrade_id)}">{_head(u)}'
             f'<div class="credit">{_e(text)}</div><div class="meta">{_e(users if users is not None else "?")} users '
             f'moved to {_e(latest.get("new_subscription_id"))}'
             + (f' · {resets} had per-service settings reset' if resets else '')
-            + f' · completed {_e(u.updated_at)}</div></div>')
+            + f' · completed {_e(when(u.updated_at))}</div></div>')
+
+
+def _count(value: Any) -> int:
+    """`service_plan_resets`: a count (CONTRACT.md §3), or a list of users."""
+    return len(value) if isinstance(value, list) else int(value or 0)
 
 
 def render_reason(reason: dict[str, Any]) -> str:
@@ -329,8 +354,8 @@ def render_operations(summary: dict[str, Any]) -> str:
                        f"<td>{f['count']}</td><td>{money(f['delta_minor'], None)}</td></tr>"
                        for f in recon["findings"])
         parts.append(f'<p class="meta">As of {_e(recon["run_date"])}, written {_e(recon["written_at"])}.</p>'
-                     + (f'<table><tr><th>check</th><th>currency</th><th>findings</th><th>Δ</th></tr>{rows}</table>'
-                        if rows else '<p class="meta">No findings.</p>'))
+                     + (f'<div class="scroll"><table><tr><th>check</th><th>currency</th><th>findings</th>'
+                        f'<th>Δ</th></tr>{rows}</table></div>' if rows else '<p class="meta">No findings.</p>'))
     return "".join(parts)
 
 
@@ -349,19 +374,37 @@ def render_upgrade(u: UpgradeView) -> str:
         if s.get("status") == Status.COMPLETED:
             detail.append(f"credit {money(s.get('credit_minor'), s.get('currency'))}")
         reasons = "".join(render_reason(r) for r in s.get("reasons") or [])
-        rows.append(f"<tr><td>{_e(s.get('occurred_at'))}</td><td>{_badge(s.get('status', '?'))}</td>"
+        rows.append(f"<tr><td>{_e(when(s.get('occurred_at')))}</td><td>{_badge(s.get('status', '?'))}</td>"
                     f"<td>{_e('; '.join(detail))}{reasons}</td></tr>")
     current = {Status.COMPLETED: render_completed, Status.REJECTED: render_rejected,
                Status.FAILED: render_rejected}.get(u.status, render_in_flight)(u)
-    return (f"{current}<h2>History</h2><table><tr><th>when</th><th>status</th><th>detail</th></tr>"
-            f"{''.join(rows)}</table><p><a href='/api/upgrades/{_e(u.upgrade_id)}'>as JSON</a> · "
+    return (f"{current}<h2>History</h2><div class='scroll'><table><tr><th>when</th><th>status</th>"
+            f"<th>detail</th></tr>{''.join(rows)}</table></div><p><a href='/api/upgrades/{_e(u.upgrade_id)}'>as JSON</a> · "
             f"<a href='/'>all upgrades</a></p>")
 
 
 def serve(settings: Settings, host: str, port: int) -> None:
+    """Run the page until SIGINT or SIGTERM, then stop cleanly (exit 0, as every planshift
+    process does; uvicorn's own handlers would re-raise the signal)."""
+    import signal
+
     import uvicorn
 
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", access_log=False)
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self):
+            def stop(signum, frame):
+                self.should_exit = True
+
+            previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for s, handler in previous.items():
+                    signal.signal(s, handler)
+
+    Server(uvicorn.Config(create_app(settings), host=host, port=port, log_level="warning",
+                          access_log=False)).run()
 
 
 __all__ = ["create_app", "serve", "last_reconciliation"]
