@@ -61,7 +61,7 @@ from planshift.domain.eligibility import (
     request_date,
     source_subscription,
 )
-from planshift.domain.lifecycle import ADMIN_LOCK, is_final, may_follow
+from planshift.domain.lifecycle import ADMIN_LOCK, take_status
 from planshift.domain.validity import check_request, utc_moment
 from planshift.errors import PermanentError
 from planshift.events import credit_check_requested, rfc3339, upgrade_status
@@ -333,16 +333,8 @@ class TenantState:
         """Take in one status of one upgrade, if the lifecycle allows it. True if changed.
         (The first status seen of an upgrade is taken whatever it is: the topic's retention
         may have dropped the ones before it.)"""
-        current = self.upgrades.get(upgrade_id)
-        if current == status or (current is not None and not may_follow(current, status)):
-            return False
-        self.upgrades[upgrade_id] = status
-        if is_final(status):
-            if self.in_flight == upgrade_id:
-                self.in_flight = None
-        elif self.in_flight is None:
-            self.in_flight = upgrade_id
-        return True
+        changed, self.in_flight = take_status(self.upgrades, self.in_flight, upgrade_id, status)
+        return changed
 
 
 def fold_status(store: PartitionStore, status: dict[str, Any]) -> None:

@@ -36,8 +36,12 @@ def test_scaled_replicas_get_names_of_their_own_and_serve_health_on_the_scraped_
         assert service["environment"]["PLANSHIFT_METRICS_PORT"] == 9400
         assert service["healthcheck"]["test"] == ["CMD", "planshift", "health", "--port", "9400"]
         assert service["depends_on"]["directory-seed"]["condition"] == "service_completed_successfully"
-    for name in set(PLANSHIFT) - LONG_RUNNING:  # one-shot commands serve nothing to check
+    for name in set(PLANSHIFT) - LONG_RUNNING - {"status-page"}:  # one-shot commands serve nothing to check
         assert PLANSHIFT[name]["healthcheck"] == {"disable": True}, name
+    page = PLANSHIFT["status-page"]  # the page answers /healthz on its own port
+    port = page["command"][page["command"].index("--port") + 1]
+    assert page["healthcheck"]["test"] == ["CMD", "planshift", "health", "--port", port]
+    assert page["ports"] == [f"127.0.0.1:{port}:{port}"], "published on this host only: it has no sign-in"
     scrape = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())["scrape_configs"]
     planshift = next(job for job in scrape if job["job_name"] == "planshift")["dns_sd_configs"][0]
     assert set(planshift["names"]) == LONG_RUNNING and planshift["port"] == 9400

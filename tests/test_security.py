@@ -85,6 +85,12 @@ def test_planshift_runs_end_to_end_with_each_roles_own_credentials(secured):
         orders = secured("orders")  # the order system follows its statuses
         wait_for(lambda: Counter(r.value["status"] for r in read_topic(orders, orders.topic(Topic.UPGRADE_STATUS)))
                  ["completed"] == 3, 120, interval=0.5, message="three upgrades completed")
+    from planshift.ops.view import StatusView
+
+    page = StatusView(secured("status"))  # the status page, as itself: statuses, health, dead letters
+    page.catch_up()
+    assert page.counts()["completed"] == 3
+    page.close()
     operator = secured("operator")
     assert len(read_topic(operator, operator.topic(Topic.BILLING_SWITCH))) == 3
     assert len(read_topic(operator, operator.topic(Topic.LICENSE_BATCH_COMPLETED))) == 3

@@ -54,3 +54,21 @@ def is_forward(history: list[str]) -> bool:
             return False
         current = status
     return True
+
+
+def take_status(upgrades: dict[str, str], in_flight: str | None, upgrade_id: str,
+                status: str) -> tuple[bool, str | None]:
+    """A tenant's upgrades (upgrade_id → latest status) and the one in flight, after one
+    more status of one upgrade, if the lifecycle allows it: (changed, in flight). The first
+    status seen of an upgrade is taken whatever it is (retention may have dropped the ones
+    before it). Intake's tenant state and the status view fold `upgrade.status` with it."""
+    current = upgrades.get(upgrade_id)
+    if current == status or (current is not None and not may_follow(current, status)):
+        return False, in_flight
+    upgrades[upgrade_id] = status
+    if is_final(status):
+        if in_flight == upgrade_id:
+            in_flight = None
+    elif in_flight is None:
+        in_flight = upgrade_id
+    return True, in_flight

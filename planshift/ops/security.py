@@ -75,6 +75,8 @@ ROLES: dict[str, Role] = {r.name: r for r in (
           reads=(Topic.UPGRADE_STATUS,), writes=(Topic.UPGRADE_REQUESTED,)),
     _role("credit", "the credit-check system: reads checks asked for, sends decisions",
           reads=(Topic.CREDIT_CHECK_REQUESTED,), writes=(Topic.CREDIT_CHECK_DECIDED,)),
+    _role("status", "the admins' status page (planshift serve): follows statuses, service health and dead letters",
+          reads=(Topic.UPGRADE_STATUS, Topic.SERVICE_HEALTH) + tuple(dlq(t) for t in CONSUMED_TOPICS)),
     _role("operator", "creates topics, reads everything, replays groups, re-drives dead letters, "
                       "publishes service health",
           reads=tuple(t.name for t in TOPICS) + tuple(dlq(t) for t in CONSUMED_TOPICS) + (REDRIVEN_TOPIC,),
@@ -271,7 +273,8 @@ def markdown_table() -> str:
             also.append(f"creates, reads and writes `{role.group}.state.changelog`")
         if role.operator:
             also.append("creates topics (cluster CREATE); reads, describes and resets every `planshift-*` group")
-        lines.append(f"| {role.name} | `User:{role.user}` | {names(role.reads, False)} | "
+        reads = ", ".join(f"`{t}`" for t in role.reads) or "—"
+        lines.append(f"| {role.name} | `User:{role.user}` | {reads} | "
                      f"{names(role.writes, False)} | {names(role.writes, True)} | {group} | "
                      f"{'; '.join(also) or '—'} |")
     return "\n".join(lines)

@@ -193,18 +193,18 @@ class StatusView:
         with self.lock:
             return Counter(u.status for u in self.upgrades.values())
 
-    def tenant_state(self, tenant_id: str):
-        """Intake's state of one tenant (in flight, upgrade ids used), folded from its statuses
-        the way intake restores it."""
-        from consumers.intake import TenantState, fold_status
-        from planshift.runtime.state import PartitionStore
+    def tenant_state(self, tenant_id: str) -> tuple[str | None, dict[str, str]]:
+        """(the upgrade in flight, upgrade_id → latest status) of one tenant, folded from its
+        statuses as intake folds them at restore."""
+        from planshift.domain.lifecycle import take_status
 
-        store = PartitionStore(0)
         with self.lock:
             statuses = list(self.statuses_by_tenant.get(tenant_id, ()))
+        upgrades: dict[str, str] = {}
+        in_flight = None
         for status in statuses:
-            fold_status(store, status)
-        return TenantState.load(store, tenant_id)
+            _, in_flight = take_status(upgrades, in_flight, status["upgrade_id"], str(status.get("status")))
+        return in_flight, upgrades
 
     def owner_of(self, upgrade_id: str) -> str | None:
         with self.lock:
@@ -235,8 +235,8 @@ def preview_request(view: StatusView, settings: Settings, request: dict[str, Any
     owner = view.owner_of(upgrade_id) if isinstance(upgrade_id, str) else None
     if owner is not None and owner != tenant_id:
         known = "taken"
-    tenant = view.tenant_state(str(tenant_id))
-    if upgrade_id in tenant.upgrades:
+    in_flight, upgrades = view.tenant_state(str(tenant_id))
+    if upgrade_id in upgrades:
         known = "repeat"
     holders = 0
     if isinstance(tenant_id, str) and isinstance(request.get("source_subscription_id"), str):
@@ -249,7 +249,7 @@ def preview_request(view: StatusView, settings: Settings, request: dict[str, Any
                 directory.close()
     with view.lock:
         health = dict(view.health)
-    return preview(request, TenantView(holders, health, tenant.in_flight, settings.prepaid_policy),
+    return preview(request, TenantView(holders, health, in_flight, settings.prepaid_policy),
                    Catalogue.for_settings(settings), today or datetime.now(timezone.utc).date(),
                    batch_size=settings.batch_size, credit_check_threshold_minor=settings.credit_check_threshold_minor,
                    credit_check_expiry_days=settings.credit_check_expiry_days, known=known)

@@ -268,7 +268,10 @@ def render_live(view: StatusView, summary: dict[str, Any], tenant: str | None = 
     parts = [f'<p class="counts" id="counts">Upgrades: {_e(counts)}</p>']
     if summary.get("reader_error"):
         parts.append(f'<p class="rejected">Not reading upgrade.status right now: {_e(summary["reader_error"])}</p>')
-    flying = sorted((u for u in upgrades if u.status in IN_FLIGHT), key=lambda u: u.requested_at)
+    # the furthest along first: the ones an admin is watching move
+    flying = sorted((u for u in upgrades if u.status in IN_FLIGHT),
+                    key=lambda u: (-(u.progress or {}).get("users_done", 0), u.status != Status.MIGRATING,
+                                   u.requested_at))
     parts.append(f'<h2>In flight ({len(flying)})</h2>')
     parts += [render_in_flight(u) for u in flying] or ['<p class="meta">Nothing in flight.</p>']
     done = sorted((u for u in upgrades if u.status == Status.COMPLETED), key=lambda u: u.updated_at, reverse=True)
@@ -297,8 +300,7 @@ def render_in_flight(u: UpgradeView) -> str:
                      f'{progress.get("batches_done", 0)} of {progress.get("batch_count", 0)} batches</div>')
         locked = u.latest.get("admin_locked_until")
         if locked:
-            lines.append(f'<div class="meta lock">The admin centre is locked for this tenant until '
-                         f'{_e(when(locked))} (at most an hour after migration starts).</div>')
+            lines.append(f'<div class="meta lock">Admin centre locked until {_e(when(locked))}</div>')
     elif u.status == Status.CREDIT_CHECK_PENDING and u.credit_check:
         check = u.credit_check
         lines.append(f'<div class="meta">Waiting for a credit check ({_e(check.get("reason"))}); the decision is '
