@@ -1,10 +1,11 @@
-"""`planshift directory import|export|copy`: the licence directory (embedded, or PostgreSQL)."""
+"""`planshift directory import|export|copy|serve`: the licence directory (embedded, PostgreSQL, or a licence API)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from cli.args import port
 from planshift.settings import Settings
 
 
@@ -30,6 +31,53 @@ def register(sub) -> None:
                                      "first request per id, recorded resets, swept users). Rows already there stay.")
     cp.add_argument("--to", required=True, metavar="postgresql://…", help="the PostgreSQL database to copy into")
     cp.set_defaults(handler=directory_copy, needs_broker=False)
+    srv = dsub.add_parser(
+        "serve", help="a reference licence service over the embedded directory, with a vendor's limits",
+        description="Serves the licence directory over HTTP with the semantics of Microsoft Graph's licence "
+                    "assignment: at most 20 users per call, a write quota per tenant (429 with Retry-After beyond "
+                    "it), now and then a 503, a latency per call. A stand-in for a vendor's licence system (as "
+                    "'planshift simulate billing' is for billing): point planshift at it with "
+                    "PLANSHIFT_DIRECTORY_URL=http://HOST:PORT and pace it with PLANSHIFT_LICENCE_API_QUOTA.")
+    srv.add_argument("--port", type=port, default=8090, help="default 8090")
+    srv.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1")
+    srv.add_argument("--quota", type=quota, default="3000/150", metavar="CALLS/SECONDS",
+                     help="write calls per tenant in any window of SECONDS (default 3000/150, Graph's)")
+    srv.add_argument("--latency-ms", type=float, default=20.0, metavar="MS", help="time per call (default 20)")
+    srv.add_argument("--error-rate", type=rate, default=0.0, metavar="P",
+                     help="share of write calls answered 503 (default 0)")
+    srv.set_defaults(handler=directory_serve, needs_broker=False)
+
+
+def quota(text: str):
+    from planshift.settings import Quota
+
+    try:
+        return Quota.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError("must be at least 0 and below 1")
+    return value
+
+
+def directory_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from planshift.storage.directory import SqliteDirectory
+    from planshift.storage.licence_service import create_service
+    from planshift.web.app import run_asgi
+
+    quota_value = args.quota if not isinstance(args.quota, str) else quota(args.quota)
+    path = SqliteDirectory.path_for(settings)
+    print(f"licence service on http://{args.host}:{args.port}/ over {path}: quota {quota_value} per tenant, "
+          f"{args.latency_ms:g} ms per call, {args.error_rate:.1%} answered 503", flush=True)
+    run_asgi(create_service(SqliteDirectory(path), quota_value, args.latency_ms, args.error_rate), args.host, args.port)
+    return 0
 
 
 def directory_import(args: argparse.Namespace, settings: Settings) -> int:

@@ -25,12 +25,42 @@ def _default_kafka_cache() -> Path:
 
 
 @dataclass(frozen=True)
+class Quota:
+    """A licence API's write quota per tenant: at most `calls` in any `window_s` seconds."""
+    calls: int = 3000
+    window_s: float = 150.0
+
+    @classmethod
+    def parse(cls, text: str) -> "Quota":
+        """`CALLS/SECONDS`, e.g. `3000/150`."""
+        calls, _, seconds = text.partition("/")
+        try:
+            quota = cls(int(calls), float(seconds or 1))
+        except ValueError:
+            raise ValueError(f"{text!r} is not a quota: CALLS/SECONDS, e.g. 3000/150") from None
+        if quota.calls < 1 or quota.window_s <= 0:
+            raise ValueError(f"{text!r}: calls and seconds must be above zero")
+        return quota
+
+    @property
+    def per_second(self) -> float:
+        return self.calls / self.window_s
+
+    def __str__(self) -> str:
+        return f"{self.calls}/{self.window_s:g}"
+
+
+@dataclass(frozen=True)
 class Settings:
     bootstrap_servers: str = "127.0.0.1:9092"
     data_dir: Path = Path("./var")
     # The licence directory: None (the default) for the embedded SQLite file under
     # data_dir, one host only; postgresql://… for a PostgreSQL database shared by hosts.
     directory_url: str | None = field(default=None, repr=False)
+    # With an http(s):// directory URL (a licence API): each tenant's write quota, CALLS/SECONDS
+    # (Graph: about 3000/150), that planshift paces its calls to; None: not paced (429s waited out).
+    licence_api_quota: str | None = None
+    licence_api_concurrency: int = 4  # calls of one batch in flight at once
     catalogue_path: Path | None = None  # None: the shipped catalogue
     batch_size: int = 500
     credit_check_threshold_minor: int = 1_000_000
@@ -98,6 +128,8 @@ class Settings:
             bootstrap_servers=get("PLANSHIFT_BOOTSTRAP_SERVERS") or defaults.bootstrap_servers,
             data_dir=Path(get("PLANSHIFT_DATA_DIR") or defaults.data_dir),
             directory_url=get("PLANSHIFT_DIRECTORY_URL") or None,
+            licence_api_quota=get("PLANSHIFT_LICENCE_API_QUOTA"),
+            licence_api_concurrency=get_int("PLANSHIFT_LICENCE_API_CONCURRENCY", defaults.licence_api_concurrency, 1),
             catalogue_path=Path(catalogue) if catalogue else None,
             batch_size=get_int("PLANSHIFT_BATCH_SIZE", defaults.batch_size),
             credit_check_threshold_minor=get_int(
@@ -138,9 +170,16 @@ class Settings:
             )
         if self.security_protocol.startswith("SASL") and not self.sasl_mechanism:
             raise SettingsError("PLANSHIFT_SASL_MECHANISM is required with a SASL security protocol")
-        if self.directory_url is not None and not self.directory_url.startswith(("postgresql://", "postgres://")):
+        if self.directory_url is not None and not self.directory_url.startswith(
+                ("postgresql://", "postgres://", "http://", "https://")):
             raise SettingsError("PLANSHIFT_DIRECTORY_URL must be a postgresql://user:password@host:port/database URL "
-                                "(unset: the embedded SQLite directory under PLANSHIFT_DATA_DIR)")
+                                "or a licence API's http(s)://host:port URL (unset: the embedded SQLite directory "
+                                "under PLANSHIFT_DATA_DIR)")
+        if self.licence_api_quota is not None:
+            try:
+                Quota.parse(self.licence_api_quota)
+            except ValueError as exc:
+                raise SettingsError(f"PLANSHIFT_LICENCE_API_QUOTA: {exc}") from None
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise SettingsError(f"PLANSHIFT_METRICS_PORT={self.metrics_port} must be a port number (0: any free port)")
         if self.pushgateway_url is not None and not self.pushgateway_url.startswith(("http://", "https://")):

@@ -287,6 +287,19 @@ class SqliteDirectory:
 
         return self._move(tenant_id, upgrade_id, source_subscription_id, target_subscription_id, target_sku, fill)
 
+    def sweep_users(self, tenant_id: str, upgrade_id: str, user_ids: Sequence[str], source_subscription_id: str,
+                    target_subscription_id: str, target_sku: str) -> MigrationResult:
+        """`sweep`, for those of `user_ids` who still hold a source licence: a licence API
+        sweeps a few users per call (the reference licence service's `sweep` moves)."""
+        def fill(db: sqlite3.Connection) -> int:
+            db.executemany("INSERT OR IGNORE INTO batch_users SELECT user_id FROM licences "
+                           "WHERE tenant_id = ? AND subscription_id = ? AND user_id = ?",
+                           ((tenant_id, source_subscription_id, u) for u in user_ids))
+            db.execute("INSERT OR IGNORE INTO swept_users SELECT ?, user_id FROM batch_users", (upgrade_id,))
+            return db.execute("SELECT count(*) FROM batch_users").fetchone()[0]
+
+        return self._move(tenant_id, upgrade_id, source_subscription_id, target_subscription_id, target_sku, fill)
+
     def _move(self, tenant_id: str, upgrade_id: str, source_subscription_id: str, target_subscription_id: str,
               target_sku: str, fill) -> MigrationResult:
         """One SQLite transaction: refuse an unsafe move, `fill(db)` the temp table `batch_users`
@@ -407,6 +420,10 @@ class SqliteDirectory:
 def open_directory(settings: Settings) -> LicenceDirectory:
     """The licence directory the settings name: PostgreSQL for `PLANSHIFT_DIRECTORY_URL`
     (shared by hosts), else the embedded SQLite file under `PLANSHIFT_DATA_DIR` (one host)."""
+    if settings.directory_url and settings.directory_url.startswith(("http://", "https://")):
+        from planshift.storage.licence_api import LicenceApiDirectory
+
+        return LicenceApiDirectory.for_settings(settings)
     if settings.directory_url:
         from planshift.storage.postgres import PostgresDirectory
 

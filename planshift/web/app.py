@@ -386,8 +386,12 @@ def render_upgrade(u: UpgradeView) -> str:
 
 
 def serve(settings: Settings, host: str, port: int) -> None:
-    """Run the page until SIGINT or SIGTERM, then stop cleanly (exit 0, as every planshift
-    process does; uvicorn's own handlers would re-raise the signal)."""
+    run_asgi(create_app(settings), host, port)
+
+
+def run_asgi(app, host: str, port: int) -> None:
+    """Run an ASGI app on uvicorn until SIGINT or SIGTERM, then stop cleanly (exit 0, as
+    every planshift process does; uvicorn's own handlers would re-raise the signal)."""
     import signal
 
     import uvicorn
@@ -405,8 +409,7 @@ def serve(settings: Settings, host: str, port: int) -> None:
                 for s, handler in previous.items():
                     signal.signal(s, handler)
 
-    Server(uvicorn.Config(create_app(settings), host=host, port=port, log_level="warning",
-                          access_log=False)).run()
+    Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)).run()
 
 
-__all__ = ["create_app", "serve", "last_reconciliation"]
+__all__ = ["create_app", "serve", "run_asgi", "last_reconciliation"]
