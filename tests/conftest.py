@@ -7,8 +7,10 @@ stopped (SIGTERM) at the end of the session.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -75,10 +77,47 @@ def postgres_url(postgres_server) -> str:
     return postgres_server.url.rsplit("/", 1)[0] + f"/{name}"
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", "postgres", "licence-api"])
 def directory_url(request) -> str | None:
-    """Each directory planshift has: None for the embedded SQLite file, else a PostgreSQL URL."""
-    return None if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    """Each directory planshift has: None for the embedded SQLite file, else a PostgreSQL URL
+    or a licence API's (the reference licence service, with a quota too large to matter)."""
+    if request.param == "sqlite":
+        return None
+    if request.param == "postgres":
+        return request.getfixturevalue("postgres_url")
+    return request.getfixturevalue("licence_api_url")
+
+
+@pytest.fixture
+def licence_api_url(tmp_path_factory):
+    """A reference licence service (`planshift directory serve`) of this test's own."""
+    from planshift.settings import Quota
+
+    with licence_service(tmp_path_factory.mktemp("licence-api") / "directory.sqlite3", Quota(1_000_000, 1)) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def licence_service(path: Path, quota, latency_ms: float = 0.0, error_rate: float = 0.0):
+    """The reference licence service on uvicorn in a thread, over the SQLite store at `path`."""
+    import uvicorn
+
+    from planshift.storage.directory import SqliteDirectory
+    from planshift.storage.licence_service import create_service
+
+    store = SqliteDirectory(path)
+    app = create_service(store, quota, latency_ms, error_rate)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, 20, message="the licence service to start")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(20)
+        store.close()
 
 
 _counter = itertools.count()
@@ -127,8 +166,6 @@ def topic_factory(kafka_broker, broker_settings, unique_name):
 
 # -- helpers for tests of consumers against the real broker ----------------------
 
-import contextlib  # noqa: E402
-import threading  # noqa: E402
 
 from planshift.kafka import clients  # noqa: E402
 from planshift.kafka.reader import read_topic  # noqa: E402

@@ -36,7 +36,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
-from planshift.storage.directory import Claim, DirectoryError, Licence, MigrationRefused, MigrationResult
+from planshift.storage.directory import (Claim, DirectoryError, Licence, MigrationRefused, MigrationResult,
+                                         licence_rows)
 
 CALL_SIZE = 20
 PACE = 0.98  # of the quota: calls are paced a little under it
@@ -206,6 +207,10 @@ class LicenceApiDirectory:
     def count(self) -> int:
         return self._request("GET", "/v1/licences/count")["count"]
 
+    def all(self) -> Iterable[tuple]:
+        """Every licence as the embedded store's rows (disabled services as JSON text)."""
+        return [tuple(row) for row in self._request("GET", "/v1/licences")["licences"]]
+
     def resets(self, upgrade_id: str) -> list[tuple[str, str, str, str, tuple[str, ...]]]:
         rows = self._request("GET", f"/v1/upgrades/{_q(upgrade_id)}/resets")["resets"]
         return [(t, u, s, k, tuple(d)) for t, u, s, k, d in rows]
@@ -216,13 +221,13 @@ class LicenceApiDirectory:
     # -- writes --------------------------------------------------------------------
 
     def put(self, licences: Iterable[Licence], replace_all: bool = False) -> int:
-        if replace_all:
-            raise DirectoryError("a licence API is not replaced wholesale: import into its own store")
-        rows = [[x.tenant_id, x.user_id, x.subscription_id, x.sku, list(x.disabled_services)] for x in licences]
-        written = 0
-        for start in range(0, len(rows), 5000):
-            written += self._request("POST", "/v1/licences", {"licences": rows[start:start + 5000]})["written"]
-        return written
+        rows = licence_rows(licences)
+        self._write_rows(rows, replace_all)
+        return len(rows)
+
+    def _write_rows(self, rows: Sequence[tuple], replace_all: bool) -> None:
+        """In one call, so in one transaction of the service's store (`directory import`)."""
+        self._request("POST", "/v1/licences", {"licences": [list(r) for r in rows], "replace": replace_all})
 
     def migrate(self, tenant_id: str, upgrade_id: str, user_ids: Sequence[str], source_subscription_id: str,
                 target_subscription_id: str, target_sku: str) -> MigrationResult:

@@ -19,7 +19,9 @@ Routes (JSON):
     GET  /v1/tenants/{t}/subscriptions/{s}/holders[?count=true]
     POST /v1/holders                      {"pairs": [[tenant, subscription], ...]}
     GET  /v1/tenants/{t}/users/{u}/licences
-    POST /v1/licences                     {"licences": [[tenant, user, subscription, sku, [disabled]], ...]}
+    POST /v1/licences                     {"licences": [[tenant, user, subscription, sku, "[disabled]"], ...],
+                                           "replace": bool}
+    GET  /v1/licences                     every licence (for `directory export`)
     GET  /v1/licences/count
     POST /v1/tenants/{t}/licenceMoves     {"upgrade_id", "user_ids" (≤ 20), "source_subscription_id",
                                            "target_subscription_id", "target_sku", "sweep": bool}   (throttled)
@@ -46,7 +48,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from planshift.settings import Quota
-from planshift.storage.directory import Licence, MigrationRefused, SqliteDirectory
+from planshift.storage.directory import MigrationRefused, SqliteDirectory
 
 CALL_SIZE = 20  # Graph: at most 20 users per licence-assignment batch request
 
@@ -126,9 +128,16 @@ def create_service(store: SqliteDirectory, quota: Quota | None = None, latency_m
                                            list(x.disabled_services)] for x in rows]})
 
     async def put(request: Request) -> Response:
-        rows = (await request.json())["licences"]
-        count = await call(store.put, [Licence(t, u, s, k, tuple(d)) for t, u, s, k, d in rows])
-        return JSONResponse({"written": count})
+        """Rows as the store keeps them (disabled services as JSON text), in one transaction;
+        `replace`: instead of everything there."""
+        body = await request.json()
+        rows = [tuple(r) for r in body["licences"]]
+        await call(store._write_rows, rows, bool(body.get("replace")))
+        return JSONResponse({"written": len(rows)})
+
+    async def everything(request: Request) -> Response:
+        rows = await call(lambda: [list(r) for r in store.all()])
+        return JSONResponse({"licences": rows})
 
     async def count(request: Request) -> Response:
         return JSONResponse({"count": await call(store.count)})
@@ -194,6 +203,7 @@ def create_service(store: SqliteDirectory, quota: Quota | None = None, latency_m
         Route("/v1/holders", holders_many, methods=["POST"]),
         Route("/v1/tenants/{tenant}/users/{user}/licences", licences_of),
         Route("/v1/licences", put, methods=["POST"]),
+        Route("/v1/licences", everything, methods=["GET"]),
         Route("/v1/licences/count", count),
         Route("/v1/tenants/{tenant}/licenceMoves", moves, methods=["POST"]),
         Route("/v1/upgrades/{upgrade}/swept", swept),
