@@ -51,7 +51,7 @@ from typing import Any, Callable, Mapping
 
 from planshift.catalogue import Catalogue
 from planshift.contract import Status, Topic, batch_key, lifetime_ms
-from planshift.domain.batches import batch_events
+from planshift.domain.batches import batch_events, chain_size, chained_first_batch
 from planshift.domain.credit_check import add_business_days, credit_check_reason, decision_due_by
 from planshift.domain.eligibility import (
     TenantView,
@@ -101,6 +101,8 @@ class Intake:
         self.clock = clock  # the runtime's (a test driver's in tests): when an id is claimed
         self._holders: dict[tuple[str, str], list[str]] = {}
         self._claims: dict[tuple[str, str], Claim] = {}
+        quota = settings.licence_api_quota_per_s
+        self.chain_size = chain_size(quota) if quota else None  # chained batches under a licence API's quota
 
     def prepare_requests(self, requests: list[dict[str, Any]]) -> None:
         """Claim the upgrade ids and read the licence holders of a whole polled batch in
@@ -281,7 +283,13 @@ class Intake:
         now = now or ctx.now()
         stamp = stamp or rfc3339(now)
         batch_count = 0
-        for batch in batch_events(request, source, users, self.settings.batch_size, stamp):
+        chain = self.chain_size
+        if chain and len(users) > chain:
+            # under a licence API's per-tenant quota: one batch at a time (domain/batches.py)
+            batches = [chained_first_batch(request, source, users, chain, stamp)]
+        else:
+            batches = batch_events(request, source, users, self.settings.batch_size, stamp)
+        for batch in batches:
             ctx.emit(Topic.LICENSE_BATCHES, batch_key(upgrade_id, batch["batch_no"]), batch,
                      placement=functools.partial(spread, upgrade_id, batch["batch_no"]))
             batch_count = batch["batch_count"]

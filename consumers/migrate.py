@@ -26,12 +26,17 @@ dead letter, a replay — is ignored there, so a failed upgrade is never billed.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from planshift.contract import Topic, lifetime_ms
+from planshift.contract import Topic, batch_key, lifetime_ms
+from planshift.domain.batches import next_in_chain
 from planshift.events import batch_completed
+from planshift.kafka.partitioning import spread
 from planshift.logs import get_logger
 from planshift.runtime import Context, ProcessorConfig, Source, StreamProcessor
 from planshift.settings import Settings
@@ -39,12 +44,56 @@ from planshift.storage.directory import LicenceDirectory, open_directory
 
 log = get_logger(__name__)
 
+
+@dataclasses.dataclass
+class _Item:
+    """Batch `index` of a tenant's batches started together in `prepare`."""
+    chain: Future
+    index: int
+
+    def result(self):
+        return self.chain.result()[self.index]
+
 GROUP_ID = "planshift-migrate"
 
 
 class Migration:
     def __init__(self, directory: LicenceDirectory):
         self.directory = directory
+        # A licence API answers several callers at once, and throttles each tenant on its own:
+        # a poll's batches of different tenants are migrated side by side (each tenant's in
+        # order), so one tenant waiting on its quota holds up nobody else's.
+        self._side_by_side = getattr(directory, "concurrent", False)
+        self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="tenant") if self._side_by_side else None
+        self._started: dict[tuple[str, int], Future] = {}
+
+    def prepare(self, batches: list[dict[str, Any]]) -> None:
+        """Start the poll's batches, tenant by tenant in parallel (a licence API only)."""
+        if self._pool is None:
+            return
+        self._started = {}
+        by_tenant: dict[str, list[dict[str, Any]]] = {}
+        for batch in batches:
+            by_tenant.setdefault(batch["tenant_id"], []).append(batch)
+        for tenant_batches in by_tenant.values():
+            chain = self._pool.submit(lambda bs=tenant_batches: [self._migrate(b) for b in bs])
+            for i, batch in enumerate(tenant_batches):
+                self._started[(batch["upgrade_id"], batch["batch_no"])] = _Item(chain, i)
+
+    def _migrate(self, batch: dict[str, Any]):
+        try:
+            return self.directory.migrate(batch["tenant_id"], batch["upgrade_id"], batch["user_ids"],
+                                          batch["source_subscription_id"], batch["target_subscription_id"],
+                                          batch["target_sku"])
+        except Exception as exc:  # handed to on_batch, which raises it there (and the runtime retries)
+            return exc
+
+    def _result(self, batch: dict[str, Any]):
+        started = self._started.pop((batch["upgrade_id"], batch["batch_no"]), None)
+        result = started.result() if started is not None else self._migrate(batch)
+        if isinstance(result, Exception):
+            raise result
+        return result
 
     def on_batch(self, ctx: Context, batch: dict[str, Any]) -> None:
         upgrade_id, batch_no = batch["upgrade_id"], batch["batch_no"]
@@ -52,9 +101,7 @@ class Migration:
         if ctx.get(done_key):
             log.info("batch already completed; replay ignored", batch_no=batch_no)
             return
-        result = self.directory.migrate(batch["tenant_id"], upgrade_id, batch["user_ids"],
-                                        batch["source_subscription_id"], batch["target_subscription_id"],
-                                        batch["target_sku"])
+        result = self._result(batch)
         if result.users_missing:
             log.warning("users no longer hold the source licence", users_missing=result.users_missing)
         ctx.publish(batch_completed(
@@ -62,9 +109,20 @@ class Migration:
             users_already_migrated=result.users_already_migrated, users_missing=result.users_missing,
             service_plan_resets=[{"user_id": u, "disabled_services": list(d)} for u, d in result.resets]),
             key=upgrade_id)
+        following = next_in_chain(batch, self._next_users(batch))
+        if following is not None:  # a chain (a licence API's quota): this batch releases the next
+            ctx.emit(Topic.LICENSE_BATCHES, batch_key(upgrade_id, following["batch_no"]), following,
+                     placement=functools.partial(spread, upgrade_id, following["batch_no"]))
         # Replayable for as long as its record can still be read; not after.
         expires_ms = max(ctx.timestamp, int(ctx.clock() * 1000)) + lifetime_ms(Topic.LICENSE_BATCHES)
         ctx.put(done_key, True, expires_at=datetime.fromtimestamp(expires_ms / 1000, timezone.utc))
+
+    def _next_users(self, batch: dict[str, Any]) -> list[str]:
+        chain = batch.get("chain")
+        if not chain or batch["batch_no"] + 1 >= batch["batch_count"]:
+            return []
+        return self.directory.holders_after(batch["tenant_id"], batch["source_subscription_id"], chain["after"],
+                                            chain["size"])
 
     def on_failed_batch(self, ctx: Context, batch: dict[str, Any], error: BaseException) -> None:
         """The batch is being dead-lettered: the upgrade cannot complete; tell settlement."""
@@ -89,7 +147,8 @@ def migration_config(settings: Settings, directory: LicenceDirectory | None = No
     config.setdefault("retry_backoff_s", 0.2)
     return ProcessorConfig(
         group_id=GROUP_ID,
-        sources=(Source(Topic.LICENSE_BATCHES, migration.on_batch, on_failure=migration.on_failed_batch),),
+        sources=(Source(Topic.LICENSE_BATCHES, migration.on_batch, on_failure=migration.on_failed_batch,
+                        prepare=migration.prepare),),
         instance=instance,
         **config,
     )

@@ -159,6 +159,14 @@ class Settings:
         settings.validate()
         return settings
 
+    @property
+    def licence_api_quota_per_s(self) -> float | None:
+        """The per-tenant write calls a second of the licence API planshift migrates through
+        (PLANSHIFT_DIRECTORY_URL http(s):// with PLANSHIFT_LICENCE_API_QUOTA), else None."""
+        if not self.licence_api_quota or not (self.directory_url or "").startswith(("http://", "https://")):
+            return None
+        return Quota.parse(self.licence_api_quota).per_second
+
     def validate(self) -> None:
         if self.prepaid_policy not in PREPAID_POLICIES:
             raise SettingsError(

@@ -57,7 +57,9 @@ ROLES: dict[str, Role] = {r.name: r for r in (
                   dlq(Topic.UPGRADE_REQUESTED), dlq(Topic.CREDIT_CHECK_DECIDED), dlq(Topic.UPGRADE_ENDED)),
           group="planshift-intake", changelog=True),
     _role("migrate", "moves each batch's users to the new plan",
-          reads=(Topic.LICENSE_BATCHES,), writes=(Topic.LICENSE_BATCH_COMPLETED, dlq(Topic.LICENSE_BATCHES)),
+          reads=(Topic.LICENSE_BATCHES,),
+          # license.batches too: a chained batch releases the next (a licence API's quota)
+          writes=(Topic.LICENSE_BATCH_COMPLETED, Topic.LICENSE_BATCHES, dlq(Topic.LICENSE_BATCHES)),
           group="planshift-migrate", changelog=True),
     _role("settle", "switches billing and issues the credit, once per upgrade",
           reads=(Topic.LICENSE_BATCH_COMPLETED,),

@@ -315,11 +315,18 @@ class StreamProcessor:
             self.metrics.first_record_at = time.monotonic()
         checkpoint, engine, metrics = self.checkpoint, self.engine, self.metrics
         try:
+            # Every partition's records decoded first, so that a source's `prepare` sees the
+            # whole poll at once (intake: one directory round trip; migration over a licence
+            # API: the batches of different tenants side by side).
+            decoded_by_tp = {tp: [engine.decode(self._sources[tp.topic], r) for r in records]
+                             for tp, records in batches.items()}
+            for source in {self._sources[tp.topic].topic: self._sources[tp.topic] for tp in batches}.values():
+                if source.prepare is not None:
+                    engine.prepare(source, [d for tp, decoded in decoded_by_tp.items()
+                                            if self._sources[tp.topic] is source for d in decoded if isinstance(d, dict)])
             for tp, records in batches.items():
                 source = self._sources[tp.topic]
-                decoded = [engine.decode(source, r) for r in records]
-                if source.prepare is not None:
-                    engine.prepare(source, [d for d in decoded if isinstance(d, dict)])
+                decoded = decoded_by_tp.pop(tp)
                 took = metrics.handler_histogram(source.topic)
                 for record, event in zip(records, decoded):
                     if not checkpoint.open:

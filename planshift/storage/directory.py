@@ -161,6 +161,8 @@ class LicenceDirectory(Protocol):
 
     def holders_many(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], list[str]]: ...
 
+    def holders_after(self, tenant_id: str, subscription_id: str, after: str | None, limit: int) -> list[str]: ...
+
     def put(self, licences: Iterable[Licence]) -> int: ...
 
     def migrate(self, tenant_id: str, upgrade_id: str, user_ids: Sequence[str], source_subscription_id: str,
@@ -216,6 +218,13 @@ class SqliteDirectory:
     def holders(self, tenant_id: str, subscription_id: str) -> list[str]:
         rows = self._db.execute("SELECT user_id FROM licences WHERE tenant_id=? AND subscription_id=? ORDER BY user_id",
                                 (tenant_id, subscription_id))
+        return [r[0] for r in rows]
+
+    def holders_after(self, tenant_id: str, subscription_id: str, after: str | None, limit: int) -> list[str]:
+        """The next `limit` holders in user-id order after `after` (None: from the first): a
+        chained migration's next batch."""
+        rows = self._db.execute("SELECT user_id FROM licences WHERE tenant_id=? AND subscription_id=? AND user_id > ? "
+                                "ORDER BY user_id LIMIT ?", (tenant_id, subscription_id, after or "", limit))
         return [r[0] for r in rows]
 
     def holders_many(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], list[str]]:

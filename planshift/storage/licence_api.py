@@ -85,6 +85,8 @@ class ApiCounters:
 
 
 class LicenceApiDirectory:
+    concurrent = True  # safe to call from several threads at once (a connection per thread)
+
     def __init__(self, url: str, *, quota_per_s: float | None = 20.0, concurrency: int = 4,
                  attempts: int = 6, timeout_s: float = 30.0, backoff_s: float = 0.2):
         parsed = urllib.parse.urlsplit(url)
@@ -192,6 +194,11 @@ class LicenceApiDirectory:
     def holders(self, tenant_id: str, subscription_id: str) -> list[str]:
         return self._request("GET", f"/v1/tenants/{_q(tenant_id)}/subscriptions/{_q(subscription_id)}/holders"
                              )["user_ids"]
+
+    def holders_after(self, tenant_id: str, subscription_id: str, after: str | None, limit: int) -> list[str]:
+        query = urllib.parse.urlencode({"limit": limit, **({"after": after} if after else {})})
+        return self._request("GET", f"/v1/tenants/{_q(tenant_id)}/subscriptions/{_q(subscription_id)}/holders"
+                                    f"?{query}")["user_ids"]
 
     def holders_many(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], list[str]]:
         wanted = list(dict.fromkeys(pairs))

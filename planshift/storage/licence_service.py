@@ -16,7 +16,7 @@ the target licence written before the source goes, idempotent, resets recorded. 
 planshift's own records (upgrade ids seen, resets, swept users) are not throttled.
 Routes (JSON):
 
-    GET  /v1/tenants/{t}/subscriptions/{s}/holders[?count=true]
+    GET  /v1/tenants/{t}/subscriptions/{s}/holders[?count=true | ?after=U&limit=N]
     POST /v1/holders                      {"pairs": [[tenant, subscription], ...]}
     GET  /v1/tenants/{t}/users/{u}/licences
     POST /v1/licences                     {"licences": [[tenant, user, subscription, sku, "[disabled]"], ...],
@@ -114,6 +114,9 @@ def create_service(store: SqliteDirectory, quota: Quota | None = None, latency_m
         await pause()
         if request.query_params.get("count") == "true":
             return JSONResponse({"count": await call(store.count_holders, t, s)})
+        if "limit" in request.query_params:  # a page, in user-id order, after a cursor
+            return JSONResponse({"user_ids": await call(store.holders_after, t, s, request.query_params.get("after"),
+                                                        int(request.query_params["limit"]))})
         return JSONResponse({"user_ids": await call(store.holders, t, s)})
 
     async def holders_many(request: Request) -> Response:

@@ -159,6 +159,11 @@ class PostgresDirectory:
         return [r[0] for r in self._rows("SELECT user_id FROM licences WHERE tenant_id = %s AND subscription_id = %s "
                                          "ORDER BY user_id", (tenant_id, subscription_id))]
 
+    def holders_after(self, tenant_id: str, subscription_id: str, after: str | None, limit: int) -> list[str]:
+        return [r[0] for r in self._rows(
+            "SELECT user_id FROM licences WHERE tenant_id = %s AND subscription_id = %s AND user_id > %s "
+            "ORDER BY user_id LIMIT %s", (tenant_id, subscription_id, after or "", limit))]
+
     def holders_many(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], list[str]]:
         """`holders` for many (tenant_id, subscription_id) pairs in one query."""
         wanted = list(dict.fromkeys(pairs))
