@@ -66,7 +66,8 @@ class ServiceStats:
         tenants = set(self.calls) | set(self.throttled) | set(self.unavailable)
         return {"tenants": {t: {"calls": self.calls[t], "throttled": self.throttled[t],
                                 "unavailable": self.unavailable[t], "users": self.users[t],
-                                "seconds": round(self.last.get(t, 0) - self.first.get(t, 0), 3)}
+                                "seconds": round(self.last.get(t, 0) - self.first.get(t, 0), 3),
+                                "first_at": self.first.get(t), "last_at": self.last.get(t)}
                             for t in sorted(tenants)},
                 "calls": sum(self.calls.values()), "throttled": sum(self.throttled.values()),
                 "unavailable": sum(self.unavailable.values())}
