@@ -83,6 +83,9 @@ class ProcessorConfig:
     retry_backoff_s: float = 0.05
     instance: str = "0"  # stable per instance: a restart fences its own zombie at once
     max_poll_records: int = 2000
+    # How long the broker may hold a fetch that finds nothing new (kafka-python's default):
+    # lower where a record is waited for as soon as it is committed (a chained batch).
+    fetch_max_wait_ms: int = 500
     transaction_timeout_ms: int = 60_000
     session_timeout_ms: int = 15_000  # an instance that is gone for good loses its partitions after this
     poll_timeout_ms: int = 500  # returns at once when records wait; bounds how soon stop() is seen

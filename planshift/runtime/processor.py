@@ -185,6 +185,7 @@ class StreamProcessor:
             self.settings, self.settings.topic(self.config.group_id),
             partition_assignment_strategy=[CopartitionedCooperativeStickyAssignor],
             max_poll_records=self.config.max_poll_records,
+            fetch_max_wait_ms=self.config.fetch_max_wait_ms,
             # Static membership (KIP-345) under the same stable name as the transactional
             # id: a restarted instance takes its own place in the group at once instead of
             # waiting for the broker to time out the member it was before the crash.
