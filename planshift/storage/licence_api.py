@@ -101,7 +101,11 @@ class LicenceApiDirectory:
         self._buckets: dict[str, TokenBucket] = {}
         self._buckets_lock = threading.Lock()
         self._local = threading.local()
-        self._pool = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="licence-api")
+        self.concurrency = max(1, concurrency)
+        # Calls in flight, of every batch this process runs (several tenants' side by side).
+        # Each batch paces its own calls in its own thread and keeps `concurrency` in flight,
+        # so a tenant waiting for its quota never holds a thread another tenant's call needs.
+        self._pool = ThreadPoolExecutor(max_workers=16 * self.concurrency, thread_name_prefix="licence-api")
 
     @classmethod
     def for_settings(cls, settings) -> "LicenceApiDirectory":
@@ -141,12 +145,16 @@ class LicenceApiDirectory:
             raise
         return response.status, dict(response.getheaders()), json.loads(payload) if payload else None
 
-    def _request(self, method: str, path: str, body: Any = None, tenant: str | None = None) -> Any:
-        """One call, paced (writes of a tenant), with 429s waited out and 503s retried."""
+    def _request(self, method: str, path: str, body: Any = None, tenant: str | None = None,
+                 paced: bool = False) -> Any:
+        """One call, with 429s waited out and 503s retried. `paced`: the caller took the
+        tenant's token for its first try already (`_calls`)."""
         failures = 0
+        first = True
         while True:
-            if tenant is not None and self.quota_per_s:
+            if tenant is not None and self.quota_per_s and not (paced and first):
                 self.counters.waited_s += self._bucket(tenant).take()
+            first = False
             try:
                 status, headers, payload = self._send(method, path, body)
             except (OSError, http.client.HTTPException) as exc:
@@ -160,8 +168,8 @@ class LicenceApiDirectory:
                 self.counters.throttled += 1
                 wait = _retry_after(headers, 1.0)
                 if tenant is not None and self.quota_per_s:
-                    self._bucket(tenant).hold_back(wait)
-                else:
+                    self._bucket(tenant).hold_back(wait)  # the tenant's other calls wait too; this one
+                else:                                     # takes a token again, after the wait
                     time.sleep(wait)
                 self.counters.waited_s += wait
                 continue  # a throttled call changed nothing and counts against no attempt
@@ -245,25 +253,38 @@ class LicenceApiDirectory:
         calls = [users[i:i + CALL_SIZE] for i in range(0, len(users), CALL_SIZE)] or [[]]
         body = {"upgrade_id": upgrade_id, "source_subscription_id": source_subscription_id,
                 "target_subscription_id": target_subscription_id, "target_sku": target_sku}
+        return _sum(self._calls(tenant_id, body, calls))
+
+    def _calls(self, tenant_id: str, body: dict[str, Any], chunks: list[list[str]]) -> list[dict[str, Any]]:
+        """The moves of `chunks`, paced here, in the caller's thread, at the tenant's quota,
+        `concurrency` in flight at once."""
         path = f"/v1/tenants/{_q(tenant_id)}/licenceMoves"
-        results = list(self._pool.map(lambda chunk: self._request("POST", path, {**body, "user_ids": chunk},
-                                                                  tenant=tenant_id), calls))
-        return _sum(results)
+        bucket = self._bucket(tenant_id) if self.quota_per_s else None
+        room = threading.Semaphore(self.concurrency)
+        futures = []
+        try:
+            for chunk in chunks:
+                room.acquire()
+                if bucket is not None:
+                    self.counters.waited_s += bucket.take()
+                future = self._pool.submit(self._request, "POST", path, {**body, "user_ids": chunk}, tenant_id, True)
+                future.add_done_callback(lambda _: room.release())
+                futures.append(future)
+        finally:
+            results = [f.result() for f in futures]  # raises the first call's error that failed for good
+        return results
 
     def sweep(self, tenant_id: str, upgrade_id: str, source_subscription_id: str, target_subscription_id: str,
               target_sku: str) -> MigrationResult:
         """Every user still holding a source licence, 20 a call, until none does."""
         body = {"upgrade_id": upgrade_id, "source_subscription_id": source_subscription_id,
                 "target_subscription_id": target_subscription_id, "target_sku": target_sku, "sweep": True}
-        path = f"/v1/tenants/{_q(tenant_id)}/licenceMoves"
         results = []
         for _ in range(100):  # users keep arriving: give up after 100 rounds (the next completion sweeps again)
             left = self.holders(tenant_id, source_subscription_id)
             if not left:
                 break
-            chunks = [left[i:i + CALL_SIZE] for i in range(0, len(left), CALL_SIZE)]
-            results += list(self._pool.map(lambda chunk: self._request("POST", path, {**body, "user_ids": chunk},
-                                                                       tenant=tenant_id), chunks))
+            results += self._calls(tenant_id, body, [left[i:i + CALL_SIZE] for i in range(0, len(left), CALL_SIZE)])
         return _sum(results)
 
     def claim_upgrades(self, claims: Iterable[tuple[str, str, str]], now_ms: int,
