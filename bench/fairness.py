@@ -144,6 +144,7 @@ def follow(view, sent: dict[str, float], timeout: float, expected: int | None = 
     took: dict[str, float] = {}
     deadline = time.monotonic() + timeout
     told = time.monotonic()
+    waiting: set[str] = {u for u in sent if u in view.upgrades}  # already seen before this call
     while len(took) < (expected or len(sent)):
         if time.monotonic() - told > 15:
             told = time.monotonic()
@@ -153,13 +154,19 @@ def follow(view, sent: dict[str, float], timeout: float, expected: int | None = 
                                f"{dict(view.counts())}")
         view.poll(50)
         now = time.monotonic()
-        for upgrade_id, at in list(sent.items()):
-            if upgrade_id not in took:
-                upgrade = view.upgrades.get(upgrade_id)
-                if upgrade is not None and upgrade.status == "completed":
-                    took[upgrade_id] = now - at
-                elif upgrade is not None and upgrade.final:
-                    raise RuntimeError(f"{upgrade_id} ended {upgrade.status}: {upgrade.reasons}")
+        changed, view.changed = view.changed | waiting, set()
+        waiting = set()
+        for upgrade_id in changed:
+            at = sent.get(upgrade_id)
+            if at is None or upgrade_id in took:
+                if at is None and expected:
+                    waiting.add(upgrade_id)  # seen before the sender's thread noted its time
+                continue
+            upgrade = view.upgrades[upgrade_id]
+            if upgrade.status == "completed":
+                took[upgrade_id] = now - at
+            elif upgrade.final:
+                raise RuntimeError(f"{upgrade_id} ended {upgrade.status}: {upgrade.reasons}")
     return took
 
 

@@ -27,7 +27,6 @@ dead letter, a replay — is ignored there, so a failed upgrade is never billed.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -36,7 +35,6 @@ from typing import Any, Callable
 from planshift.contract import Topic, batch_key, lifetime_ms
 from planshift.domain.batches import next_in_chain
 from planshift.events import batch_completed
-from planshift.kafka.partitioning import spread
 from planshift.logs import get_logger
 from planshift.runtime import Context, ProcessorConfig, Source, StreamProcessor
 from planshift.settings import Settings
@@ -46,13 +44,12 @@ log = get_logger(__name__)
 
 
 @dataclasses.dataclass
-class _Item:
-    """Batch `index` of a tenant's batches started together in `prepare`."""
-    chain: Future
-    index: int
+class _Ahead:
+    """A chain's next batch, moved ahead by the worker that moves its predecessor: its users
+    (the next holders after the predecessor's) and, once moved, the directory's result."""
+    users: Future
+    moved: Future
 
-    def result(self):
-        return self.chain.result()[self.index]
 
 GROUP_ID = "planshift-migrate"
 
@@ -66,6 +63,10 @@ class Migration:
         self._side_by_side = getattr(directory, "concurrent", False)
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="tenant") if self._side_by_side else None
         self._started: dict[tuple[str, int], Future] = {}
+        # Under a quota a tenant's batches are a chain: this worker moves the next batch's users
+        # while the batch before commits and its successor record comes round (placed on the
+        # same partition, so normally to this worker), keeping the tenant at its quota.
+        self._ahead: dict[tuple[str, int], _Ahead] = {}
 
     def prepare(self, batches: list[dict[str, Any]]) -> None:
         """Start the poll's batches, tenant by tenant in parallel (a licence API only)."""
@@ -76,9 +77,44 @@ class Migration:
         for batch in batches:
             by_tenant.setdefault(batch["tenant_id"], []).append(batch)
         for tenant_batches in by_tenant.values():
-            chain = self._pool.submit(lambda bs=tenant_batches: [self._migrate(b) for b in bs])
-            for i, batch in enumerate(tenant_batches):
-                self._started[(batch["upgrade_id"], batch["batch_no"])] = _Item(chain, i)
+            items = {(b["upgrade_id"], b["batch_no"]): Future() for b in tenant_batches}
+            self._started.update(items)
+            self._pool.submit(self._run_tenant, tenant_batches, items)
+
+    def _run_tenant(self, batches: list[dict[str, Any]], items: dict[tuple[str, int], Future]) -> None:
+        result = None
+        for batch in batches:
+            result = self._moved_ahead(batch)
+            if result is None:
+                result = self._migrate(batch)
+            items[(batch["upgrade_id"], batch["batch_no"])].set_result(result)
+        if not isinstance(result, Exception):
+            self._move_ahead(batches[-1])
+
+    def _move_ahead(self, batch: dict[str, Any]) -> None:
+        chain = batch.get("chain")
+        if not chain or batch["batch_no"] + 1 >= batch["batch_count"]:
+            return
+        if len(self._ahead) > 10_000:  # successors that went to other workers (a rebalance)
+            self._ahead.clear()
+        ahead = self._ahead[(batch["upgrade_id"], batch["batch_no"] + 1)] = _Ahead(Future(), Future())
+        try:
+            users = self.directory.holders_after(batch["tenant_id"], batch["source_subscription_id"], chain["after"],
+                                                 chain["size"])
+        except Exception:
+            ahead.users.set_result(None)  # on_batch reads them itself
+            ahead.moved.set_result(None)
+            return
+        ahead.users.set_result(users)
+        ahead.moved.set_result(self._migrate({**batch, "user_ids": users}) if users else None)
+
+    def _moved_ahead(self, batch: dict[str, Any]):
+        """The directory's result for `batch` if this worker moved it ahead, else None."""
+        ahead = self._ahead.pop((batch["upgrade_id"], batch["batch_no"]), None)
+        if ahead is None or ahead.users.result() != batch["user_ids"]:
+            return None
+        moved = ahead.moved.result()
+        return None if moved is None or isinstance(moved, Exception) else moved
 
     def _migrate(self, batch: dict[str, Any]):
         try:
@@ -110,9 +146,10 @@ class Migration:
             service_plan_resets=[{"user_id": u, "disabled_services": list(d)} for u, d in result.resets]),
             key=upgrade_id)
         following = next_in_chain(batch, self._next_users(batch))
-        if following is not None:  # a chain (a licence API's quota): this batch releases the next
+        if following is not None:  # a chain (a licence API's quota): this batch releases the next,
+            partition = ctx.partition  # on its own partition: to this worker, which moves it ahead
             ctx.emit(Topic.LICENSE_BATCHES, batch_key(upgrade_id, following["batch_no"]), following,
-                     placement=functools.partial(spread, upgrade_id, following["batch_no"]))
+                     placement=lambda partitions: partition % partitions)
         # Replayable for as long as its record can still be read; not after.
         expires_ms = max(ctx.timestamp, int(ctx.clock() * 1000)) + lifetime_ms(Topic.LICENSE_BATCHES)
         ctx.put(done_key, True, expires_at=datetime.fromtimestamp(expires_ms / 1000, timezone.utc))
@@ -121,6 +158,9 @@ class Migration:
         chain = batch.get("chain")
         if not chain or batch["batch_no"] + 1 >= batch["batch_count"]:
             return []
+        ahead = self._ahead.get((batch["upgrade_id"], batch["batch_no"] + 1))
+        if ahead is not None and ahead.users.result() is not None:
+            return ahead.users.result()  # the users this worker is moving ahead
         return self.directory.holders_after(batch["tenant_id"], batch["source_subscription_id"], chain["after"],
                                             chain["size"])
 

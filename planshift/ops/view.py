@@ -108,6 +108,7 @@ class StatusView:
         self.dead_letters: Counter[str] = Counter()  # source topic → dead letters (of every group)
         self.dead_letter_groups: Counter[tuple[str, str]] = Counter()  # (source topic, consumer group) → count
         self.records = 0
+        self.changed: set[str] = set()  # upgrade ids with a new status since a reader last emptied it
         self.lock = threading.RLock()  # the page reads while a thread polls
         self._names = {settings.topic(Topic.UPGRADE_STATUS): Topic.UPGRADE_STATUS,
                        settings.topic(Topic.SERVICE_HEALTH): Topic.SERVICE_HEALTH}
@@ -179,6 +180,7 @@ class StatusView:
                 self.by_tenant.setdefault(tenant_id, []).append(upgrade_id)
             if upgrade.add(value):
                 self.statuses_by_tenant.setdefault(tenant_id, []).append(value)
+                self.changed.add(upgrade_id)
         elif name == Topic.SERVICE_HEALTH:
             if isinstance(value, dict) and isinstance(value.get("service"), str):
                 self.health[value["service"]] = value.get("status")
