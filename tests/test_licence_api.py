@@ -97,7 +97,8 @@ def test_the_settings_choose_the_licence_api_and_its_pace():
     settings = Settings.from_env({"PLANSHIFT_DIRECTORY_URL": "http://127.0.0.1:8090",
                                   "PLANSHIFT_LICENCE_API_QUOTA": "3000/150"})
     directory = open_directory(settings)
-    assert isinstance(directory, LicenceApiDirectory) and directory.quota_per_s == pytest.approx(19.6)
+    assert isinstance(directory, LicenceApiDirectory) and directory.quota_per_s == pytest.approx(19.4)
+    assert directory.burst == pytest.approx(90)  # the 3% left of 3,000 calls a window
     with pytest.raises(SettingsError, match="PLANSHIFT_LICENCE_API_QUOTA"):
         Settings.from_env({"PLANSHIFT_LICENCE_API_QUOTA": "fast"})
     with pytest.raises(SettingsError, match="PLANSHIFT_DIRECTORY_URL"):
