@@ -14,7 +14,7 @@ workers as separate processes, every one reaching the licence directory through 
 3. latency: a steady 100 requests a second of 10-user tenants for 60 s; request →
    completed p50 and p99 (goal p99 ≤ 3 s on this machine).
 
-    python bench/fairness.py [--scenario all|fairness|limit|latency] [--quota 1000/10]
+    python bench/fairness.py [--scenario all|fairness|limit|latency] [--quota 1000/10] [--limit-quota 50/10]
                              [--large-users 100000] [--latency-seconds 60] [--rate 100]
 
 The clock of each upgrade starts when its request is sent and stops when its `completed`
@@ -282,7 +282,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenario", choices=("all", "fairness", "limit", "latency"), default="all")
     parser.add_argument("--quota", default="1000/10", help="per-tenant quota of scenarios 1 and 3 (default 1000/10)")
-    parser.add_argument("--limit-quota", default="5/1", help="per-tenant quota of scenario 2 (default 5/1)")
+    parser.add_argument("--limit-quota", default="50/10", help="per-tenant quota of scenario 2 (default 50/10)")
     parser.add_argument("--large-users", type=int, default=100_000)
     parser.add_argument("--latency-seconds", type=float, default=60.0)
     parser.add_argument("--rate", type=float, default=100.0)

@@ -129,10 +129,10 @@ def test_an_upgrade_completes_over_a_throttled_licence_api_with_one_switch_and_o
     assert len(values(api, Topic.BILLING_SWITCH)) == 1 and len(values(api, Topic.CREDIT_ISSUED)) == 1
     # Under the quota the upgrade is a chain: intake released batch 0, whose worker released batch 1.
     batches = sorted(values(api, Topic.LICENSE_BATCHES), key=lambda b: b["batch_no"])
-    assert [(b["batch_no"], b["batch_count"], len(b["user_ids"])) for b in batches] == [(0, 2, 200), (1, 2, 200)]
-    assert batches[1]["chain"]["after"] == max(batches[1]["user_ids"]) > max(batches[0]["user_ids"])
-    assert sorted(batches[0]["user_ids"] + batches[1]["user_ids"]) == sorted(f"user{i}@contoso.example"
-                                                                             for i in range(400))
+    # (a second of the quota each: 5 calls of 20 users)
+    assert [(b["batch_no"], b["batch_count"], len(b["user_ids"])) for b in batches] == [(n, 4, 100) for n in range(4)]
+    assert all(b["chain"]["after"] == max(b["user_ids"]) > max(a["user_ids"]) for a, b in zip(batches, batches[1:]))
+    assert sorted(u for b in batches for u in b["user_ids"]) == sorted(f"user{i}@contoso.example" for i in range(400))
     assert served["tenants"]["contoso"]["users"] == 400
     assert served["throttled"] == 0, "paced at the quota, the service never had to say 429"
     assert served["tenants"]["contoso"]["calls"] >= 20  # 400 users, at most 20 a call

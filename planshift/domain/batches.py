@@ -72,7 +72,7 @@ def batch_events(request: Mapping[str, Any], source: Mapping[str, Any], user_ids
 # migration worker that completes batch n releases batch n+1 in the same transaction (its
 # users: the next `size` holders of the source after the last user of batch n). One batch
 # of the tenant is in the topic at a time, so a small tenant waits behind at most one.
-CHAIN_SECONDS = 2.0  # a chained batch is about this long at the tenant's quota
+CHAIN_SECONDS = 1.0  # a chained batch is about this long at the tenant's quota
 
 
 def chain_size(calls_per_s: float, users_per_call: int = 20) -> int:
