@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-import socket
 import threading
 import time
 import urllib.error
@@ -23,6 +22,7 @@ import pytest
 
 from consumers import intake, migrate, settle
 from planshift.contract import Topic
+from planshift.ops.broker import free_port
 from planshift.events import with_envelope
 from planshift.ops.view import StatusView
 from planshift.storage.directory import SqliteDirectory
@@ -49,12 +49,6 @@ class LicenceApiPace:
 
     def __getattr__(self, name):
         return getattr(self.directory, name)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager

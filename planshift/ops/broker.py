@@ -106,8 +106,24 @@ def ensure_kafka_jars(settings: Settings, quiet: bool = False) -> Path:
     return libs
 
 
+# Below Linux's ephemeral range (32768-60999): a port the kernel hands out as the source port
+# of an outgoing connection (every Kafka client makes many) cannot be taken between the moment
+# a listener's port is chosen here and the moment the broker binds it.
+LISTEN_PORTS = range(20000, 32000)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
+    """A port nothing listens on, for a listener to bind soon."""
+    import random
+
+    for port in random.sample(LISTEN_PORTS, 50):
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # that range is full: let the kernel choose
         s.bind((host, 0))
         return s.getsockname()[1]
 
