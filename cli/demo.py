@@ -168,14 +168,14 @@ def run(settings: Settings, today: date, *, tenants: int = 300, large_users: int
                 stories = day.wave(wave)
                 step(f"5.{wave} the order systems preview and send {len(stories)} requests"
                      + (" (after wave 1: a second upgrade, a retry, an id another tenant took)" if wave == 2 else ""))
-                for index, story in enumerate(stories):
+                for story in stories:
                     previews[id(story)] = _send(settings, story, view, directory, publisher, raw)
                 publisher.flush()
                 raw.flush()
                 _wait_intake(processors["intake"], end_offsets(settings, settings.topic(Topic.UPGRADE_REQUESTED)),
                              view, [s.upgrade_id for s in stories if previews[id(s)]["verdict"] in DECIDED], timeout)
                 print(f"intake handled wave {wave}: {_counts(view)}")
-        summary.requests = sum(1 for s in day.stories)
+        summary.requests = len(day.stories)
 
         step("6. the credit system answers, the pipeline runs until every upgrade has ended")
         credit_system = CreditSystem(settings, day)

@@ -98,25 +98,34 @@ def licence_api_url(tmp_path_factory):
 
 
 @contextlib.contextmanager
-def licence_service(path: Path, quota, latency_ms: float = 0.0, error_rate: float = 0.0):
-    """The reference licence service on uvicorn in a thread, over the SQLite store at `path`."""
+def asgi_server(app, what: str = "uvicorn"):
+    """An ASGI app on uvicorn in a thread, on a free port: its base URL."""
     import uvicorn
 
-    from planshift.storage.directory import SqliteDirectory
-    from planshift.storage.licence_service import create_service
-
-    store = SqliteDirectory(path)
-    app = create_service(store, quota, latency_ms, error_rate)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
+                                           lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    wait_for(lambda: server.started, 20, message="the licence service to start")
+    wait_for(lambda: server.started, 20, message=f"{what} to start")
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(20)
+
+
+@contextlib.contextmanager
+def licence_service(path: Path, quota, latency_ms: float = 0.0, error_rate: float = 0.0):
+    """The reference licence service on uvicorn in a thread, over the SQLite store at `path`."""
+    from planshift.storage.directory import SqliteDirectory
+    from planshift.storage.licence_service import create_service
+
+    store = SqliteDirectory(path)
+    try:
+        with asgi_server(create_service(store, quota, latency_ms, error_rate), "the licence service") as url:
+            yield url
+    finally:
         store.close()
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -28,7 +27,7 @@ from planshift.ops.view import StatusView
 from planshift.storage.directory import SqliteDirectory
 from planshift.web.app import create_app, money
 from producers.samples import upgrade_request
-from tests.conftest import produce, running, seed_users, spawn, wait_for
+from tests.conftest import asgi_server, produce, running, seed_users, spawn, wait_for
 
 pytestmark = pytest.mark.broker
 
@@ -54,19 +53,8 @@ class LicenceApiPace:
 @contextlib.contextmanager
 def serving(settings):
     """The status page on uvicorn in a thread, as `planshift serve` runs it."""
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, StatusView(settings)), host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for(lambda: server.started, 20, message="uvicorn to start")
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(20)
+    with asgi_server(create_app(settings, StatusView(settings)), "the status page") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

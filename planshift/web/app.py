@@ -71,8 +71,12 @@ class Follower:
         self.view.close()
 
 
+_read_summaries: dict[tuple[str, float], list[dict[str, Any]]] = {}
+
+
 def last_reconciliation(settings: Settings) -> dict[str, Any] | None:
-    """The newest run of `planshift reconcile`: its date and findings by check and currency."""
+    """The newest run of `planshift reconcile`: its date and findings by check and currency.
+    (The page asks every second; the Parquet file is read again only when it changes.)"""
     import pyarrow.parquet as pq
 
     root = settings.data_dir / "reports" / "reconciliation" / "summary"
@@ -80,7 +84,11 @@ def last_reconciliation(settings: Settings) -> dict[str, Any] | None:
     if not runs:
         return None
     newest = runs[-1]
-    rows = pq.read_table(newest).to_pylist()
+    version = (str(newest), newest.stat().st_mtime)
+    rows = _read_summaries.get(version)
+    if rows is None:
+        _read_summaries.clear()
+        rows = _read_summaries[version] = pq.read_table(newest).to_pylist()
     chart = settings.data_dir / "reports" / "reconciliation" / "charts" / \
         f"findings-{newest.parent.name.removeprefix('run_date=')}.png"
     return {"run_date": newest.parent.name.removeprefix("run_date="),
