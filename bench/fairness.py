@@ -11,11 +11,17 @@ workers as separate processes, every one reaching the licence directory through 
 2. close to the limit: 50 tenants of 5,000 users migrating together, against the sum of
    their quotas (goal ≥ 90%, up to what this machine's CPU allows: the same 250,000 users
    without a quota give that bound, printed).
-3. latency: a steady 100 requests a second of 10-user tenants for 60 s; request →
-   completed p50 and p99 (goal p99 ≤ 3 s on this machine).
+3. latency: a steady 100 requests a second of 10-user tenants for 60 s, after 15 s of the
+   same load that is not counted (a freshly started broker's JVM compiles its hot paths
+   under its first load: without the warm-up its first 10 s show seconds of JIT, printed
+   apart); request → completed p50 and p99 (goal p99 ≤ 3 s on this machine), and where
+   the time goes between the steps.
 
     python bench/fairness.py [--scenario all|fairness|limit|latency] [--quota 1000/10] [--limit-quota 50/10]
-                             [--large-users 100000] [--latency-seconds 60] [--rate 100]
+                             [--large-users 100000] [--latency-seconds 60] [--rate 100] [--warm-seconds 15]
+
+BENCH_LOG_DIR=<folder> keeps each pipeline process's log there, at INFO (slower: every
+record's log line is written).
 
 The clock of each upgrade starts when its request is sent and stops when its `completed`
 status is visible to a read_committed reader (`StatusView`).
@@ -41,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._harness import bench_settings  # noqa: E402
 from planshift.contract import Topic  # noqa: E402
 from planshift.events import with_envelope  # noqa: E402
+from planshift.kafka.reader import read_topic  # noqa: E402
 from planshift.kafka.topics import create_topics  # noqa: E402
 from planshift.ops.broker import free_port  # noqa: E402
 from planshift.ops.view import StatusView  # noqa: E402
@@ -106,13 +113,26 @@ def pipeline(base, quota: Quota, tenants: dict[str, int], latency_ms: float = 20
     processes = [service]
     try:
         wait_http(url + "/v1/stats")
+        logs = os.environ.get("BENCH_LOG_DIR")  # each process's log (at INFO) there, to look into a run
         for command in (["intake"], ["settle"], *(["migrate", "--instance", str(i)] for i in range(WORKERS))):
-            processes.append(subprocess.Popen([*cli, "run", *command], env=env, stdout=subprocess.DEVNULL))
+            out = open(Path(logs) / f"{'-'.join(command).replace('--instance-', '')}.log", "w") if logs else subprocess.DEVNULL
+            processes.append(subprocess.Popen([*cli, "run", *command], stdout=out, stderr=subprocess.STDOUT if logs else None,
+                                              env={**env, "PLANSHIFT_LOG_LEVEL": "INFO"} if logs else env))
         view = StatusView(settings.with_(directory_url=None, licence_api_quota=None), dead_letters=False)
         print(f"  ({sum(tenants.values()):,} users seeded; service and {len(processes) - 1} processes started "
               f"in {time.monotonic() - began:.0f}s)", flush=True)
+        cpu_before = {id(p): cpu_seconds(p.pid) for p in processes}
+        broker = broker_pid(base)
+        broker_before = cpu_seconds(broker) if broker else 0.0
         yield settings, url, view
         view.close()
+        used = {("service" if p is service else " ".join(p.args[4:7])): cpu_seconds(p.pid) - cpu_before[id(p)]
+                for p in processes}
+        migrating = sum(v for k, v in used.items() if k.startswith("migrate"))
+        print("  CPU seconds used while it ran: " + ", ".join(f"{k} {v:.1f}" for k, v in used.items()
+                                                              if not k.startswith("migrate"))
+              + f", the {WORKERS} migration workers {migrating:.1f}"
+              + (f", the broker {cpu_seconds(broker) - broker_before:.1f}" if broker else ""), flush=True)
     finally:
         for process in reversed(processes):
             process.terminate()
@@ -122,6 +142,23 @@ def pipeline(base, quota: Quota, tenants: dict[str, int], latency_ms: float = 20
             except subprocess.TimeoutExpired:
                 print(f"  ({process.args[3:5]} did not stop within 30 s of SIGTERM: killed)")
                 process.kill()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time a process has used so far (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def broker_pid(settings) -> int | None:
+    """The benchmark's own broker, from the pid file LocalBroker keeps."""
+    try:
+        return int((settings.data_dir / "kafka" / "broker.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def request_for(tenant: str, users: int, n: int) -> dict:
@@ -249,33 +286,92 @@ def limit(base, args) -> list[tuple[str, bool]]:
             ("50 tenants: fewer than 1% of calls answered 429", throttled < 0.01)]
 
 
+def steady_load(publisher, view, names: list[str], rate: float) -> tuple[dict[str, float], dict[str, float]]:
+    """`rate` requests a second, one per name, followed to `completed`: (sent at, took) per upgrade id."""
+    sent: dict[str, float] = {}
+
+    def steady() -> None:
+        began = time.monotonic()
+        for i, name in enumerate(names):
+            time.sleep(max(0.0, began + i / rate - time.monotonic()))
+            sent[f"ord-{name}-1"] = time.monotonic()
+            publisher.publish(request_for(name, 10, 1))
+            if i % 10 == 9:
+                publisher.flush()
+        publisher.flush()
+
+    sender = threading.Thread(target=steady)
+    sender.start()
+    each = follow(view, sent, 600, expected=len(names))
+    sender.join()
+    return sent, each
+
+
+def percentile(sorted_values: list[float], share: float) -> float:
+    return sorted_values[max(0, int(len(sorted_values) * share) - 1)]
+
+
 def latency(base, args) -> list[tuple[str, bool]]:
     quota = Quota.parse(args.quota)
     count = int(args.rate * args.latency_seconds)
     names = [f"steady-{i:05d}" for i in range(count)]
-    print(f"\n== 3. latency: {args.rate:g} requests/s of 10-user tenants for {args.latency_seconds:g}s ({count:,})")
-    with pipeline(base, quota, {"warm-up": 1, **{t: 10 for t in names}}) as (settings, url, view), \
+    warming = [f"warming-{i:05d}" for i in range(int(args.rate * args.warm_seconds))]
+    print(f"\n== 3. latency: {args.rate:g} requests/s of 10-user tenants for {args.latency_seconds:g}s ({count:,}), "
+          f"after {args.warm_seconds:g}s of the same load to warm up")
+    with pipeline(base, quota, {"warm-up": 1, **{t: 10 for t in warming + names}}) as (settings, url, view), \
             UpgradeRequestPublisher(settings) as publisher:
         warm_up(settings, view, publisher)
-        sent: dict[str, float] = {}
-
-        def steady() -> None:
-            began = time.monotonic()
-            for i, name in enumerate(names):
-                time.sleep(max(0.0, began + i / args.rate - time.monotonic()))
-                sent[f"ord-{name}-1"] = time.monotonic()
-                publisher.publish(request_for(name, 10, 1))
-                if i % 10 == 9:
-                    publisher.flush()
-            publisher.flush()
-
-        sender = threading.Thread(target=steady)
-        sender.start()
-        took = sorted(follow(view, sent, 600, expected=count).values())
-        sender.join()
-    p50, p99 = took[len(took) // 2], took[int(len(took) * 0.99) - 1]
+        if warming:
+            # A broker that has just started spends its first seconds of load compiling its
+            # hot paths (the JVM's JIT); a deployment's broker has long done so.
+            _, first = steady_load(publisher, view, warming, args.rate)
+            w = sorted(first.values())
+            print(f"  warming up (not counted): p50 {percentile(w, 0.5):.2f}s, p99 {percentile(w, 0.99):.2f}s, "
+                  f"max {w[-1]:.2f}s")
+        before = stats(url)["requests"]
+        sent, each = steady_load(publisher, view, names, args.rate)
+        took = sorted(each.values())
+        steps = stages(settings, set(sent))
+        served = {route: n - before.get(route, 0) for route, n in stats(url)["requests"].items()}
+    began = min(sent.values())
+    print("by when it was sent (p50 / max):  " + "  ".join(
+        f"{int(t0)}-{int(t0) + 5}s {statistics.median(w):.1f}/{max(w):.1f}"
+        for t0 in range(0, int(args.latency_seconds), 5)
+        if (w := [each[u] for u, at in sent.items() if t0 <= at - began < t0 + 5])))
+    p50, p99 = percentile(took, 0.5), percentile(took, 0.99)
     print(f"request → completed: p50 {p50:.2f}s, p99 {p99:.2f}s, max {took[-1]:.2f}s")
+    print(f"licence service requests per upgrade: {sum(served.values()) / count:.2f} ("
+          + ", ".join(f"{route} {n / count:.2f}" for route, n in sorted(served.items(), key=lambda x: -x[1]) if n)
+          + ")")
+    print("where the time goes (the records' own timestamps: each step is the step before it committing, "
+          "then this one reading and handling it):")
+    for step, seconds in steps.items():
+        seconds.sort()
+        print(f"  {step:<44} p50 {percentile(seconds, 0.5):.2f}s, p99 {percentile(seconds, 0.99):.2f}s")
     return [("steady 100/s: p99 ≤ 3 s", p99 <= 3.0)]
+
+
+def stages(settings, upgrade_ids: set[str]) -> dict[str, list[float]]:
+    """Per upgrade, the seconds between the records each step wrote (their CreateTime):
+    the request, intake's batch, migration's completion, settlement's `completed`."""
+    at: dict[str, dict[str, int]] = {u: {} for u in upgrade_ids}
+    wanted = ((Topic.UPGRADE_REQUESTED, "requested"), (Topic.LICENSE_BATCHES, "batch"),
+              (Topic.LICENSE_BATCH_COMPLETED, "migrated"), (Topic.UPGRADE_STATUS, "completed"))
+    for topic, name in wanted:
+        for record in read_topic(settings, settings.topic(topic)):
+            value = record.value if isinstance(record.value, dict) else {}
+            if name == "completed" and value.get("status") != "completed":
+                continue
+            times = at.get(value.get("upgrade_id") or value.get("order_id") or "")
+            if times is not None:
+                times.setdefault(name, record.timestamp)
+    steps: dict[str, list[float]] = {"request → intake's batch": [], "batch → migrated (worker's completion)": [],
+                                     "completion → settled (completed status)": []}
+    for times in at.values():
+        if len(times) == 4:
+            for step, (a, b) in zip(steps, (("requested", "batch"), ("batch", "migrated"), ("migrated", "completed"))):
+                steps[step].append((times[b] - times[a]) / 1000)
+    return steps
 
 
 def main() -> int:
@@ -286,6 +382,8 @@ def main() -> int:
     parser.add_argument("--large-users", type=int, default=100_000)
     parser.add_argument("--latency-seconds", type=float, default=60.0)
     parser.add_argument("--rate", type=float, default=100.0)
+    parser.add_argument("--warm-seconds", type=float, default=15.0,
+                        help="seconds of the same load first, not counted (default 15; 0: none)")
     args = parser.parse_args()
     verdicts: list[tuple[str, bool]] = []
     with bench_settings() as base:

@@ -185,9 +185,6 @@ def migration_config(settings: Settings, directory: LicenceDirectory | None = No
     # for longer than max.poll.interval.ms (300 s), which would cost it its partitions.
     config.setdefault("max_poll_records", 50)
     config.setdefault("retry_backoff_s", 0.2)
-    if settings.licence_api_quota_per_s:
-        # a chain's next batch is waited for the moment its predecessor's transaction commits
-        config.setdefault("fetch_max_wait_ms", 20)
     return ProcessorConfig(
         group_id=GROUP_ID,
         sources=(Source(Topic.LICENSE_BATCHES, migration.on_batch, on_failure=migration.on_failed_batch,

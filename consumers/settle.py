@@ -19,7 +19,7 @@ the plan the switch cancels), and then, in one transaction:
                   per-service settings were reset
   upgrade.ended   (intake frees the tenant)
 
-and the upgrade's reset report (Parquet) is written.
+and the upgrade's reset report (Parquet) is written, when anyone's settings were reset.
 
 A final upgrade's state (`{status, tenant_id}`: enough to ignore whatever comes after)
 is kept for as long as a completion of it could still arrive (`FINAL_KEPT`): a batch
@@ -60,6 +60,7 @@ from planshift.logs import get_logger
 from planshift.runtime import Context, ProcessorConfig, Source, StreamProcessor
 from planshift.settings import Settings
 from planshift.storage.directory import LicenceDirectory, open_directory
+from planshift.storage.licence_api import SettlingRead
 from planshift.storage.reports import write_reset_report
 
 log = get_logger(__name__)
@@ -82,25 +83,34 @@ class Settlement:
         self._read: dict[str, Future] = {}
 
     def prepare(self, completions: list[dict[str, Any]]) -> None:
-        """Read, side by side, what settling each upgrade of the poll would need: whether any
-        user still holds a source licence, the users swept before, the resets recorded.
+        """Read what settling each upgrade of the poll would need: whether any user still
+        holds a source licence, the users swept before, the resets recorded. One round trip
+        for the poll where the directory offers it (`settling_reads`), else side by side.
         Reads only: an upgrade that is not settled in this poll just does not use them."""
         if self._pool is None:
             return
         self._read = {}
-        for done in completions:
-            if done.get("outcome") != "completed" or done["upgrade_id"] in self._read:
-                continue
-            u, t, source = done["upgrade_id"], done["tenant_id"], done["source_subscription_id"]
-            self._read[u] = self._pool.submit(lambda u=u, t=t, source=source: (
-                self.directory.holders_after(t, source, None, 1), self.directory.swept(u), self.directory.resets(u)))
+        wanted = {done["upgrade_id"]: (done["upgrade_id"], done["tenant_id"], done["source_subscription_id"])
+                  for done in completions if done.get("outcome") == "completed"}
+        if not wanted:
+            return
+        if hasattr(self.directory, "settling_reads"):
+            together = self._pool.submit(self.directory.settling_reads, list(wanted.values()))
+            for u in wanted:
+                self._read[u] = together
+            return
+        for u, t, source in wanted.values():
+            self._read[u] = self._pool.submit(lambda u=u, t=t, source=source: SettlingRead(
+                bool(self.directory.holders_after(t, source, None, 1)), self.directory.swept(u),
+                self.directory.resets(u)))
 
-    def _prefetched(self, upgrade_id: str):
+    def _prefetched(self, upgrade_id: str) -> SettlingRead | None:
         read = self._read.pop(upgrade_id, None)
         try:
-            return read.result() if read is not None else None
+            found = read.result() if read is not None else None
         except Exception:  # read again, one call at a time, where it is needed
             return None
+        return found.get(upgrade_id) if isinstance(found, dict) else found
 
     def on_completion(self, ctx: Context, done: dict[str, Any]) -> None:
         upgrade_id = done["upgrade_id"]
@@ -154,11 +164,11 @@ class Settlement:
         # Users who took a source licence after the batches were planned move now; the
         # directory remembers them, so a redo counts them again.
         read = self._prefetched(upgrade_id)
-        late = read is None or bool(read[0])
+        late = read is None or read.late
         if late:
             self.directory.sweep(tenant_id, upgrade_id, done["source_subscription_id"],
                                  done["target_subscription_id"], done["target_sku"])
-        swept = self.directory.swept(upgrade_id) if late else read[1]
+        swept = self.directory.swept(upgrade_id) if late else read.swept
         if swept:
             log.warning("users who took a source licence during the upgrade were moved", users_swept=swept)
         migration = Migration(status=Status.COMPLETED, tenant_id=tenant_id, done=migration.done,
@@ -182,17 +192,19 @@ class Settlement:
                 period_days=credit.period_days, period_start=credit.period_start.isoformat(),
                 period_end=credit.period_end.isoformat(), forfeit_minor=credit.forfeit_minor,
                 due_by=settled.credit_due_by.isoformat()))
-        resets = self.directory.resets(upgrade_id) if late else read[2]  # every batch's and the sweep's
+        resets = self.directory.resets(upgrade_id) if late else read.resets  # every batch's and the sweep's
         self._status(ctx, done, Status.COMPLETED, admin_locked_until=None,
                      progress=progress(migration, done["batch_count"], terms["users_total"] + swept),
                      new_subscription_id=done["target_subscription_id"], credit_minor=credit.amount_minor,
                      forfeit_minor=credit.forfeit_minor, currency=terms["currency"],
                      service_plan_resets=len(resets))
         ctx.publish(upgrade_ended(tenant_id, upgrade_id, Status.COMPLETED))
-        # A file beside the transaction: rewritten whole and identically if this is redone.
-        path = write_reset_report(self.settings, upgrade_id, resets)
+        # A file beside the transaction, for an upgrade that reset anyone's settings:
+        # rewritten whole and identically if this is redone. Most upgrades reset nobody's,
+        # and a file for each of them would cost settlement more than the rest of settling.
+        path = write_reset_report(self.settings, upgrade_id, resets) if resets else None
         log.info("upgrade settled", credit_minor=credit.amount_minor,
-                 effective_date=settled.effective_date.isoformat(), reset_report=str(path))
+                 effective_date=settled.effective_date.isoformat(), reset_report=path and str(path))
         return migration
 
 

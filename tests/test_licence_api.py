@@ -90,6 +90,23 @@ def test_a_call_of_more_than_20_users_is_refused_by_the_service(tmp_path):
         assert LicenceApiDirectory(url).count_holders("contoso", SOURCE) == 25
 
 
+def test_settling_reads_answer_a_polls_upgrades_in_one_call_as_the_single_reads_do(tmp_path):
+    path, users = seeded(tmp_path, 30)
+    with licence_service(path, Quota(1000, 1.0)) as url:
+        api = LicenceApiDirectory(url, quota_per_s=None)
+        api.migrate("contoso", "ord-1", users[:20], SOURCE, TARGET, "M365_BUSINESS_PREMIUM")
+        assert api.settling_reads([("ord-1", "contoso", SOURCE)])["ord-1"].late  # ten still on the source
+        api.migrate("contoso", "ord-1", users[20:], SOURCE, TARGET, "M365_BUSINESS_PREMIUM")
+        api.put([Licence("contoso", "late-joiner", SOURCE, "M365_BUSINESS_STANDARD", ("EXCHANGE",))])
+        api.sweep("contoso", "ord-1", SOURCE, TARGET, "M365_BUSINESS_PREMIUM")
+        before = stats(url)
+        read = api.settling_reads([("ord-1", "contoso", SOURCE), ("ord-none", "fabrikam", "fabrikam-sub")])
+        assert sum(stats(url)["requests"].values()) - sum(before["requests"].values()) == 1
+        assert read["ord-1"] == (False, api.swept("ord-1"), api.resets("ord-1"))
+        assert read["ord-1"].swept == 1 and len(read["ord-1"].resets) == 6 + 1  # every fifth user, and the late one
+        assert read["ord-none"] == (False, 0, [])
+
+
 def test_the_settings_choose_the_licence_api_and_its_pace():
     from planshift.settings import SettingsError
     from planshift.storage.directory import open_directory

@@ -138,6 +138,9 @@ def test_prepaid_upgrade_credits_the_checkout_rule_and_reports_the_forfeit(setti
     assert credit["amount_minor"] == min(remaining, 50_000) == completed["credit_minor"]
     assert credit["forfeit_minor"] == remaining - credit["amount_minor"] == completed["forfeit_minor"]
     assert completed["forfeit_minor"] > 0
+    # nobody's settings were reset (seeded without disabled services): no report for it
+    assert completed["service_plan_resets"] == 0
+    assert not reset_report_path(settings, "ord-prepaid").exists()
 
 
 class FailingDirectory:

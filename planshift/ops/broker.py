@@ -262,6 +262,7 @@ class LocalBroker:
         heap = os.environ.get("PLANSHIFT_KAFKA_HEAP", "512m")
         cmd = [
             "java", f"-Xms{heap}", f"-Xmx{heap}", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+            *os.environ.get("PLANSHIFT_KAFKA_JVM_OPTS", "").split(),
             "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={self.log4j_file}",
             f"-Dkafka.logs.dir={self.home}",

@@ -3,7 +3,11 @@ calls the same thing a checkpoint).
 
 A checkpoint is opened before the first record of an interval is handled and closed when
 it holds `commit_every` records or has been open `commit_interval_ms`, whichever comes
-first (at once when the consumer is idle, unless its config says otherwise). In order:
+first. A consumer that is not behind commits sooner (unless its config says otherwise):
+at once when a poll finds nothing, and after `CAUGHT_UP_COMMIT_MS` when a poll returned
+less than a full batch — its records are the latest there are, and someone is waiting for
+what they decide; only a consumer with a backlog holds a transaction open for its whole
+interval, where larger transactions buy throughput. In order:
 
 1. `begin()`: `begin_transaction()`. Every output, state change and dead letter of the
    records handled from now on is sent into this transaction, invisible to
@@ -52,6 +56,11 @@ from planshift.logs import get_logger
 from planshift.runtime.sinks import Sink
 
 log = get_logger(__name__)
+
+
+# How long a consumer that has caught up (its last poll returned less than a full batch)
+# keeps a transaction open: Kafka Streams commits exactly-once tasks every 100 ms.
+CAUGHT_UP_COMMIT_MS = 100
 
 
 class CallTimedOut(KafkaTimeoutError):
@@ -118,10 +127,21 @@ class Checkpoint:
         self._offsets[tp] = offset + 1
         self.records += 1
 
-    def due(self, idle: bool = False, stopping: bool = False) -> bool:
-        return self.open and ((idle and self.commit_when_idle) or stopping
-                              or self.records >= self.commit_every
-                              or (time.monotonic() - self._started) * 1000 >= self.commit_interval_ms)
+    def due(self, idle: bool = False, stopping: bool = False, caught_up: bool = False) -> bool:
+        if not self.open:
+            return False
+        open_ms = (time.monotonic() - self._started) * 1000
+        return ((idle and self.commit_when_idle) or stopping or self.records >= self.commit_every
+                or open_ms >= self.commit_interval_ms
+                or (caught_up and self.commit_when_idle and open_ms >= min(CAUGHT_UP_COMMIT_MS, self.commit_interval_ms)))
+
+    def wait_ms(self, longest: int) -> int:
+        """How long the next poll may wait for records: while a transaction is open, no longer
+        than until a consumer that has caught up would commit it."""
+        if not self.open or not self.commit_when_idle:
+            return longest
+        left = min(CAUGHT_UP_COMMIT_MS, self.commit_interval_ms) - (time.monotonic() - self._started) * 1000
+        return max(0, min(longest, int(left)))
 
     def commit(self) -> None:
         if not self.open:

@@ -59,8 +59,9 @@ __all__ = ["ProcessorConfig", "Source", "StreamProcessor"]
 
 log = get_logger(__name__)
 
-# Under load a transaction commits after this long unless the consumer or
-# PLANSHIFT_COMMIT_INTERVAL_MS says otherwise (an idle consumer commits at once).
+# With a backlog a transaction commits after this long unless the consumer or
+# PLANSHIFT_COMMIT_INTERVAL_MS says otherwise (a consumer that has caught up commits
+# sooner: checkpoint.py).
 DEFAULT_COMMIT_INTERVAL_MS = 200
 # Each round of the loop gives a restore in progress at most this long before it polls.
 RESTORE_SLICE_S = 0.25
@@ -307,7 +308,8 @@ class StreamProcessor:
 
     def _poll_once(self) -> None:
         # While a restore is under way the loop only looks in, so that it goes on at once.
-        batches = self.consumer.poll(timeout_ms=0 if self._restoring else self.config.poll_timeout_ms)
+        batches = self.consumer.poll(
+            timeout_ms=0 if self._restoring else self.checkpoint.wait_ms(self.config.poll_timeout_ms))
         if self._reset_due:
             due, self._reset_due = self._reset_due & self.consumer.assignment(), set()
             self._reset_to_committed(list(due))
@@ -344,7 +346,9 @@ class StreamProcessor:
                             # The records fetched but not handled are past the position
                             # yet not committed: whoever reads next starts with them.
                             return
-            if checkpoint.due(idle=not batches, stopping=self._stop.is_set()):
+            # Less than a full poll: nothing more was waiting, this consumer has caught up.
+            caught_up = sum(map(len, batches.values())) < self.config.max_poll_records
+            if checkpoint.due(idle=not batches, stopping=self._stop.is_set(), caught_up=caught_up):
                 checkpoint.commit()
         except KafkaError as exc:
             self._transaction_failed(exc)

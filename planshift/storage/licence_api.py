@@ -34,7 +34,7 @@ import urllib.parse
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, NamedTuple, Sequence
 
 from planshift.storage.directory import (Claim, DirectoryError, Licence, MigrationRefused, MigrationResult,
                                          licence_rows)
@@ -238,6 +238,17 @@ class LicenceApiDirectory:
     def swept(self, upgrade_id: str) -> int:
         return self._request("GET", f"/v1/upgrades/{_q(upgrade_id)}/swept")["count"]
 
+    def settling_reads(self, upgrades: Iterable[tuple[str, str, str]]) -> dict[str, SettlingRead]:
+        """For each (upgrade_id, tenant_id, source_subscription_id), in one round trip: whether
+        anyone still holds the source licence, the users swept before and the resets recorded
+        — what settling an upgrade reads (`consumers/settle.py`), for a whole poll at once."""
+        wanted = list(dict.fromkeys(upgrades))
+        if not wanted:
+            return {}
+        found = self._request("POST", "/v1/upgrades/settling", {"upgrades": [list(u) for u in wanted]})["upgrades"]
+        return {u: SettlingRead(bool(late), swept, [(t, user, s, k, tuple(d)) for t, user, s, k, d in resets])
+                for u, late, swept, resets in found}
+
     # -- writes --------------------------------------------------------------------
 
     def put(self, licences: Iterable[Licence], replace_all: bool = False) -> int:
@@ -302,6 +313,12 @@ class LicenceApiDirectory:
 
     def renew_claim(self, upgrade_id: str, tenant_id: str, now_ms: int) -> None:
         self._request("POST", "/v1/claims/renew", {"upgrade_id": upgrade_id, "tenant_id": tenant_id, "now_ms": now_ms})
+
+
+class SettlingRead(NamedTuple):
+    late: bool  # someone still holds the source licence: the sweep has users to move
+    swept: int
+    resets: list[tuple[str, str, str, str, tuple[str, ...]]]
 
 
 def _sum(results: list[dict[str, Any]]) -> MigrationResult:

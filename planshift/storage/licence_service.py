@@ -26,6 +26,8 @@ Routes (JSON):
     POST /v1/tenants/{t}/licenceMoves     {"upgrade_id", "user_ids" (≤ 20), "source_subscription_id",
                                            "target_subscription_id", "target_sku", "sweep": bool}   (throttled)
     GET  /v1/upgrades/{u}/swept · GET /v1/upgrades/{u}/resets
+    POST /v1/upgrades/settling            {"upgrades": [[upgrade, tenant, source subscription], ...]}:
+                                          per upgrade [upgrade, anyone still on the source, swept, resets]
     POST /v1/claims                       {"claims": [[upgrade, tenant, event], ...], "now_ms", "own"}
     POST /v1/claims/renew                 {"upgrade_id", "tenant_id", "now_ms"}
     GET  /v1/stats                        calls, throttled, unavailable, per tenant
@@ -61,6 +63,7 @@ class ServiceStats:
     users: Counter = field(default_factory=Counter)  # tenant → users moved
     first: dict[str, float] = field(default_factory=dict)  # tenant → first call accepted (monotonic)
     last: dict[str, float] = field(default_factory=dict)
+    requests: Counter = field(default_factory=Counter)  # "METHOD /route" → requests answered, any status
 
     def as_dict(self) -> dict[str, Any]:
         tenants = set(self.calls) | set(self.throttled) | set(self.unavailable)
@@ -70,7 +73,7 @@ class ServiceStats:
                                 "first_at": self.first.get(t), "last_at": self.last.get(t)}
                             for t in sorted(tenants)},
                 "calls": sum(self.calls.values()), "throttled": sum(self.throttled.values()),
-                "unavailable": sum(self.unavailable.values())}
+                "unavailable": sum(self.unavailable.values()), "requests": dict(self.requests)}
 
 
 class Throttle:
@@ -186,6 +189,16 @@ def create_service(store: SqliteDirectory, quota: Quota | None = None, latency_m
         rows = await call(store.resets, request.path_params["upgrade"])
         return JSONResponse({"resets": [[t, u, s, k, list(d)] for t, u, s, k, d in rows]})
 
+    async def settling(request: Request) -> Response:
+        wanted = [tuple(u) for u in (await request.json())["upgrades"]]
+
+        def read() -> list[list]:
+            return [[u, bool(store.holders_after(t, s, None, 1)), store.swept(u),
+                     [[t_, user, s_, k, list(d)] for t_, user, s_, k, d in store.resets(u)]] for u, t, s in wanted]
+        found = await call(read)
+        await pause()
+        return JSONResponse({"upgrades": found})
+
     async def claims(request: Request) -> Response:
         body = await request.json()
         found = await call(store.claim_upgrades, [tuple(c) for c in body["claims"]], body["now_ms"],
@@ -212,11 +225,18 @@ def create_service(store: SqliteDirectory, quota: Quota | None = None, latency_m
         Route("/v1/tenants/{tenant}/licenceMoves", moves, methods=["POST"]),
         Route("/v1/upgrades/{upgrade}/swept", swept),
         Route("/v1/upgrades/{upgrade}/resets", resets),
+        Route("/v1/upgrades/settling", settling, methods=["POST"]),
         Route("/v1/claims", claims, methods=["POST"]),
         Route("/v1/claims/renew", renew, methods=["POST"]),
         Route("/v1/stats", stats_view),
     ]
-    app = Starlette(routes=routes)
+    def counted(route: Route) -> Route:
+        async def endpoint(request: Request) -> Response:
+            stats.requests[f"{request.method} {route.path}"] += 1
+            return await route.endpoint(request)
+        return Route(route.path, endpoint, methods=route.methods)
+
+    app = Starlette(routes=[counted(r) for r in routes if r.path != "/v1/stats"] + routes[-1:])
     app.state.stats = stats
     return app
 
