@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._harness import bench_settings  # noqa: E402
 from planshift.contract import Topic  # noqa: E402
 from planshift.events import with_envelope  # noqa: E402
+from planshift.kafka import clients  # noqa: E402
 from planshift.kafka.reader import read_topic  # noqa: E402
 from planshift.kafka.topics import create_topics  # noqa: E402
 from planshift.ops.broker import free_port  # noqa: E402
@@ -168,11 +169,33 @@ def request_for(tenant: str, users: int, n: int) -> dict:
 
 
 def warm_up(settings, view, publisher) -> None:
-    """One small upgrade end to end, so every process has joined and restored first."""
+    """One small upgrade end to end, so every process has joined and restored first; then
+    until the migration workers' group has settled (the first of them to join took every
+    partition, and the cooperative rebalances that spread them take a few seconds more)."""
     sent = time.monotonic()
     publisher.publish(request_for("warm-up", 1, 0))
     publisher.flush()
     follow(view, {"ord-warm-up-0": sent}, 120)
+    wait_settled(settings, "planshift-migrate", WORKERS)
+
+
+def wait_settled(settings, group: str, members: int, timeout: float = 120) -> None:
+    """Until `group` is Stable with `members` members, each assigned some partitions."""
+    admin = clients.admin(settings)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            found = next(iter(admin.describe_groups([settings.topic(group)]).values()))
+            assigned = [m.get("member_assignment") or {} for m in found.get("members", [])]
+            if found.get("group_state") == "Stable" and len(assigned) == members and all(
+                    isinstance(a, dict) and any(t.get("partitions") for t in a.get("assigned_partitions", []))
+                    for a in assigned):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{group} did not settle with {members} members within {timeout:.0f}s: {found}")
+            time.sleep(0.2)
+    finally:
+        admin.close()
 
 
 def follow(view, sent: dict[str, float], timeout: float, expected: int | None = None) -> dict[str, float]:
@@ -269,6 +292,13 @@ def limit(base, args) -> list[tuple[str, bool]]:
             follow(view, sent, 1800)
             print(f"  (request → all completed: {time.monotonic() - began:.1f}s)")
             served = stats(url)
+            zeros = [r for r in read_topic(settings, settings.topic(Topic.LICENSE_BATCHES))
+                     if isinstance(r.value, dict) and r.value.get("batch_no") == 0
+                     and r.value.get("tenant_id", "").startswith("mid-")]
+            firsts = sorted(r.timestamp for r in zeros)
+            partition_of = {r.value["tenant_id"]: r.partition for r in zeros}
+            print(f"  (intake planned the 50 upgrades' first batches within {(firsts[-1] - firsts[0]) / 1000:.1f}s "
+                  f"of each other)")
         mid = {t: v for t, v in served["tenants"].items() if t.startswith("mid-")}
         calls = sum(v["calls"] for v in mid.values())
         # from the first call the service let through to the last (its own clock)
@@ -276,6 +306,17 @@ def limit(base, args) -> list[tuple[str, bool]]:
         results[label] = (calls / seconds, served)
         print(f"{label:<34} {calls:,} calls in {seconds:.1f}s = {calls / seconds:,.0f} calls/s "
               f"({calls * 20 / seconds:,.0f} users/s); 429: {served['throttled']}")
+        start = min(v["first_at"] for v in mid.values())
+        began_at = sorted(v["first_at"] - start for v in mid.values())
+        own = sorted(v["calls"] / (v["last_at"] - v["first_at"]) for v in mid.values() if v["last_at"] > v["first_at"])
+        if os.environ.get("BENCH_DEBUG"):
+            for t, v in sorted(mid.items(), key=lambda x: x[1]["calls"] / max(1e-9, x[1]["last_at"] - x[1]["first_at"]))[:12]:
+                print("   ", t, "partition", partition_of.get(t), f"{v['calls'] / (v['last_at'] - v['first_at']):.2f}/s",
+                      f"longest gap {v['longest_gap_s']:.2f}s, gaps over 1 s {v['gaps_over_1s']:.1f}s",
+                      "tenants on that partition:", sum(1 for p in partition_of.values() if p == partition_of.get(t)))
+        print(f"{'':<34} each tenant's first call after the first tenant's: median {statistics.median(began_at):.1f}s, "
+              f"max {began_at[-1]:.1f}s; each tenant's own rate: min {own[0]:.2f}, median {statistics.median(own):.2f}, "
+              f"max {own[-1]:.2f} calls/s")
     bound = results["no quota (this machine's bound)"][0]
     rate, served = results[f"quota {quota}"]
     goal = min(50 * quota.per_second, bound)

@@ -27,13 +27,14 @@ dead letter, a replay — is ignored there, so a failed upgrade is never billed.
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any, Callable
 
 from planshift.contract import Topic, batch_key, lifetime_ms
-from planshift.domain.batches import next_in_chain
+from planshift.domain.batches import CHAIN_LOOKAHEAD, next_in_chain
 from planshift.events import batch_completed
 from planshift.logs import get_logger
 from planshift.runtime import Context, ProcessorConfig, Source, StreamProcessor
@@ -44,11 +45,23 @@ log = get_logger(__name__)
 
 
 @dataclasses.dataclass
-class _Ahead:
-    """A chain's next batch, moved ahead by the worker that moves its predecessor: its users
-    (the next holders after the predecessor's) and, once moved, the directory's result."""
-    users: Future
-    moved: Future
+class _Chain:
+    """What this worker knows of one upgrade's chain (a licence API's quota), and its moves
+    ahead of the chain's records.
+
+    Each record fixes its own users and those of the CHAIN_LOOKAHEAD batches after it
+    (`chain.next`), so once record n has been read the worker moves batches n..n+3 in
+    order while record n commits and its successors come round: the tenant's calls go on at
+    its quota without waiting for Kafka in between. Only users a committed record names
+    are moved, so whoever handles a batch after a rebalance or a crash moves the same
+    users, and finds those moved ahead already migrated (the directory is idempotent)."""
+
+    batch: dict[str, Any]  # the latest record seen: the upgrade's ids, subscriptions and SKU
+    users: dict[int, list[str]] = dataclasses.field(default_factory=dict)  # batch_no → its users
+    moved: dict[int, Future] = dataclasses.field(default_factory=dict)  # batch_no → (users, directory result)
+    started: set[int] = dataclasses.field(default_factory=set)  # batch_nos being moved, or moved
+    running: bool = False
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
 
 GROUP_ID = "planshift-migrate"
@@ -61,60 +74,103 @@ class Migration:
         # a poll's batches of different tenants are migrated side by side (each tenant's in
         # order), so one tenant waiting on its quota holds up nobody else's.
         self._side_by_side = getattr(directory, "concurrent", False)
-        self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="tenant") if self._side_by_side else None
+        self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="tenant") if self._side_by_side else None
         self._started: dict[tuple[str, int], Future] = {}
-        # Under a quota a tenant's batches are a chain: this worker moves the next batch's users
-        # while the batch before commits and its successor record comes round (placed on the
-        # same partition, so normally to this worker), keeping the tenant at its quota.
-        self._ahead: dict[tuple[str, int], _Ahead] = {}
+        # Under a quota a tenant's batches are a chain (`_Chain`): upgrade_id → what this worker knows of it.
+        self._chains: dict[str, _Chain] = {}
 
     def prepare(self, batches: list[dict[str, Any]]) -> None:
-        """Start the poll's batches, tenant by tenant in parallel (a licence API only)."""
+        """Start the poll's batches, tenant by tenant in parallel (a licence API only); a
+        chain's batches go to its runner, which moves them in order, ahead of the records."""
         if self._pool is None:
             return
         self._started = {}
         by_tenant: dict[str, list[dict[str, Any]]] = {}
         for batch in batches:
-            by_tenant.setdefault(batch["tenant_id"], []).append(batch)
+            if batch.get("chain"):
+                self._arrive(batch)
+            else:
+                by_tenant.setdefault(batch["tenant_id"], []).append(batch)
         for tenant_batches in by_tenant.values():
             items = {(b["upgrade_id"], b["batch_no"]): Future() for b in tenant_batches}
             self._started.update(items)
             self._pool.submit(self._run_tenant, tenant_batches, items)
 
     def _run_tenant(self, batches: list[dict[str, Any]], items: dict[tuple[str, int], Future]) -> None:
-        result = None
         for batch in batches:
-            result = self._moved_ahead(batch)
-            if result is None:
-                result = self._migrate(batch)
-            items[(batch["upgrade_id"], batch["batch_no"])].set_result(result)
-        if not isinstance(result, Exception):
-            self._move_ahead(batches[-1])
+            items[(batch["upgrade_id"], batch["batch_no"])].set_result(self._migrate(batch))
 
-    def _move_ahead(self, batch: dict[str, Any]) -> None:
-        chain = batch.get("chain")
-        if not chain or batch["batch_no"] + 1 >= batch["batch_count"]:
-            return
-        if len(self._ahead) > 10_000:  # successors that went to other workers (a rebalance)
-            self._ahead.clear()
-        ahead = self._ahead[(batch["upgrade_id"], batch["batch_no"] + 1)] = _Ahead(Future(), Future())
-        try:
-            users = self.directory.holders_after(batch["tenant_id"], batch["source_subscription_id"], chain["after"],
-                                                 chain["size"])
-        except Exception:
-            ahead.users.set_result(None)  # on_batch reads them itself
-            ahead.moved.set_result(None)
-            return
-        ahead.users.set_result(users)
-        ahead.moved.set_result(self._migrate({**batch, "user_ids": users}) if users else None)
+    # -- chains ----------------------------------------------------------------------
+    def _arrive(self, batch: dict[str, Any]) -> None:
+        """Record n of a chain has been read: its users and those it names for the batches
+        after it may be moved, in order."""
+        upgrade_id, n = batch["upgrade_id"], batch["batch_no"]
+        if len(self._chains) > 10_000:  # chains that went to other workers (a rebalance)
+            self._chains.clear()
+        chain = self._chains.setdefault(upgrade_id, _Chain(batch))
+        with chain.lock:
+            chain.batch = batch
+            for k in [k for k in chain.users if k < n - 1]:  # long done
+                chain.users.pop(k), chain.moved.pop(k, None), chain.started.discard(k)
+            for k, users in enumerate([batch["user_ids"], *batch["chain"].get("next", [])], start=n):
+                if k not in chain.started:  # (one being moved is checked against its record: `_chained_result`)
+                    chain.users[k] = list(users)
+                    chain.moved.setdefault(k, Future())
+            if not chain.running:
+                chain.running = True
+                self._pool.submit(self._run_chain, chain)
 
-    def _moved_ahead(self, batch: dict[str, Any]):
-        """The directory's result for `batch` if this worker moved it ahead, else None."""
-        ahead = self._ahead.pop((batch["upgrade_id"], batch["batch_no"]), None)
-        if ahead is None or ahead.users.result() != batch["user_ids"]:
+    def _run_chain(self, chain: _Chain) -> None:
+        """Move the chain's batches that records have named, in order."""
+        while True:
+            with chain.lock:
+                waiting = [k for k in chain.users if k not in chain.started]
+                if not waiting:
+                    chain.running = False
+                    return
+                k = min(waiting)
+                chain.started.add(k)
+                users, moved, batch = chain.users[k], chain.moved[k], chain.batch
+            result = self._migrate({**batch, "user_ids": users})
+            moved.set_result((users, result))
+            if isinstance(result, Exception):
+                with chain.lock:  # the handlers move what is left themselves
+                    for later in [j for j in chain.users if j > k and j not in chain.started]:
+                        chain.users.pop(later)
+                        chain.moved.pop(later).set_result((None, None))  # not moved: its handler does
+                    chain.running = False
+                return
+
+    def _chained_result(self, batch: dict[str, Any]):
+        """The runner's result for this record's batch if it moved the record's users, else None."""
+        chain = self._chains.get(batch["upgrade_id"])
+        if chain is None:
             return None
-        moved = ahead.moved.result()
-        return None if moved is None or isinstance(moved, Exception) else moved
+        with chain.lock:
+            moved = chain.moved.get(batch["batch_no"])
+            expected = batch["batch_no"] in chain.started or batch["batch_no"] in chain.users
+        if moved is None or not expected:
+            return None
+        users, result = moved.result()
+        if users != batch["user_ids"] or isinstance(result, Exception):
+            return None
+        return result
+
+    def _next_users(self, batch: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+        """The users of the batch after this one, and of those after it that its record
+        names (`chain.next`): the ones this record names, moved along, and the next holders
+        of the source after them."""
+        n, count, chain = batch["batch_no"], batch["batch_count"], batch["chain"]
+        named = [list(u) for u in chain.get("next", [])]
+        last = min(count - 1, n + 1 + CHAIN_LOOKAHEAD)  # the furthest batch the successor names
+        after = chain["after"]
+        while n + len(named) < last:
+            if named:
+                after = named[-1][-1] if named[-1] else after
+            # holders after users no record has had moved yet: nobody moves them before it is committed
+            named.append(self.directory.holders_after(batch["tenant_id"], batch["source_subscription_id"], after,
+                                                      chain["size"]))
+        return named[0], named[1:]
 
     def _migrate(self, batch: dict[str, Any]):
         try:
@@ -125,8 +181,13 @@ class Migration:
             return exc
 
     def _result(self, batch: dict[str, Any]):
-        started = self._started.pop((batch["upgrade_id"], batch["batch_no"]), None)
-        result = started.result() if started is not None else self._migrate(batch)
+        if batch.get("chain") and self._pool is not None:
+            result = self._chained_result(batch)
+        else:
+            started = self._started.pop((batch["upgrade_id"], batch["batch_no"]), None)
+            result = started.result() if started is not None else None
+        if result is None:
+            result = self._migrate(batch)
         if isinstance(result, Exception):
             raise result
         return result
@@ -145,24 +206,18 @@ class Migration:
             users_already_migrated=result.users_already_migrated, users_missing=result.users_missing,
             service_plan_resets=[{"user_id": u, "disabled_services": list(d)} for u, d in result.resets]),
             key=upgrade_id)
-        following = next_in_chain(batch, self._next_users(batch))
-        if following is not None:  # a chain (a licence API's quota): this batch releases the next,
-            partition = ctx.partition  # on its own partition: to this worker, which moves it ahead
+        if batch.get("chain") and batch["batch_no"] + 1 < batch["batch_count"]:
+            # a chain (a licence API's quota): this batch releases the next, on its own
+            # partition: to this worker, which is moving it already
+            following = next_in_chain(batch, *self._next_users(batch))
+            partition = ctx.partition
             ctx.emit(Topic.LICENSE_BATCHES, batch_key(upgrade_id, following["batch_no"]), following,
                      placement=lambda partitions: partition % partitions)
+        elif batch.get("chain"):
+            self._chains.pop(upgrade_id, None)  # its last batch
         # Replayable for as long as its record can still be read; not after.
         expires_ms = max(ctx.timestamp, int(ctx.clock() * 1000)) + lifetime_ms(Topic.LICENSE_BATCHES)
         ctx.put(done_key, True, expires_at=datetime.fromtimestamp(expires_ms / 1000, timezone.utc))
-
-    def _next_users(self, batch: dict[str, Any]) -> list[str]:
-        chain = batch.get("chain")
-        if not chain or batch["batch_no"] + 1 >= batch["batch_count"]:
-            return []
-        ahead = self._ahead.get((batch["upgrade_id"], batch["batch_no"] + 1))
-        if ahead is not None and ahead.users.result() is not None:
-            return ahead.users.result()  # the users this worker is moving ahead
-        return self.directory.holders_after(batch["tenant_id"], batch["source_subscription_id"], chain["after"],
-                                            chain["size"])
 
     def on_failed_batch(self, ctx: Context, batch: dict[str, Any], error: BaseException) -> None:
         """The batch is being dead-lettered: the upgrade cannot complete; tell settlement."""

@@ -151,7 +151,12 @@ def test_an_upgrade_completes_over_a_throttled_licence_api_with_one_switch_and_o
     # (a second of the quota each: 5 calls of 20 users)
     assert [(b["batch_no"], b["batch_count"], len(b["user_ids"])) for b in batches] == [(n, 4, 100) for n in range(4)]
     assert all(b["chain"]["after"] == max(b["user_ids"]) > max(a["user_ids"]) for a, b in zip(batches, batches[1:]))
+    # each batch named the users of the batches after it (`chain.next`, up to three), which the
+    # worker moved ahead of their records
+    assert all(a["chain"]["next"] == [b["user_ids"] for b in batches[a["batch_no"] + 1:a["batch_no"] + 4]]
+               for a in batches[:-1])
+    assert "next" not in batches[-1]["chain"]
     assert sorted(u for b in batches for u in b["user_ids"]) == sorted(f"user{i}@contoso.example" for i in range(400))
     assert served["tenants"]["contoso"]["users"] == 400
     assert served["throttled"] == 0, "paced at the quota, the service never had to say 429"
-    assert served["tenants"]["contoso"]["calls"] >= 20  # 400 users, at most 20 a call
+    assert served["tenants"]["contoso"]["calls"] == 20  # 400 users, 20 a call: moving ahead moved each once

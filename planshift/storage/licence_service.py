@@ -64,13 +64,17 @@ class ServiceStats:
     first: dict[str, float] = field(default_factory=dict)  # tenant → first call accepted (monotonic)
     last: dict[str, float] = field(default_factory=dict)
     requests: Counter = field(default_factory=Counter)  # "METHOD /route" → requests answered, any status
+    longest_gap: dict[str, float] = field(default_factory=dict)  # tenant → longest time between two accepted calls
+    gaps_over_1s: Counter = field(default_factory=Counter)  # tenant → seconds of such gaps beyond the first second
 
     def as_dict(self) -> dict[str, Any]:
         tenants = set(self.calls) | set(self.throttled) | set(self.unavailable)
         return {"tenants": {t: {"calls": self.calls[t], "throttled": self.throttled[t],
                                 "unavailable": self.unavailable[t], "users": self.users[t],
                                 "seconds": round(self.last.get(t, 0) - self.first.get(t, 0), 3),
-                                "first_at": self.first.get(t), "last_at": self.last.get(t)}
+                                "first_at": self.first.get(t), "last_at": self.last.get(t),
+                                "longest_gap_s": round(self.longest_gap.get(t, 0.0), 3),
+                                "gaps_over_1s": round(self.gaps_over_1s[t], 3)}
                             for t in sorted(tenants)},
                 "calls": sum(self.calls.values()), "throttled": sum(self.throttled.values()),
                 "unavailable": sum(self.unavailable.values()), "requests": dict(self.requests)}
@@ -176,6 +180,10 @@ def create_service(store: SqliteDirectory, quota: Quota | None = None, latency_m
         stats.calls[tenant] += 1
         stats.users[tenant] += result.users_migrated
         stats.first.setdefault(tenant, now)
+        if tenant in stats.last:
+            gap = now - stats.last[tenant]
+            stats.longest_gap[tenant] = max(stats.longest_gap.get(tenant, 0.0), gap)
+            stats.gaps_over_1s[tenant] += max(0.0, gap - 1.0)
         stats.last[tenant] = now
         return JSONResponse({"users_migrated": result.users_migrated,
                              "users_already_migrated": result.users_already_migrated,
