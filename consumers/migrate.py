@@ -62,6 +62,8 @@ class _Chain:
     started: set[int] = dataclasses.field(default_factory=set)  # batch_nos being moved, or moved
     running: bool = False
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    # batch_no of a record → the users its successor names last (read when the record arrives)
+    newest: dict[int, Future] = dataclasses.field(default_factory=dict)
 
 
 GROUP_ID = "planshift-migrate"
@@ -112,10 +114,18 @@ class Migration:
             chain.batch = batch
             for k in [k for k in chain.users if k < n - 1]:  # long done
                 chain.users.pop(k), chain.moved.pop(k, None), chain.started.discard(k)
-            for k, users in enumerate([batch["user_ids"], *batch["chain"].get("next", [])], start=n):
+            for k in [k for k in chain.newest if k < n]:
+                chain.newest.pop(k)
+            named = [batch["user_ids"], *batch["chain"].get("next", [])]
+            for k, users in enumerate(named, start=n):
                 if k not in chain.started:  # (one being moved is checked against its record: `_chained_result`)
                     chain.users[k] = list(users)
                     chain.moved.setdefault(k, Future())
+            if n not in chain.newest and len(named) > 1 and n + len(named) < batch["batch_count"]:
+                # the users the successor record will name last: read now, beside the moves
+                after = named[-1][-1] if named[-1] else batch["chain"]["after"]
+                chain.newest[n] = self._pool.submit(self.directory.holders_after, batch["tenant_id"],
+                                                    batch["source_subscription_id"], after, batch["chain"]["size"])
             if not chain.running:
                 chain.running = True
                 self._pool.submit(self._run_chain, chain)
@@ -163,6 +173,13 @@ class Migration:
         n, count, chain = batch["batch_no"], batch["batch_count"], batch["chain"]
         named = [list(u) for u in chain.get("next", [])]
         last = min(count - 1, n + 1 + CHAIN_LOOKAHEAD)  # the furthest batch the successor names
+        known = self._chains.get(batch["upgrade_id"])
+        newest = known.newest.get(n) if known is not None else None
+        if named and newest is not None and n + len(named) < last:
+            try:
+                named.append(newest.result())
+            except Exception:  # noqa: BLE001 - read again below
+                pass
         after = chain["after"]
         while n + len(named) < last:
             if named:
