@@ -75,8 +75,8 @@ class Migration:
         # A licence API answers several callers at once, and throttles each tenant on its own:
         # a poll's batches of different tenants are migrated side by side (each tenant's in
         # order), so one tenant waiting on its quota holds up nobody else's.
-        self._side_by_side = getattr(directory, "concurrent", False)
-        self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="tenant") if self._side_by_side else None
+        self.side_by_side = getattr(directory, "concurrent", False)
+        self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="tenant") if self.side_by_side else None
         self._started: dict[tuple[str, int], Future] = {}
         # Under a quota a tenant's batches are a chain (`_Chain`): upgrade_id → what this worker knows of it.
         self._chains: dict[str, _Chain] = {}
@@ -86,17 +86,28 @@ class Migration:
         chain's batches go to its runner, which moves them in order, ahead of the records."""
         if self._pool is None:
             return
-        self._started = {}
+        if len(self._started) > 10_000:  # batches read and then given up in a rebalance
+            self._started.clear()
         by_tenant: dict[str, list[dict[str, Any]]] = {}
         for batch in batches:
             if batch.get("chain"):
                 self._arrive(batch)
-            else:
+            elif (batch["upgrade_id"], batch["batch_no"]) not in self._started:  # else read again: under way
                 by_tenant.setdefault(batch["tenant_id"], []).append(batch)
         for tenant_batches in by_tenant.values():
             items = {(b["upgrade_id"], b["batch_no"]): Future() for b in tenant_batches}
             self._started.update(items)
             self._pool.submit(self._run_tenant, tenant_batches, items)
+
+    def ready(self, batch: dict[str, Any]) -> bool:
+        """Whether the moves `prepare` started for this batch are done (a licence API only):
+        a worker does not hold other tenants' records while a chain's batch is under way."""
+        if batch.get("chain"):
+            chain = self._chains.get(batch["upgrade_id"])
+            moved = chain.moved.get(batch["batch_no"]) if chain is not None else None
+        else:
+            moved = self._started.get((batch["upgrade_id"], batch["batch_no"]))
+        return moved is None or moved.done()
 
     def _run_tenant(self, batches: list[dict[str, Any]], items: dict[tuple[str, int], Future]) -> None:
         for batch in batches:
@@ -260,7 +271,7 @@ def migration_config(settings: Settings, directory: LicenceDirectory | None = No
     return ProcessorConfig(
         group_id=GROUP_ID,
         sources=(Source(Topic.LICENSE_BATCHES, migration.on_batch, on_failure=migration.on_failed_batch,
-                        prepare=migration.prepare),),
+                        prepare=migration.prepare, ready=migration.ready if migration.side_by_side else None),),
         instance=instance,
         **config,
     )

@@ -69,6 +69,9 @@ RESTORE_SLICE_S = 0.25
 # a long pause) go over many short rounds, not in one long one.
 EXPIRE_PER_ROUND = 10_000
 CHANGELOG_SEGMENT_MS = 60 * 60 * 1000
+# How long the loop pauses when every record it polled was waiting on work under way
+# (`Source.ready`) before it reads them again.
+HELD_PAUSE_S = 0.02
 # How often the loop measures its lag and the consumer's gauges for /metrics.
 MEASURE_INTERVAL_S = 5.0
 
@@ -327,11 +330,19 @@ class StreamProcessor:
                 if source.prepare is not None:
                     engine.prepare(source, [d for tp, decoded in decoded_by_tp.items()
                                             if self._sources[tp.topic] is source for d in decoded if isinstance(d, dict)])
+            held = 0  # partitions stopped at a record whose work is not done yet
             for tp, records in batches.items():
                 source = self._sources[tp.topic]
                 decoded = decoded_by_tp.pop(tp)
                 took = metrics.handler_histogram(source.topic)
                 for record, event in zip(records, decoded):
+                    if source.ready is not None and isinstance(event, dict) and not source.ready(event):
+                        # Its work (started by `prepare`) is still under way: the partition
+                        # stops here and is read again from this record, while the records
+                        # handled before it, and other partitions', commit without waiting.
+                        self.consumer.seek(tp, record.offset)
+                        held += 1
+                        break
                     if not checkpoint.open:
                         checkpoint.begin()
                     began = time.perf_counter()
@@ -347,7 +358,9 @@ class StreamProcessor:
                             # yet not committed: whoever reads next starts with them.
                             return
             # Less than a full poll: nothing more was waiting, this consumer has caught up.
-            caught_up = sum(map(len, batches.values())) < self.config.max_poll_records
+            caught_up = held > 0 or sum(map(len, batches.values())) < self.config.max_poll_records
+            if held and not checkpoint.open:
+                self._stop.wait(HELD_PAUSE_S)  # nothing was ready: not straight back for the same records
             if checkpoint.due(idle=not batches, stopping=self._stop.is_set(), caught_up=caught_up):
                 checkpoint.commit()
         except KafkaError as exc:
