@@ -59,8 +59,7 @@ from planshift.events import event, rfc3339, upgrade_ended, upgrade_status
 from planshift.logs import get_logger
 from planshift.runtime import Context, ProcessorConfig, Source, StreamProcessor
 from planshift.settings import Settings
-from planshift.storage.directory import LicenceDirectory, open_directory
-from planshift.storage.licence_api import SettlingRead
+from planshift.storage.directory import LicenceDirectory, SettlingRead, open_directory, settling_read
 from planshift.storage.reports import write_reset_report
 
 log = get_logger(__name__)
@@ -100,9 +99,7 @@ class Settlement:
                 self._read[u] = together
             return
         for u, t, source in wanted.values():
-            self._read[u] = self._pool.submit(lambda u=u, t=t, source=source: SettlingRead(
-                bool(self.directory.holders_after(t, source, None, 1)), self.directory.swept(u),
-                self.directory.resets(u)))
+            self._read[u] = self._pool.submit(settling_read, self.directory, u, t, source)
 
     def _prefetched(self, upgrade_id: str) -> SettlingRead | None:
         read = self._read.pop(upgrade_id, None)

@@ -100,7 +100,8 @@ def chained_first_batch(request: Mapping[str, Any], source: Mapping[str, Any], u
     first["chain"] = {"size": size, "after": user_ids[size - 1] if len(user_ids) >= size else
                       (user_ids[-1] if user_ids else None)}
     if count > 1:
-        first["chain"]["next"] = [list(user_ids[size * k:size * (k + 1)]) for k in range(1, min(count, 1 + CHAIN_LOOKAHEAD))]
+        first["chain"]["next"] = [list(user_ids[size * k:size * (k + 1)])
+                                  for k in range(1, min(count, 1 + CHAIN_LOOKAHEAD))]
     return first
 
 

@@ -133,7 +133,8 @@ class Checkpoint:
         open_ms = (time.monotonic() - self._started) * 1000
         return ((idle and self.commit_when_idle) or stopping or self.records >= self.commit_every
                 or open_ms >= self.commit_interval_ms
-                or (caught_up and self.commit_when_idle and open_ms >= min(CAUGHT_UP_COMMIT_MS, self.commit_interval_ms)))
+                or (caught_up and self.commit_when_idle
+                    and open_ms >= min(CAUGHT_UP_COMMIT_MS, self.commit_interval_ms)))
 
     def wait_ms(self, longest: int) -> int:
         """How long the next poll may wait for records: while a transaction is open, no longer

@@ -181,6 +181,22 @@ class LicenceDirectory(Protocol):
     def resets(self, upgrade_id: str) -> list[tuple[str, str, str, str, tuple[str, ...]]]: ...
 
 
+class SettlingRead(NamedTuple):
+    """What settling an upgrade reads of the directory (`consumers/settle.py`)."""
+
+    late: bool  # someone still holds the source licence: the sweep has users to move
+    swept: int
+    resets: list[tuple[str, str, str, str, tuple[str, ...]]]
+
+
+def settling_read(directory: "LicenceDirectory", upgrade_id: str, tenant_id: str,
+                  source_subscription_id: str) -> SettlingRead:
+    """One upgrade's `SettlingRead`, as three reads of `directory` (a licence API serves a
+    poll's at once: `LicenceApiDirectory.settling_reads`)."""
+    return SettlingRead(bool(directory.holders_after(tenant_id, source_subscription_id, None, 1)),
+                        directory.swept(upgrade_id), directory.resets(upgrade_id))
+
+
 class SqliteDirectory:
     """The embedded licence directory."""
 

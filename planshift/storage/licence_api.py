@@ -34,10 +34,10 @@ import urllib.parse
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Iterable, NamedTuple, Sequence
+from typing import Any, Iterable, Sequence
 
 from planshift.storage.directory import (Claim, DirectoryError, Licence, MigrationRefused, MigrationResult,
-                                         licence_rows)
+                                         SettlingRead, licence_rows)
 
 CALL_SIZE = 20
 PACE = 0.97  # of the quota: calls are paced a little under it
@@ -313,12 +313,6 @@ class LicenceApiDirectory:
 
     def renew_claim(self, upgrade_id: str, tenant_id: str, now_ms: int) -> None:
         self._request("POST", "/v1/claims/renew", {"upgrade_id": upgrade_id, "tenant_id": tenant_id, "now_ms": now_ms})
-
-
-class SettlingRead(NamedTuple):
-    late: bool  # someone still holds the source licence: the sweep has users to move
-    swept: int
-    resets: list[tuple[str, str, str, str, tuple[str, ...]]]
 
 
 def _sum(results: list[dict[str, Any]]) -> MigrationResult:

@@ -50,7 +50,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from planshift.settings import Quota
-from planshift.storage.directory import MigrationRefused, SqliteDirectory
+from planshift.storage.directory import MigrationRefused, SqliteDirectory, settling_read
 
 CALL_SIZE = 20  # Graph: at most 20 users per licence-assignment batch request
 
@@ -201,8 +201,8 @@ def create_service(store: SqliteDirectory, quota: Quota | None = None, latency_m
         wanted = [tuple(u) for u in (await request.json())["upgrades"]]
 
         def read() -> list[list]:
-            return [[u, bool(store.holders_after(t, s, None, 1)), store.swept(u),
-                     [[t_, user, s_, k, list(d)] for t_, user, s_, k, d in store.resets(u)]] for u, t, s in wanted]
+            reads = [(u, settling_read(store, u, t, s)) for u, t, s in wanted]
+            return [[u, r.late, r.swept, [[t, user, s, k, list(d)] for t, user, s, k, d in r.resets]] for u, r in reads]
         found = await call(read)
         await pause()
         return JSONResponse({"upgrades": found})
@@ -244,7 +244,7 @@ def create_service(store: SqliteDirectory, quota: Quota | None = None, latency_m
             return await route.endpoint(request)
         return Route(route.path, endpoint, methods=route.methods)
 
-    app = Starlette(routes=[counted(r) for r in routes if r.path != "/v1/stats"] + routes[-1:])
+    app = Starlette(routes=[r if r.endpoint is stats_view else counted(r) for r in routes])
     app.state.stats = stats
     return app
 
