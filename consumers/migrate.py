@@ -90,13 +90,15 @@ class Migration:
             self._started.clear()
         by_tenant: dict[str, list[dict[str, Any]]] = {}
         for batch in batches:
+            key = (batch["upgrade_id"], batch["batch_no"])
             if batch.get("chain"):
                 self._arrive(batch)
-            elif (batch["upgrade_id"], batch["batch_no"]) not in self._started:  # else read again: under way
+            elif key not in self._started:  # else read again (or twice in this poll): under way
+                self._started[key] = Future()
                 by_tenant.setdefault(batch["tenant_id"], []).append(batch)
         for tenant_batches in by_tenant.values():
-            items = {(b["upgrade_id"], b["batch_no"]): Future() for b in tenant_batches}
-            self._started.update(items)
+            items = {(b["upgrade_id"], b["batch_no"]): self._started[(b["upgrade_id"], b["batch_no"])]
+                     for b in tenant_batches}
             self._pool.submit(self._run_tenant, tenant_batches, items)
 
     def ready(self, batch: dict[str, Any]) -> bool:

@@ -277,6 +277,82 @@ def test_a_long_restore_runs_in_the_loop_while_the_other_partitions_go_on(topics
     assert processor.longest_round_s < 10, processor.longest_round_s
 
 
+def test_a_record_whose_work_is_under_way_holds_only_its_partition_and_is_read_once(topics):
+    """`Source.ready`: a record whose work (started by `prepare`) is not done stops its
+    partition, with the records after it kept in order; the other partitions' records
+    are handled and committed meanwhile; once it is ready it and its followers go on,
+    without being fetched or prepared again."""
+    import threading
+
+    settings = topics
+    held, other = _key_on(0), _key_on(1)
+    gate = threading.Event()
+    prepared = Counter()
+
+    def handle(ctx, event):
+        ctx.emit("totals", ctx.key, {"key": ctx.key, "n": event["n"]}, event_type="total")
+
+    def prepare(events):
+        prepared.update(e["n"] for e in events)
+
+    processor = StreamProcessor(settings, ProcessorConfig(
+        group_id="holder", stateful=False, commit_interval_ms=50, instance="0",
+        sources=(Source("numbers", handle, schema="", prepare=prepare,
+                        ready=lambda event: event["n"] != 7 or gate.is_set()),)))
+    produce(settings, "numbers", [(held, {"n": 7}), (held, {"n": 8}), (other, {"n": 1}), (other, {"n": 2})])
+    with running(processor):
+        wait_for(lambda: [v["n"] for v in values(settings, "totals")] == [1, 2], message="the other partition's")
+        wait_for(lambda: processor._held, message="the first partition held")
+        assert [tp.partition for tp in processor._held] == [0]
+        assert [v["n"] for v in values(settings, "totals")] == [1, 2]  # 8 waits behind 7, on its partition
+        gate.set()
+        wait_for(lambda: len(values(settings, "totals")) == 4, message="the held partition's")
+        wait_for(lambda: not processor._held, message="released")
+    by_key = {}
+    for v in values(settings, "totals"):
+        by_key.setdefault(v["key"], []).append(v["n"])
+    assert by_key == {other: [1, 2], held: [7, 8]}
+    assert prepared == Counter({7: 1, 8: 1, 1: 1, 2: 1})  # held in memory: nothing read twice
+    assert processor.metrics.records == 4
+
+
+def test_a_paused_partition_is_read_again_once_resumed(topics):
+    """kafka-python 3.0.12 parks the records fetched for a partition that is paused, and
+    never gives them back once the consumer has read its other partitions dry: resumed,
+    the partition stayed at that offset for good (`fastpath.install_resume_fix`)."""
+    import time
+
+    from kafka import TopicPartition
+
+    from planshift.kafka import fastpath
+
+    settings = topics
+    assert fastpath.install_resume_fix()
+    produce(settings, "numbers", [(_key_on(p), {"n": i}) for p in (0, 1) for i in range(20)])
+    name = settings.topic("numbers")
+    paused, other = TopicPartition(name, 0), TopicPartition(name, 1)
+    consumer = clients.consumer(settings, None, max_poll_records=5)
+    consumer.assign([paused, other])
+    read = {paused: [], other: []}
+
+    def poll_until(condition, message):
+        deadline = time.monotonic() + 20
+        while not condition():
+            assert time.monotonic() < deadline, f"timed out waiting for {message}: {read}"
+            for tp, records in consumer.poll(timeout_ms=200).items():
+                read[tp] += [r.offset for r in records]
+
+    try:
+        poll_until(lambda: read[paused], "the first records")
+        consumer.pause(paused)  # the rest of what was fetched for it is parked
+        poll_until(lambda: len(read[other]) == 20, "the other partition, read dry")
+        consumer.resume(paused)
+        poll_until(lambda: len(read[paused]) == 20, "the resumed partition")
+    finally:
+        consumer.close()
+    assert read[paused] == list(range(20))  # in order, none lost, none twice
+
+
 def test_expiring_state_is_deleted_with_its_tombstone_and_a_restart_knows_its_expiry(topics):
     from datetime import datetime, timedelta, timezone
 

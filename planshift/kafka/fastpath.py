@@ -32,7 +32,7 @@ from planshift.logs import get_logger
 
 log = get_logger(__name__)
 
-PATCHED_VERSIONS = ("3.0.",)  # the kafka-python versions `install_rejoin_fix` was written against
+PATCHED_VERSIONS = ("3.0.",)  # the kafka-python versions the fixes below were written against
 
 
 def install_rejoin_fix() -> bool:
@@ -65,6 +65,40 @@ def install_rejoin_fix() -> bool:
 
     ConsumerCoordinator.need_rejoin = need_rejoin
     ConsumerCoordinator._planshift_patched = True
+    return True
+
+
+def install_resume_fix() -> bool:
+    """Work around a kafka-python 3.0.x bug that leaves a resumed partition unread for good.
+
+    Records fetched for a partition that is paused meanwhile are parked, and given back
+    once it is resumed (KAFKA-7548), but only when the fetcher's in-line slot is `None`.
+    A slot whose records have all been read is left holding an empty, falsy object, not
+    `None`, so in a busy consumer the parked records are never given back, and the
+    partition, which counts as having buffered data, is never fetched again: it is
+    stuck at that offset while the consumer reads its other partitions. An empty slot
+    is made `None` before each read, as the restore intends.
+
+    Returns whether the fix is in place (idempotent; refused, with a warning, on a
+    kafka-python it was not written for).
+    """
+    from kafka.consumer.fetcher import Fetcher
+
+    if getattr(Fetcher, "_planshift_patched", False):
+        return True
+    parks = "_paused_partition_records" in Fetcher.__init__.__code__.co_names  # (KAFKA-7548's port)
+    if not kafka.__version__.startswith(PATCHED_VERSIONS) or not parks:
+        log.warning("kafka-python resume fix not installed: written for 3.0.x", kafka_python=kafka.__version__)
+        return False
+    original = Fetcher.fetched_records
+
+    def fetched_records(self, *args, **kwargs):
+        if self._next_partition_records is not None and not self._next_partition_records:
+            self._next_partition_records = None
+        return original(self, *args, **kwargs)
+
+    Fetcher.fetched_records = fetched_records
+    Fetcher._planshift_patched = True
     return True
 
 

@@ -30,7 +30,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.errors import (
@@ -69,9 +69,9 @@ RESTORE_SLICE_S = 0.25
 # a long pause) go over many short rounds, not in one long one.
 EXPIRE_PER_ROUND = 10_000
 CHANGELOG_SEGMENT_MS = 60 * 60 * 1000
-# How long the loop pauses when every record it polled was waiting on work under way
-# (`Source.ready`) before it reads them again.
-HELD_PAUSE_S = 0.02
+# While a partition is held at a record whose work is under way (`Source.ready`), the
+# loop polls at most this long before it looks at that record again.
+HELD_POLL_MS = 10
 # How often the loop measures its lag and the consumer's gauges for /metrics.
 MEASURE_INTERVAL_S = 5.0
 
@@ -106,6 +106,9 @@ class StreamProcessor:
         self.longest_round_s = 0.0  # the longest a round of the loop has taken
         # Stores being rebuilt: partition → the restoration that will deliver its store.
         self._restoring: dict[int, Restoration] = {}
+        # Partitions held at a record whose work is not done (`Source.ready`): paused, with
+        # that record and the ones read after it, in order.
+        self._held: dict[TopicPartition, list[tuple[Any, Any]]] = {}
         self._stop = threading.Event()
         self._tables: dict[str, GlobalTable] = {}
         self._changelog = self.engine.changelog
@@ -179,6 +182,7 @@ class StreamProcessor:
 
             self.telemetry = TelemetryServer(self, self.settings.metrics_port).start()
         fastpath.install_rejoin_fix()
+        fastpath.install_resume_fix()  # a held partition is paused (`_handle`)
         if self._changelog:
             self._ensure_changelog()
         for topic in self.config.tables:
@@ -310,16 +314,19 @@ class StreamProcessor:
         self.engine.table_values = {name: table.values for name, table in self._tables.items()}
 
     def _poll_once(self) -> None:
-        # While a restore is under way the loop only looks in, so that it goes on at once.
-        batches = self.consumer.poll(
-            timeout_ms=0 if self._restoring else self.checkpoint.wait_ms(self.config.poll_timeout_ms))
+        # While a restore is under way the loop only looks in, so that it goes on at once;
+        # while a partition is held, soon again, to see whether its record's work is done.
+        timeout_ms = 0 if self._restoring else self.checkpoint.wait_ms(self.config.poll_timeout_ms)
+        if self._held:
+            timeout_ms = min(timeout_ms, HELD_POLL_MS)
+        batches = self.consumer.poll(timeout_ms=timeout_ms)
         if self._reset_due:
             due, self._reset_due = self._reset_due & self.consumer.assignment(), set()
             self._reset_to_committed(list(due))
             batches = {tp: records for tp, records in batches.items() if tp not in due}
         if batches and self.metrics.first_record_at is None:
             self.metrics.first_record_at = time.monotonic()
-        checkpoint, engine, metrics = self.checkpoint, self.engine, self.metrics
+        checkpoint, engine = self.checkpoint, self.engine
         try:
             # Every partition's records decoded first, so that a source's `prepare` sees the
             # whole poll at once (intake: one directory round trip; migration over a licence
@@ -330,43 +337,52 @@ class StreamProcessor:
                 if source.prepare is not None:
                     engine.prepare(source, [d for tp, decoded in decoded_by_tp.items()
                                             if self._sources[tp.topic] is source for d in decoded if isinstance(d, dict)])
-            held = 0  # partitions stopped at a record whose work is not done yet
+            # The held partitions first: their records were read before this poll's.
+            for tp, items in list(self._held.items()):
+                if not self._handle(tp, items):
+                    return
             for tp, records in batches.items():
-                source = self._sources[tp.topic]
-                decoded = decoded_by_tp.pop(tp)
-                took = metrics.handler_histogram(source.topic)
-                for record, event in zip(records, decoded):
-                    if source.ready is not None and isinstance(event, dict) and not source.ready(event):
-                        # Its work (started by `prepare`) is still under way: the partition
-                        # stops here and is read again from this record, while the records
-                        # handled before it, and other partitions', commit without waiting.
-                        self.consumer.seek(tp, record.offset)
-                        held += 1
-                        break
-                    if not checkpoint.open:
-                        checkpoint.begin()
-                    began = time.perf_counter()
-                    engine.process(source, record, event)
-                    took.observe(time.perf_counter() - began)
-                    checkpoint.track(tp, record.offset)
-                    metrics.records += 1
-                    metrics.records_by_topic[source.topic] = metrics.records_by_topic.get(source.topic, 0) + 1
-                    if checkpoint.due(stopping=self._stop.is_set()):
-                        checkpoint.commit()
-                        if self._stop.is_set():
-                            # The records fetched but not handled are past the position
-                            # yet not committed: whoever reads next starts with them.
-                            return
+                if not self._handle(tp, list(zip(records, decoded_by_tp.pop(tp)))):
+                    return
             # Less than a full poll: nothing more was waiting, this consumer has caught up.
-            caught_up = held > 0 or sum(map(len, batches.values())) < self.config.max_poll_records
-            if held and not checkpoint.open:
-                self._stop.wait(HELD_PAUSE_S)  # nothing was ready: not straight back for the same records
+            caught_up = bool(self._held) or sum(map(len, batches.values())) < self.config.max_poll_records
             if checkpoint.due(idle=not batches, stopping=self._stop.is_set(), caught_up=caught_up):
                 checkpoint.commit()
         except KafkaError as exc:
             self._transaction_failed(exc)
         finally:
             logs.hold_record(None)  # the last record's context ends with its batch
+
+    def _handle(self, tp: TopicPartition, items: list[tuple[Any, Any]]) -> bool:
+        """Handle a partition's records (record, decoded event) in order. A record whose work
+        (started by `prepare`) is not done yet holds its partition: it and the records after
+        it wait here, in memory, with the partition paused, while other partitions' records
+        go on and commit. False: stopping, whatever is not handled is left to the next reader."""
+        source, checkpoint, engine, metrics = self._sources[tp.topic], self.checkpoint, self.engine, self.metrics
+        took = metrics.handler_histogram(source.topic)
+        for i, (record, event) in enumerate(items):
+            if source.ready is not None and isinstance(event, dict) and not source.ready(event):
+                if tp not in self._held:
+                    self.consumer.pause(tp)
+                self._held[tp] = items[i:]
+                return True
+            if not checkpoint.open:
+                checkpoint.begin()
+            began = time.perf_counter()
+            engine.process(source, record, event)
+            took.observe(time.perf_counter() - began)
+            checkpoint.track(tp, record.offset)
+            metrics.records += 1
+            metrics.records_by_topic[source.topic] = metrics.records_by_topic.get(source.topic, 0) + 1
+            if checkpoint.due(stopping=self._stop.is_set()):
+                checkpoint.commit()
+                if self._stop.is_set():
+                    # The records fetched but not handled are past the position yet
+                    # not committed: whoever reads next starts with them.
+                    return False
+        if self._held.pop(tp, None) is not None:
+            self.consumer.resume(tp)  # all handled: read on
+        return True
 
     def _fire_timers(self) -> None:
         """Due timers fire, and expired state is deleted, in a transaction of their own (at
@@ -443,6 +459,7 @@ class StreamProcessor:
 
     def _reset_to_committed(self, tps: list[TopicPartition]) -> None:
         self._assign_sinks(tps)
+        self._drop_held(tps, resume=True)
         for tp in tps:
             committed = self.consumer.committed(tp)
             if committed is None:
@@ -450,6 +467,12 @@ class StreamProcessor:
             else:
                 self.consumer.seek(tp, committed)
         self._restore({tp.partition for tp in tps})
+
+    def _drop_held(self, tps, resume: bool) -> None:
+        """Forget the held records of `tps`: they are read again from the committed offsets."""
+        dropped = [tp for tp in tps if self._held.pop(tp, None) is not None]
+        if dropped and resume:
+            self.consumer.resume(*dropped)
 
     def _assign_sinks(self, tps) -> None:
         """Tell each sink the partitions it now starts afresh (what it buffered is void)."""
@@ -513,7 +536,8 @@ class StreamProcessor:
             self.engine.adopt_stores(stores)
             for p in whole:
                 del self._restoring[p]
-            self.consumer.resume(*[tp for tp in self.consumer.assignment() if tp.partition in whole])
+            self.consumer.resume(*[tp for tp in self.consumer.assignment()
+                                   if tp.partition in whole and tp not in self._held])
             keys = sum(len(s) for s in stores.values())
             self.metrics.restored_keys += keys
             self.metrics.restores.observe(time.monotonic() - restoration.began)
@@ -545,6 +569,7 @@ class StreamProcessor:
                 # The partitions kept go back to their committed state too, at the next poll.
                 self._reset_due |= {tp for tp in self.consumer.assignment() if tp not in revoked}
                 self._discard(revoked)
+        self._drop_held(revoked, resume=False)
         still_owned = {tp.partition for tp in self.consumer.assignment() if tp not in revoked}
         for partition in {tp.partition for tp in revoked} - still_owned:
             self.engine.drop_store(partition)
@@ -556,6 +581,7 @@ class StreamProcessor:
         if self.checkpoint.open:
             self._drop_transaction(replace=False)
         self._discard(lost)
+        self._drop_held(lost, resume=False)
         for tp in lost:
             self.engine.drop_store(tp.partition)
             self._restoring.pop(tp.partition, None)
@@ -574,7 +600,12 @@ class StreamProcessor:
         assigned = {tp.partition: tp for tp in self.consumer.assignment() if tp.topic == name}
         if set(assigned) != set(ends):
             return False
-        return all(self.consumer.position(assigned[p]) >= end for p, end in ends.items())
+        return all(self._position(assigned[p]) >= end for p, end in ends.items())
+
+    def _position(self, tp: TopicPartition) -> int:
+        """The offset of the next record this instance handles on `tp` (a held one's first)."""
+        held = self._held.get(tp)
+        return held[0][0].offset if held else self.consumer.position(tp)
 
     @property
     def assigned_partitions(self) -> set[TopicPartition]:
