@@ -316,6 +316,41 @@ def test_a_record_whose_work_is_under_way_holds_only_its_partition_and_is_read_o
     assert processor.metrics.records == 4
 
 
+def test_held_records_go_with_their_partition_when_a_second_instance_joins(topics):
+    """A rebalance while a partition is held: whoever owns the partition afterwards handles
+    its records once and in order, and nobody is left with a partition paused or records held."""
+    import threading
+
+    settings = topics
+    keys = [_key_on(p) for p in range(3)]
+    gate = threading.Event()
+
+    def holder(instance):
+        return StreamProcessor(settings, ProcessorConfig(
+            group_id="holder", stateful=False, commit_interval_ms=50, instance=instance,
+            sources=(Source("numbers", lambda ctx, event: ctx.emit("totals", ctx.key, {"key": ctx.key, "n": event["n"]},
+                                                                   event_type="total"), schema="",
+                            ready=lambda event: event["n"] < 100 or gate.is_set()),)))
+
+    first, second = holder("0"), holder("1")
+    # each partition held at its second record, with one more behind it
+    produce(settings, "numbers", [(k, {"n": n}) for k in keys for n in (1, 100, 101)])
+    with running(first):
+        wait_for(lambda: len(first._held) == 3, message="every partition held")
+        with running(second):
+            wait_for(lambda: first.assigned_partitions and second.assigned_partitions
+                     and len(first.assigned_partitions | second.assigned_partitions) == 3, 60,
+                     message="the partitions split between the two")
+            gate.set()
+            wait_for(lambda: len(values(settings, "totals")) == 9, message="every record handled")
+            for proc in (first, second):
+                wait_for(lambda: not proc._held and not proc.consumer.paused(), message="nothing held or paused")
+    by_key = {}
+    for v in values(settings, "totals"):
+        by_key.setdefault(v["key"], []).append(v["n"])
+    assert by_key == {k: [1, 100, 101] for k in keys}  # once each, in order
+
+
 def test_a_paused_partition_is_read_again_once_resumed(topics):
     """kafka-python 3.0.12 parks the records fetched for a partition that is paused, and
     never gives them back once the consumer has read its other partitions dry: resumed,

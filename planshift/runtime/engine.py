@@ -64,8 +64,9 @@ class Source:
     # every attempt, so a consumer can report the failure (migration marks it `failed`).
     on_failure: Callable[[Context, dict[str, Any], BaseException], None] | None = None
     # Whether a valid record's work, started by `prepare`, is done: a record that is not
-    # ready stops its partition for this poll (it is read again, and `prepare` sees it
-    # again), so that the records of other partitions commit without waiting for it.
+    # ready holds its partition (paused; it and the records read after it wait in memory,
+    # in order, and are not prepared again), so that the records of other partitions are
+    # handled and commit without waiting for it.
     ready: Callable[[dict[str, Any]], bool] | None = None
 
 
