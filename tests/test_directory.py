@@ -194,3 +194,38 @@ def test_copy_moves_every_table_so_upgrades_stay_idempotent_on_postgresql(tmp_pa
     moved.close()
     assert main(["directory", "copy", "--to", "sqlite:///x"]) == 1
     assert "is not a postgresql:// URL" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("plans", ["auto", "force_generic_plan"])
+def test_a_postgresql_move_reads_only_its_batch_however_many_hold_the_target(postgres_url, plans):
+    """A new target subscription had no rows when the table was last analysed: the planner
+    believed one row matched it and, for every batch, scanned every target licence given
+    so far (and a prepared statement's generic plan scanned the table for the target's
+    SKU), so a migration slowed down as it went. Every lookup of a batch's move is now a
+    probe per user, whatever the statistics and whichever plan the server caches."""
+    import psycopg
+
+    from planshift.storage.postgres import MOVE, TARGET_SKU, PostgresDirectory
+
+    directory = PostgresDirectory(postgres_url)
+    directory.put(Licence("t", f"u{i:05d}", "src", "M365_BUSINESS_STANDARD", ("SHAREPOINT",) if i % 10 == 0 else ())
+                  for i in range(6_000))
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute("ANALYZE licences")  # the target has no holders yet, as at a real upgrade's start
+    users = directory.holders("t", "src")
+    for i in range(0, 5_000, 500):
+        directory.migrate("t", "up", users[i:i + 500], "src", "tgt", "M365_BUSINESS_PREMIUM")
+    params = {"tenant": "t", "upgrade": "up", "source": "src", "target": "tgt", "sku": "M365_BUSINESS_PREMIUM",
+              "users": users[5_000:5_500]}
+    with psycopg.connect(postgres_url) as db:
+        db.execute(f"SET plan_cache_mode = {plans}")
+        plan = "\n".join(row[0] for row in db.execute("EXPLAIN (ANALYZE, FORMAT TEXT) " + MOVE, params))
+        db.execute("PREPARE held(text, text) AS " + TARGET_SKU.replace("%s", "$1", 1).replace("%s", "$2", 1))
+        held = "\n".join(row[0] for row in db.execute("EXPLAIN (ANALYZE) EXECUTE held('t', 'tgt')"))
+        db.rollback()
+    removed = [int(line.rsplit(":", 1)[1]) for line in plan.splitlines() if "Rows Removed by Filter" in line]
+    assert max(removed, default=0) <= 500, plan  # at most the batch's own rows, not the 5,000 moved before
+    assert "Seq Scan on licences" not in plan and "Seq Scan" not in held, held
+    # (the explained move was rolled back)
+    assert directory.migrate("t", "up", users[5_000:5_500], "src", "tgt", "M365_BUSINESS_PREMIUM").users_migrated == 500
+    directory.close()
