@@ -282,7 +282,7 @@ def postgres_figures(base, args, results: list[str]) -> None:
             seed(settings, "warm", args.warm_users)
             elapsed = run_once(settings, "warm", args.warm_users, 1, None, hosts=True)
             print(f"(warming up, not counted: {args.warm_users:,} users in {elapsed:.1f}s)", flush=True)
-        rates, ends = {}, {}
+        rates, ends, machine = {}, {}, {}
         for hosts in (1, 2):
             settings = base.with_(topic_prefix=f"{base.topic_prefix}hosts{hosts}.",
                                   directory_url=database(f"hosts{hosts}"))
@@ -293,6 +293,7 @@ def postgres_figures(base, args, results: list[str]) -> None:
             elapsed = run_once(settings, tenant, args.hosts_users, hosts, None, hosts=True, cpu=cpu, stages=stages)
             rates[hosts] = args.hosts_users / stages["migrating"]
             ends[hosts] = args.hosts_users / elapsed
+            machine[hosts] = cpu["machine"] * stages["migrating"] / elapsed  # (about: its share of the run)
             print(f"PostgreSQL directory, {hosts} worker host(s), {args.hosts_users:,} users in "
                   f"{stages['batches']} batches: {elapsed:.1f}s request → completed ({ends[hosts]:,.0f} users/s): "
                   f"planning {stages['planning']:.1f}s (the last batch {stages['released']:.1f}s after the first), "
@@ -302,6 +303,13 @@ def postgres_figures(base, args, results: list[str]) -> None:
                   + f"; the machine {cpu['machine']:.1f} of {elapsed * os.cpu_count():.1f} "
                   f"({cpu['machine'] / elapsed:.2f} of its {os.cpu_count()} cores)", flush=True)
         speedup = rates[2] / rates[1]
+        # What this machine allows: two hosts can at best halve one host's migration, and
+        # cannot finish before the machine has done the CPU work the two-host run needed.
+        one = args.hosts_users / rates[1]
+        bound = one / max(one / 2, machine[2] / os.cpu_count())
+        results.append(f"PostgreSQL directory: this machine's bound for 2 hosts: {bound:.2f}× (one host's "
+                       f"{one:.1f}s of migration against the {machine[2]:.1f} CPU-s the two-host migration used, "
+                       f"on {os.cpu_count()} cores)")
         results.append(f"PostgreSQL directory: 2 worker hosts migrate {speedup:.2f}× as fast as one (goal ≥ 1.7×: "
                        f"{'met' if speedup >= 1.7 else 'NOT met'}); request → completed {ends[2] / ends[1]:.2f}× "
                        f"(planning and settling are one intake and one settlement either way); this machine has "
