@@ -145,7 +145,8 @@ def test_replay_prints_its_plan_moves_only_with_execute_and_refuses_a_running_gr
     monkeypatch.setenv("PLANSHIFT_BOOTSTRAP_SERVERS", settings.bootstrap_servers)
     monkeypatch.setenv("PLANSHIFT_TOPIC_PREFIX", settings.topic_prefix)
     ensure_topic(settings, settings.topic("numbers"), 2, {})
-    produce(settings, "numbers", [(None, {"n": n}) for n in range(10)])
+    # keyed, so both partitions hold some (records without a key all go to one sticky partition)
+    produce(settings, "numbers", [(str(n), {"n": n}) for n in range(10)])
 
     def reader():
         return StreamProcessor(settings, ProcessorConfig(group_id="readers", stateful=False, commit_interval_ms=50,
