@@ -61,6 +61,10 @@ case "$cmd" in
     ;;
   test)
     setup
+    # The suite starts and stops many short-lived brokers: the JIT's first tier is enough for
+    # them, and on a small machine the suite runs about a sixth faster without the second
+    # (measured: 118 s against 141 s for the broker-heaviest tests). Set it to "" for C2.
+    export PLANSHIFT_KAFKA_JVM_OPTS="${PLANSHIFT_KAFKA_JVM_OPTS--XX:TieredStopAtLevel=1}"
     exec "$VENV/bin/python" -m pytest "$@"
     ;;
   setup)
