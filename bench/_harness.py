@@ -35,3 +35,20 @@ def bench_settings(keep_dir: str | None = None):
     finally:
         if broker is not None:
             broker.stop()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time a process has used so far (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def broker_pid(settings) -> int | None:
+    """The benchmark's own broker, from the pid file LocalBroker keeps."""
+    try:
+        return int((settings.data_dir / "kafka" / "broker.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None

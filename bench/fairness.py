@@ -44,7 +44,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._harness import bench_settings  # noqa: E402
+from bench._harness import bench_settings, broker_pid, cpu_seconds  # noqa: E402
 from planshift.contract import Topic  # noqa: E402
 from planshift.events import with_envelope  # noqa: E402
 from planshift.kafka import clients  # noqa: E402
@@ -143,23 +143,6 @@ def pipeline(base, quota: Quota, tenants: dict[str, int], latency_ms: float = 20
             except subprocess.TimeoutExpired:
                 print(f"  ({process.args[3:5]} did not stop within 30 s of SIGTERM: killed)")
                 process.kill()
-
-
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU time a process has used so far (Linux /proc)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def broker_pid(settings) -> int | None:
-    """The benchmark's own broker, from the pid file LocalBroker keeps."""
-    try:
-        return int((settings.data_dir / "kafka" / "broker.pid").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def request_for(tenant: str, users: int, n: int) -> dict:

@@ -32,7 +32,6 @@ consumer group, and stops when the completed status is visible to a read_committ
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import subprocess
@@ -42,7 +41,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._harness import bench_settings  # noqa: E402
+from bench._harness import bench_settings, broker_pid, cpu_seconds  # noqa: E402
 from cli import tuning  # noqa: E402
 from planshift.contract import Topic  # noqa: E402
 from planshift.events import (
@@ -53,6 +52,7 @@ from planshift.events import (
 from planshift.kafka import clients  # noqa: E402
 from planshift.kafka.reader import read_topic  # noqa: E402
 from planshift.kafka.topics import create_topics  # noqa: E402
+from planshift.ops.view import StatusView  # noqa: E402
 from planshift.storage.directory import Licence, SqliteDirectory  # noqa: E402
 from producers.samples import upgrade_request  # noqa: E402
 
@@ -158,10 +158,10 @@ def run_once(settings, tenant: str, users: int, instances: int, remote: tuple[fl
             producer.send(settings.topic(Topic.UPGRADE_REQUESTED), key=tenant.encode(),
                           value=encode_json(request),
                           headers=event_headers(Topic.UPGRADE_REQUESTED))
-        statuses = wait_final(settings, request["upgrade_id"], began)
+        final = wait_final(settings, request["upgrade_id"], began)
         elapsed = time.perf_counter() - began
-        if "completed" not in statuses:
-            raise RuntimeError(f"the upgrade ended {statuses[-1]}")
+        if final != "completed":
+            raise RuntimeError(f"the upgrade ended {final}")
         if cpu is not None:
             cpu.update({role: used - before.get(role, 0.0) for role, used in cpu_by_role(settings, procs).items()})
         if stages is not None:
@@ -177,30 +177,18 @@ def run_once(settings, tenant: str, users: int, instances: int, remote: tuple[fl
                 p.kill()
 
 
-def wait_final(settings, upgrade_id: str, began: float, timeout: float = 900) -> list[str]:
-    """The upgrade's statuses once it is final, read as they come by one read_committed
-    consumer (not a new reader every tenth of a second, which cost the broker as much CPU
-    as a migration worker)."""
-    from kafka import TopicPartition
-
-    topic = settings.topic(Topic.UPGRADE_STATUS)
-    consumer = clients.consumer(settings, None)
+def wait_final(settings, upgrade_id: str, began: float, timeout: float = 900) -> str:
+    """The upgrade's final status, followed by one reader as it comes (`StatusView`), not a
+    new reader every tenth of a second, which cost the broker as much CPU as a worker."""
+    view = StatusView(settings, dead_letters=False)
     try:
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        statuses: list[str] = []
-        while not {"completed", "failed", "rejected"} & set(statuses):
+        while upgrade_id not in view.upgrades or not view.upgrades[upgrade_id].final:
             if time.perf_counter() - began > timeout:
                 raise TimeoutError(f"the upgrade did not complete within {timeout / 60:.0f} minutes")
-            for records in consumer.poll(timeout_ms=100).values():
-                for record in records:
-                    value = json.loads(record.value)
-                    if value.get("upgrade_id") == upgrade_id:
-                        statuses.append(value["status"])
-        return statuses
+            view.poll(100)
+        return view.upgrades[upgrade_id].status
     finally:
-        consumer.close()
+        view.close()
 
 
 def migration_stages(settings, upgrade_id: str, sent_ms: float, elapsed: float) -> dict[str, float]:
@@ -217,28 +205,19 @@ def migration_stages(settings, upgrade_id: str, sent_ms: float, elapsed: float) 
             "batches": len(batches), "released": (max(batches) - min(batches)) / 1000}
 
 
-def _cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:  # gone
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def cpu_by_role(settings, procs) -> dict[str, float]:
     """CPU seconds used so far by each part of the pipeline on this machine, and by all of it
     (`machine`: every core's busy time, from /proc/stat)."""
-    roles = {"intake": _cpu_seconds(procs[0].pid), "settle": _cpu_seconds(procs[1].pid),
-             "workers": sum(_cpu_seconds(p.pid) for p in procs[2:])}
-    try:
-        roles["broker"] = _cpu_seconds(int((settings.data_dir / "kafka" / "broker.pid").read_text().split()[0]))
-    except (OSError, ValueError, IndexError):
-        pass
+    roles = {"intake": cpu_seconds(procs[0].pid), "settle": cpu_seconds(procs[1].pid),
+             "workers": sum(cpu_seconds(p.pid) for p in procs[2:])}
+    broker = broker_pid(settings)
+    if broker is not None:
+        roles["broker"] = cpu_seconds(broker)
     database = 0.0
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             if stat.read_text().split(" (", 1)[1].startswith("postgres)"):
-                database += _cpu_seconds(int(stat.parent.name))
+                database += cpu_seconds(int(stat.parent.name))
         except (OSError, IndexError):
             continue
     roles["database"] = database
@@ -272,8 +251,9 @@ def postgres_figures(base, args, results: list[str]) -> None:
                   f"{times[kind]:.1f}s, {args.users / times[kind]:,.0f} users/s", flush=True)
         if times:
             ratio = times["postgres"] / times["sqlite"]
+            verdict = "met" if ratio <= 2 else "NOT met"
             results.append(f"PostgreSQL directory: {args.users:,} users in {times['postgres']:.1f}s, {ratio:.2f}× "
-                           f"the SQLite time of {times['sqlite']:.1f}s (goal ≤ 2×: {'met' if ratio <= 2 else 'NOT met'})")
+                           f"the SQLite time of {times['sqlite']:.1f}s (goal ≤ 2×: {verdict})")
         if args.warm_users:
             # The same pipeline once first, not counted: a freshly started broker spends much
             # of its first minute's CPU in the JIT compiler, which would fall on the first run.

@@ -88,18 +88,15 @@ class Migration:
             return
         if len(self._started) > 10_000:  # batches read and then given up in a rebalance
             self._started.clear()
-        by_tenant: dict[str, list[dict[str, Any]]] = {}
+        by_tenant: dict[str, list[tuple[dict[str, Any], Future]]] = {}
         for batch in batches:
-            key = (batch["upgrade_id"], batch["batch_no"])
             if batch.get("chain"):
                 self._arrive(batch)
-            elif key not in self._started:  # else read again (or twice in this poll): under way
-                self._started[key] = Future()
-                by_tenant.setdefault(batch["tenant_id"], []).append(batch)
+            elif _key(batch) not in self._started:  # else read again (or twice in this poll): under way
+                moved = self._started[_key(batch)] = Future()
+                by_tenant.setdefault(batch["tenant_id"], []).append((batch, moved))
         for tenant_batches in by_tenant.values():
-            items = {(b["upgrade_id"], b["batch_no"]): self._started[(b["upgrade_id"], b["batch_no"])]
-                     for b in tenant_batches}
-            self._pool.submit(self._run_tenant, tenant_batches, items)
+            self._pool.submit(self._run_tenant, tenant_batches)
 
     def ready(self, batch: dict[str, Any]) -> bool:
         """Whether the moves `prepare` started for this batch are done (a licence API only):
@@ -108,12 +105,12 @@ class Migration:
             chain = self._chains.get(batch["upgrade_id"])
             moved = chain.moved.get(batch["batch_no"]) if chain is not None else None
         else:
-            moved = self._started.get((batch["upgrade_id"], batch["batch_no"]))
+            moved = self._started.get(_key(batch))
         return moved is None or moved.done()
 
-    def _run_tenant(self, batches: list[dict[str, Any]], items: dict[tuple[str, int], Future]) -> None:
-        for batch in batches:
-            items[(batch["upgrade_id"], batch["batch_no"])].set_result(self._migrate(batch))
+    def _run_tenant(self, batches: list[tuple[dict[str, Any], Future]]) -> None:
+        for batch, moved in batches:
+            moved.set_result(self._migrate(batch))
 
     # -- chains ----------------------------------------------------------------------
     def _arrive(self, batch: dict[str, Any]) -> None:
@@ -214,7 +211,7 @@ class Migration:
         if batch.get("chain") and self._pool is not None:
             result = self._chained_result(batch)
         else:
-            started = self._started.pop((batch["upgrade_id"], batch["batch_no"]), None)
+            started = self._started.pop(_key(batch), None)
             result = started.result() if started is not None else None
         if result is None:
             result = self._migrate(batch)
@@ -254,6 +251,10 @@ class Migration:
         upgrade_id, batch_no = batch["upgrade_id"], batch["batch_no"]
         detail = f"Batch {batch_no} of {batch['batch_count']}: {type(error).__name__}: {error}"
         ctx.publish(batch_completed(batch, "failed", ctx.now(), error=detail[:2000]), key=upgrade_id)
+
+
+def _key(batch: dict[str, Any]) -> tuple[str, int]:
+    return batch["upgrade_id"], batch["batch_no"]
 
 
 def processor(settings: Settings, instance: str = "0", directory: LicenceDirectory | None = None,
