@@ -37,6 +37,39 @@ def bench_settings(keep_dir: str | None = None):
             broker.stop()
 
 
+def wait_settled(settings, groups: dict[str, int], timeout: float = 120) -> None:
+    """Until each consumer group of `groups` (name → members) is Stable with that many
+    members, each assigned some partitions: under the cooperative-sticky assignor the first
+    member to join takes every partition, and the rebalances that spread them to the others
+    take a few seconds more (a clock started before then times a rebalance too)."""
+    from kafka.errors import KafkaError
+
+    from planshift.kafka import clients
+
+    admin = clients.admin(settings)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            unsettled = {}
+            for group, members in groups.items():
+                try:
+                    found = next(iter(admin.describe_groups([settings.topic(group)]).values()))
+                except KafkaError as exc:  # not there yet
+                    found = {"error": repr(exc)}
+                assigned = [m.get("member_assignment") or {} for m in found.get("members", [])]
+                if not (found.get("group_state") == "Stable" and len(assigned) == members and all(
+                        isinstance(a, dict) and any(t.get("partitions") for t in a.get("assigned_partitions", []))
+                        for a in assigned)):
+                    unsettled[group] = found
+            if not unsettled:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"consumer groups did not settle within {timeout:.0f}s: {unsettled}")
+            time.sleep(0.2)
+    finally:
+        admin.close()
+
+
 def cpu_seconds(pid: int) -> float:
     """User and system CPU time a process has used so far (Linux /proc)."""
     try:

@@ -44,7 +44,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._harness import bench_settings, broker_pid, cpu_seconds  # noqa: E402
+from bench._harness import bench_settings, broker_pid, cpu_seconds, wait_settled  # noqa: E402
 from planshift.contract import Topic  # noqa: E402
 from planshift.events import with_envelope  # noqa: E402
 from planshift.kafka import clients  # noqa: E402
@@ -159,26 +159,7 @@ def warm_up(settings, view, publisher) -> None:
     publisher.publish(request_for("warm-up", 1, 0))
     publisher.flush()
     follow(view, {"ord-warm-up-0": sent}, 120)
-    wait_settled(settings, "planshift-migrate", WORKERS)
-
-
-def wait_settled(settings, group: str, members: int, timeout: float = 120) -> None:
-    """Until `group` is Stable with `members` members, each assigned some partitions."""
-    admin = clients.admin(settings)
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            found = next(iter(admin.describe_groups([settings.topic(group)]).values()))
-            assigned = [m.get("member_assignment") or {} for m in found.get("members", [])]
-            if found.get("group_state") == "Stable" and len(assigned) == members and all(
-                    isinstance(a, dict) and any(t.get("partitions") for t in a.get("assigned_partitions", []))
-                    for a in assigned):
-                return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{group} did not settle with {members} members within {timeout:.0f}s: {found}")
-            time.sleep(0.2)
-    finally:
-        admin.close()
+    wait_settled(settings, {"planshift-migrate": WORKERS})
 
 
 def follow(view, sent: dict[str, float], timeout: float, expected: int | None = None) -> dict[str, float]:

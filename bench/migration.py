@@ -34,14 +34,16 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._harness import bench_settings, broker_pid, cpu_seconds  # noqa: E402
+from bench._harness import bench_settings, broker_pid, cpu_seconds, wait_settled  # noqa: E402
 from cli import tuning  # noqa: E402
 from planshift.contract import Topic  # noqa: E402
 from planshift.events import (
@@ -102,28 +104,14 @@ def seed(settings, tenant: str, users: int) -> str:
     return source
 
 
-def group_members(settings, group: str) -> int:
-    from kafka.errors import KafkaError
-
-    admin = clients.admin(settings)
-    try:
-        described = admin.describe_groups([settings.topic(group)])
-    except KafkaError:  # the group does not exist yet
-        return 0
-    finally:
-        admin.close()
-    group_info = described[0] if isinstance(described, list) else next(iter(described.values()))
-    members = group_info.get("members") if isinstance(group_info, dict) else getattr(group_info, "members", [])
-    state = group_info.get("group_state") if isinstance(group_info, dict) else getattr(group_info, "state", "")
-    return len(members or []) if str(state).lower().endswith("stable") else 0
-
-
 def run_once(settings, tenant: str, users: int, instances: int, remote: tuple[float, int] | None,
              hosts: bool = False, cpu: dict | None = None, stages: dict | None = None) -> float:
-    """Seconds from the request to `completed`. `hosts`: each migration worker has a data
-    folder of its own (a host of its own, sharing only Kafka and the directory's
-    database). `cpu`, if given, receives the CPU seconds the migration workers used;
-    `stages`, the seconds of each stage (`migration_stages`)."""
+    """Seconds from the request to `completed`, the clock started once every process has
+    joined its group and the migration workers' partitions are spread among them. `hosts`:
+    each migration worker has a data folder of its own (a host of its own, sharing only
+    Kafka and the directory's database). `stages`, if given, receives the seconds of each
+    stage (`migration_stages`); `cpu`, the CPU seconds each part of the pipeline and the
+    whole machine used while the migration ran (first batch → last completion)."""
     env = {**os.environ, "PLANSHIFT_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
            "PLANSHIFT_TOPIC_PREFIX": settings.topic_prefix, "PLANSHIFT_DATA_DIR": str(settings.data_dir),
            "PLANSHIFT_LOG_LEVEL": "WARNING"}
@@ -145,14 +133,9 @@ def run_once(settings, tenant: str, users: int, instances: int, remote: tuple[fl
     log = open(settings.data_dir / f"{settings.topic_prefix.strip('.')}.log", "ab")
     procs = [subprocess.Popen(c, env=e, stdout=log, stderr=log, cwd=ROOT) for c, e in commands]
     try:
-        deadline = time.monotonic() + 120
-        while group_members(settings, "planshift-migrate") < instances or \
-                group_members(settings, "planshift-intake") < 1 or group_members(settings, "planshift-settle") < 1:
-            if time.monotonic() > deadline:
-                raise TimeoutError("the consumers did not join their groups")
-            time.sleep(0.2)
+        wait_settled(settings, {"planshift-migrate": instances, "planshift-intake": 1, "planshift-settle": 1})
         request = with_envelope(upgrade_request(tenant, f"ord-{tenant}", licenses=users), "upgrade.requested")
-        before = cpu_by_role(settings, procs)
+        timeline = CpuTimeline(role_pids(settings, procs)) if cpu is not None else None
         began, sent_ms = time.perf_counter(), time.time() * 1000
         with clients.producer(settings) as producer:
             producer.send(settings.topic(Topic.UPGRADE_REQUESTED), key=tenant.encode(),
@@ -162,12 +145,17 @@ def run_once(settings, tenant: str, users: int, instances: int, remote: tuple[fl
         elapsed = time.perf_counter() - began
         if final != "completed":
             raise RuntimeError(f"the upgrade ended {final}")
-        if cpu is not None:
-            cpu.update({role: used - before.get(role, 0.0) for role, used in cpu_by_role(settings, procs).items()})
-        if stages is not None:
-            stages.update(migration_stages(settings, request["upgrade_id"], sent_ms, elapsed))
+        if stages is not None or timeline is not None:
+            found = migration_stages(settings, request["upgrade_id"], sent_ms, elapsed)
+            if stages is not None:
+                stages.update(found)
+            if timeline is not None:
+                began_ms = sent_ms + found["planning"] * 1000
+                cpu.update(timeline.between(began_ms, began_ms + found["migrating"] * 1000))
         return elapsed
     finally:
+        if timeline is not None:
+            timeline.stop()
         for p in procs:
             p.terminate()
         for p in procs:
@@ -205,25 +193,62 @@ def migration_stages(settings, upgrade_id: str, sent_ms: float, elapsed: float) 
             "batches": len(batches), "released": (max(batches) - min(batches)) / 1000}
 
 
-def cpu_by_role(settings, procs) -> dict[str, float]:
-    """CPU seconds used so far by each part of the pipeline on this machine, and by all of it
-    (`machine`: every core's busy time, from /proc/stat)."""
-    roles = {"intake": cpu_seconds(procs[0].pid), "settle": cpu_seconds(procs[1].pid),
-             "workers": sum(cpu_seconds(p.pid) for p in procs[2:])}
+def role_pids(settings, procs) -> dict[str, list[int]]:
+    """The processes of each part of the pipeline on this machine: intake, settlement, the
+    migration workers, the broker and the database server (its connections among them)."""
+    roles = {"intake": [procs[0].pid], "settle": [procs[1].pid], "workers": [p.pid for p in procs[2:]]}
     broker = broker_pid(settings)
     if broker is not None:
-        roles["broker"] = cpu_seconds(broker)
-    database = 0.0
+        roles["broker"] = [broker]
+    database = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             if stat.read_text().split(" (", 1)[1].startswith("postgres)"):
-                database += cpu_seconds(int(stat.parent.name))
+                database.append(int(stat.parent.name))
         except (OSError, IndexError):
             continue
-    roles["database"] = database
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    roles["machine"] = (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+    if database:
+        roles["database"] = database
     return roles
+
+
+class CpuTimeline:
+    """The CPU seconds used so far by each part of the pipeline and by the whole machine
+    (`machine`: every core's busy time, from /proc/stat), read every 100 ms in a thread of
+    its own, so that the CPU of one stage can be told from the rest of the run."""
+
+    INTERVAL_S = 0.1
+
+    def __init__(self, roles: dict[str, list[int]]):
+        self.roles = roles
+        self.samples: list[tuple[float, dict[str, float]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cpu-timeline", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> dict[str, float]:
+        used = {role: sum(cpu_seconds(pid) for pid in pids) for role, pids in self.roles.items()}
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        used["machine"] = (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # all but idle, iowait
+        return used
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.time() * 1000, self._read()))
+            self._stop.wait(self.INTERVAL_S)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def between(self, start_ms: float, end_ms: float) -> dict[str, float]:
+        """CPU seconds of each part between the samples nearest `start_ms` and `end_ms`
+        (within 100 ms of each), and `seconds`, the time between those samples."""
+        first = min(self.samples, key=lambda s: abs(s[0] - start_ms))
+        last = min(self.samples, key=lambda s: abs(s[0] - end_ms))
+        used = {role: last[1][role] - first[1].get(role, 0.0) for role in last[1]}
+        used["seconds"] = (last[0] - first[0]) / 1000
+        return used
 
 
 def postgres_figures(base, args, results: list[str]) -> None:
@@ -237,6 +262,13 @@ def postgres_figures(base, args, results: list[str]) -> None:
             with psycopg.connect(server.url, autocommit=True) as admin:
                 admin.execute(f'CREATE DATABASE "{name}"')
             return server.url.rsplit("/", 1)[0] + f"/{name}"
+
+        def drop(name: str) -> None:
+            """A run's database, once it is over: the next run's tables and indexes get the
+            server's shared buffers to themselves (with every run's kept, a run's moves cost
+            the server a fifth more CPU by the sixth run)."""
+            with psycopg.connect(server.url, autocommit=True) as admin:
+                admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
         times = {}
         for kind in (("sqlite", "postgres") if args.scenario == "postgres" else ()):
@@ -255,45 +287,57 @@ def postgres_figures(base, args, results: list[str]) -> None:
             results.append(f"PostgreSQL directory: {args.users:,} users in {times['postgres']:.1f}s, {ratio:.2f}× "
                            f"the SQLite time of {times['sqlite']:.1f}s (goal ≤ 2×: {verdict})")
         if args.warm_users:
-            # The same pipeline once first, not counted: a freshly started broker spends much
-            # of its first minute's CPU in the JIT compiler, which would fall on the first run.
-            settings = base.with_(topic_prefix=f"{base.topic_prefix}warm.", directory_url=database("warm"))
+            # The pipeline once with one host and once with two first, not counted: a freshly
+            # started broker spends much of its first minutes' CPU in the JIT compiler (still
+            # 1.1–1.7 CPU-s a run after 300,000 users, a tenth of a run's CPU), and two hosts
+            # take paths through it (a group of two, its rebalances) that one host does not.
+            for hosts in (1, 2):
+                settings = base.with_(topic_prefix=f"{base.topic_prefix}warm{hosts}.",
+                                      directory_url=database(f"warm{hosts}"))
+                create_topics(settings)
+                seed(settings, f"warm{hosts}", args.warm_users)
+                elapsed = run_once(settings, f"warm{hosts}", args.warm_users, hosts, None, hosts=True)
+                drop(f"warm{hosts}")
+                print(f"(warming up, not counted: {hosts} host(s), {args.warm_users:,} users in {elapsed:.1f}s)",
+                      flush=True)
+        # One host and two, in rounds of four runs (1, 2, 2, 1): a fresh broker's JIT compiler
+        # works on through many runs, and a shared machine's load drifts, so each round sets
+        # runs either side of the same moment against each other.
+        runs: dict[int, list[tuple[dict, dict]]] = {1: [], 2: []}
+        ratios, bounds = [], []
+        for n, hosts in enumerate([1, 2, 2, 1] * args.rounds):
+            settings = base.with_(topic_prefix=f"{base.topic_prefix}hosts{n}.", directory_url=database(f"hosts{n}"))
             create_topics(settings)
-            seed(settings, "warm", args.warm_users)
-            elapsed = run_once(settings, "warm", args.warm_users, 1, None, hosts=True)
-            print(f"(warming up, not counted: {args.warm_users:,} users in {elapsed:.1f}s)", flush=True)
-        rates, ends, machine = {}, {}, {}
-        for hosts in (1, 2):
-            settings = base.with_(topic_prefix=f"{base.topic_prefix}hosts{hosts}.",
-                                  directory_url=database(f"hosts{hosts}"))
-            create_topics(settings)
-            tenant = f"hosts{hosts}"
+            tenant = f"hosts{n}"
             seed(settings, tenant, args.hosts_users)
             cpu, stages = {}, {}
             elapsed = run_once(settings, tenant, args.hosts_users, hosts, None, hosts=True, cpu=cpu, stages=stages)
-            rates[hosts] = args.hosts_users / stages["migrating"]
-            ends[hosts] = args.hosts_users / elapsed
-            machine[hosts] = cpu["machine"] * stages["migrating"] / elapsed  # (about: its share of the run)
+            drop(f"hosts{n}")
+            runs[hosts].append((stages, cpu))
+            busy = cpu["seconds"] or stages["migrating"]
             print(f"PostgreSQL directory, {hosts} worker host(s), {args.hosts_users:,} users in "
-                  f"{stages['batches']} batches: {elapsed:.1f}s request → completed ({ends[hosts]:,.0f} users/s): "
-                  f"planning {stages['planning']:.1f}s (the last batch {stages['released']:.1f}s after the first), "
-                  f"migrating {stages['migrating']:.1f}s "
-                  f"({rates[hosts]:,.0f} users/s), settling {stages['settling']:.1f}s; "
-                  f"CPU-s used: " + ", ".join(f"{role} {used:.1f}" for role, used in cpu.items() if role != "machine")
-                  + f"; the machine {cpu['machine']:.1f} of {elapsed * os.cpu_count():.1f} "
-                  f"({cpu['machine'] / elapsed:.2f} of its {os.cpu_count()} cores)", flush=True)
-        speedup = rates[2] / rates[1]
-        # What this machine allows: two hosts can at best halve one host's migration, and
-        # cannot finish before the machine has done the CPU work the two-host run needed.
-        one = args.hosts_users / rates[1]
-        bound = one / max(one / 2, machine[2] / os.cpu_count())
-        results.append(f"PostgreSQL directory: this machine's bound for 2 hosts: {bound:.2f}× (one host's "
-                       f"{one:.1f}s of migration against the {machine[2]:.1f} CPU-s the two-host migration used, "
-                       f"on {os.cpu_count()} cores)")
-        results.append(f"PostgreSQL directory: 2 worker hosts migrate {speedup:.2f}× as fast as one (goal ≥ 1.7×: "
-                       f"{'met' if speedup >= 1.7 else 'NOT met'}); request → completed {ends[2] / ends[1]:.2f}× "
-                       f"(planning and settling are one intake and one settlement either way); this machine has "
-                       f"{os.cpu_count()} cores for the broker, the database, intake, settlement and the workers")
+                  f"{stages['batches']} batches: {elapsed:.1f}s request → completed: planning {stages['planning']:.1f}s, "
+                  f"migrating {stages['migrating']:.1f}s ({args.hosts_users / stages['migrating']:,.0f} users/s), "
+                  f"settling {stages['settling']:.1f}s; cores busy while migrating: the machine "
+                  f"{cpu['machine'] / busy:.2f} of {os.cpu_count()} (" + ", ".join(
+                      f"{role} {used / busy:.2f}" for role, used in sorted(cpu.items(), key=lambda kv: -kv[1])
+                      if role not in ("machine", "seconds")) + ")", flush=True)
+            if n % 4 == 3:  # a round's end
+                one = sum(s["migrating"] for s, _ in runs[1][-2:])
+                two = sum(s["migrating"] for s, _ in runs[2][-2:])
+                ratios.append(one / two)
+                # What this machine allows: two hosts can at best halve one host's migration,
+                # and cannot finish before the machine has done the CPU work theirs needed.
+                work = sum(c["machine"] for _, c in runs[2][-2:])
+                bounds.append(one / max(one / 2, work / os.cpu_count()))
+                print(f"round {len(ratios)}: 2 hosts migrate {ratios[-1]:.2f}× as fast as one "
+                      f"(this machine's bound {bounds[-1]:.2f}×)", flush=True)
+        speedup = statistics.median(ratios)
+        results.append(f"PostgreSQL directory: 2 worker hosts migrate {speedup:.2f}× as fast as one, the median of "
+                       f"{len(ratios)} round(s) of 1, 2, 2, 1 hosts ({', '.join(f'{r:.2f}×' for r in ratios)}; goal "
+                       f"≥ 1.7×: {'met' if speedup >= 1.7 else 'NOT met'}); this machine's bound, from the CPU the "
+                       f"two-host migrations used on its {os.cpu_count()} cores: "
+                       f"{', '.join(f'{b:.2f}×' for b in bounds)}")
     finally:
         server.remove()
 
@@ -308,8 +352,10 @@ def main() -> None:
     parser.add_argument("--scenario", choices=("both", "embedded", "remote", "postgres", "hosts"), default="both",
                         help="hosts: only the second figure of postgres (one and two worker hosts)")
     parser.add_argument("--hosts-users", type=int, default=300_000, help="users of the two-hosts figure")
-    parser.add_argument("--warm-users", type=int, default=60_000,
-                        help="users migrated first, not counted, before the hosts figure (0: none)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of 1, 2, 2, 1 worker hosts (hosts figure)")
+    parser.add_argument("--warm-users", type=int, default=150_000,
+                        help="users migrated first by one host and then by two, not counted, before the hosts "
+                             "figure (0: none)")
     parser.add_argument("--users", type=int, default=1_000_000)
     parser.add_argument("--instances", type=int, default=2, help="migration instances for the embedded figure")
     parser.add_argument("--remote-users", type=int, default=100_000)

@@ -142,3 +142,32 @@ def test_the_runtimes_sends_land_where_send_puts_them_and_live_or_die_with_the_t
     for partition in range(6):  # each partition keeps the order of the sends
         numbers = [r.value["n"] for r in records if r.partition == partition and isinstance(r.value["n"], int)]
         assert numbers == sorted(numbers)
+
+
+def test_linger_applies_again_after_a_transaction_commits(settings, topic_factory, unique_name):
+    """kafka-python 3.0.12's sender begins a flush when a transaction commits with records
+    unsent, and never ends it: from the first commit on, every batch went at once, whatever
+    `linger_ms` said, a produce request per send (`fastpath.install_flush_fix`)."""
+    import time
+
+    topic = topic_factory(partitions=1)
+    assert fastpath.install_flush_fix()
+    producer = clients.producer(settings, transactional_id=unique_name("tx"), linger_ms=2000)
+    try:
+        producer.init_transactions()
+        for n in range(2):  # records unsent at each commit: the commit flushes them
+            producer.begin_transaction()
+            producer.send(topic, key=b"a", value=encode_json({"n": n}))
+            producer.commit_transaction()
+        wait_for(lambda: not producer._accumulator.flush_in_progress(), 10, message="the commit's flush to end")
+        producer.begin_transaction()
+        waiting = producer.send(topic, key=b"a", value=encode_json({"n": 2}))
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:  # well within the linger: the record waits for more
+            assert not waiting.is_done, "sent before its linger_ms was up"
+            time.sleep(0.05)
+        producer.commit_transaction()  # which sends it at once
+        assert waiting.is_done and waiting.succeeded()
+    finally:
+        producer.close()
+    assert [v["n"] for v in read_values(settings, topic)] == [0, 1, 2]
