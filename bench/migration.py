@@ -1,6 +1,6 @@
 """Licence migration end to end: the 1M-user tenant, and what parallel partitions buy.
 
-Two figures, one run, on a broker the benchmark starts:
+Three figures, one run, on a broker the benchmark starts:
 
 1. embedded: a tenant of `--users` (default 1,000,000) users on the embedded SQLite
    directory, from `upgrade.requested` published to `upgrade.status` completed, with
@@ -18,15 +18,20 @@ Two figures, one run, on a broker the benchmark starts:
    (`PLANSHIFT_DIRECTORY_URL`, a server the benchmark starts: `LocalPostgres`), beside
    the SQLite time of the same run (goal: within 2×); then `--hosts-users` (300,000) users
    migrated by one worker "host" and by two (separate processes with separate data
-   folders sharing the database; goal: two reach 1.7× one). Every process of this
-   benchmark shares this machine's CPUs, so it also prints the CPU the migration used,
-   the bound any number of "hosts" on this machine can reach.
+   folders sharing the database; goal: two reach 1.7× one), in `--rounds` rounds of four
+   runs (1, 2, 2, 1 hosts) on one set of topics, each run with a database of its own,
+   after `--warm-runs` runs not counted (the broker's JIT compiler). The figure is the
+   median of the rounds' ratios of migrating time (first batch → last completion). Every
+   process of this benchmark shares this machine's CPUs, so it also prints the CPU each
+   part used while the migration ran, and the bound that CPU sets for two hosts here.
 
     python bench/migration.py [--users 1000000] [--remote-users 100000]
                               [--scenario both|embedded|remote|postgres|hosts] [--hosts-users 300000]
+                              [--rounds 3] [--warm-runs 6] [--warm-users 150000]
 
 The clock starts when the request is published, after every process has joined its
-consumer group, and stops when the completed status is visible to a read_committed reader.
+consumer group and the migration workers' partitions are spread among them, and stops
+when the completed status is visible to a read_committed reader.
 """
 
 from __future__ import annotations
@@ -193,6 +198,21 @@ def migration_stages(settings, upgrade_id: str, sent_ms: float, elapsed: float) 
             "batches": len(batches), "released": (max(batches) - min(batches)) / 1000}
 
 
+def jit_seconds(settings) -> float:
+    """CPU seconds the broker's JIT compiler threads have used so far (Linux /proc)."""
+    pid = broker_pid(settings)
+    used = 0.0
+    for task in Path(f"/proc/{pid}/task").glob("*/stat") if pid is not None else ():
+        try:
+            text = task.read_text()
+        except OSError:
+            continue
+        if text.split(" (", 1)[1].startswith(("C1 CompilerThre", "C2 CompilerThre")):
+            fields = text.rsplit(")", 1)[1].split()
+            used += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return used
+
+
 def role_pids(settings, procs) -> dict[str, list[int]]:
     """The processes of each part of the pipeline on this machine: intake, settlement, the
     migration workers, the broker and the database server (its connections among them)."""
@@ -287,26 +307,30 @@ def postgres_figures(base, args, results: list[str]) -> None:
             results.append(f"PostgreSQL directory: {args.users:,} users in {times['postgres']:.1f}s, {ratio:.2f}× "
                            f"the SQLite time of {times['sqlite']:.1f}s (goal ≤ 2×: {verdict})")
         if args.warm_users:
-            # The pipeline once with one host and once with two first, not counted: a freshly
-            # started broker spends much of its first minutes' CPU in the JIT compiler (still
-            # 1.1–1.7 CPU-s a run after 300,000 users, a tenth of a run's CPU), and two hosts
-            # take paths through it (a group of two, its rebalances) that one host does not.
-            for hosts in (1, 2):
-                settings = base.with_(topic_prefix=f"{base.topic_prefix}warm{hosts}.",
-                                      directory_url=database(f"warm{hosts}"))
+            # The pipeline with one host and with two, by turns, not counted, on the topics the
+            # measured runs use, as a deployment's hosts join and leave on the same topics: a
+            # freshly started broker's JIT compiler works through many runs (1.3–1.9 CPU-s of
+            # its compiler threads in the first, 0.3–0.9 after six, a tenth of a run's CPU at
+            # first), where a broker in service has long finished; and two hosts take paths
+            # through it (a group of two, its rebalances) that one host does not.
+            for n in range(args.warm_runs):
+                hosts = 1 + n % 2
+                settings = base.with_(topic_prefix=f"{base.topic_prefix}hosts.", directory_url=database(f"warm{n}"))
                 create_topics(settings)
-                seed(settings, f"warm{hosts}", args.warm_users)
-                elapsed = run_once(settings, f"warm{hosts}", args.warm_users, hosts, None, hosts=True)
-                drop(f"warm{hosts}")
-                print(f"(warming up, not counted: {hosts} host(s), {args.warm_users:,} users in {elapsed:.1f}s)",
-                      flush=True)
+                seed(settings, f"warm{n}", args.warm_users)
+                compiled = jit_seconds(settings)
+                elapsed = run_once(settings, f"warm{n}", args.warm_users, hosts, None, hosts=True)
+                compiled = jit_seconds(settings) - compiled
+                drop(f"warm{n}")
+                print(f"(warming up, not counted: {hosts} host(s), {args.warm_users:,} users in {elapsed:.1f}s; "
+                      f"the broker's JIT compiler {compiled:.2f} CPU-s)", flush=True)
         # One host and two, in rounds of four runs (1, 2, 2, 1): a fresh broker's JIT compiler
         # works on through many runs, and a shared machine's load drifts, so each round sets
         # runs either side of the same moment against each other.
         runs: dict[int, list[tuple[dict, dict]]] = {1: [], 2: []}
         ratios, bounds = [], []
         for n, hosts in enumerate([1, 2, 2, 1] * args.rounds):
-            settings = base.with_(topic_prefix=f"{base.topic_prefix}hosts{n}.", directory_url=database(f"hosts{n}"))
+            settings = base.with_(topic_prefix=f"{base.topic_prefix}hosts.", directory_url=database(f"hosts{n}"))
             create_topics(settings)
             tenant = f"hosts{n}"
             seed(settings, tenant, args.hosts_users)
@@ -352,10 +376,10 @@ def main() -> None:
     parser.add_argument("--scenario", choices=("both", "embedded", "remote", "postgres", "hosts"), default="both",
                         help="hosts: only the second figure of postgres (one and two worker hosts)")
     parser.add_argument("--hosts-users", type=int, default=300_000, help="users of the two-hosts figure")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds of 1, 2, 2, 1 worker hosts (hosts figure)")
-    parser.add_argument("--warm-users", type=int, default=150_000,
-                        help="users migrated first by one host and then by two, not counted, before the hosts "
-                             "figure (0: none)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of 1, 2, 2, 1 worker hosts (hosts figure)")
+    parser.add_argument("--warm-users", type=int, default=150_000, help="users of each warm-up run (0: none)")
+    parser.add_argument("--warm-runs", type=int, default=6,
+                        help="warm-up runs before the hosts figure, one host and two by turns (0: none)")
     parser.add_argument("--users", type=int, default=1_000_000)
     parser.add_argument("--instances", type=int, default=2, help="migration instances for the embedded figure")
     parser.add_argument("--remote-users", type=int, default=100_000)
