@@ -70,10 +70,11 @@ def wait_settled(settings, groups: dict[str, int], timeout: float = 120) -> None
         admin.close()
 
 
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU time a process has used so far (Linux /proc)."""
+def cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """User and system CPU time a process (or one of its threads) has used so far (Linux /proc)."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        stat = Path(f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat")
+        fields = stat.read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

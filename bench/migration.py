@@ -202,14 +202,13 @@ def jit_seconds(settings) -> float:
     """CPU seconds the broker's JIT compiler threads have used so far (Linux /proc)."""
     pid = broker_pid(settings)
     used = 0.0
-    for task in Path(f"/proc/{pid}/task").glob("*/stat") if pid is not None else ():
+    for task in Path(f"/proc/{pid}/task").iterdir() if pid is not None else ():
         try:
-            text = task.read_text()
+            compiler = (task / "comm").read_text().startswith(("C1 CompilerThre", "C2 CompilerThre"))
         except OSError:
             continue
-        if text.split(" (", 1)[1].startswith(("C1 CompilerThre", "C2 CompilerThre")):
-            fields = text.rsplit(")", 1)[1].split()
-            used += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        if compiler:
+            used += cpu_seconds(pid, int(task.name))
     return used
 
 

@@ -37,6 +37,19 @@ log = get_logger(__name__)
 PATCHED_VERSIONS = ("3.0.",)  # the kafka-python versions the fixes below were written against
 
 
+def _patch(cls, name: str, fix: str, wrap, applies: bool = True) -> bool:
+    """Replace `cls.<name>` with `wrap(original)`, once; refused, with a warning, on a
+    kafka-python the fix was not written for (or where `applies` says its code differs)."""
+    if getattr(cls, "_planshift_patched", False):
+        return True
+    if not kafka.__version__.startswith(PATCHED_VERSIONS) or not applies or not hasattr(cls, name):
+        log.warning(f"kafka-python {fix} fix not installed: written for 3.0.x", kafka_python=kafka.__version__)
+        return False
+    setattr(cls, name, wrap(getattr(cls, name)))
+    cls._planshift_patched = True
+    return True
+
+
 def install_rejoin_fix() -> bool:
     """Work around a kafka-python 3.0.x race that leaves a consumer without partitions.
 
@@ -53,21 +66,14 @@ def install_rejoin_fix() -> bool:
     """
     from kafka.coordinator.consumer import ConsumerCoordinator
 
-    if getattr(ConsumerCoordinator, "_planshift_patched", False):
-        return True
-    if not kafka.__version__.startswith(PATCHED_VERSIONS) or not hasattr(ConsumerCoordinator, "need_rejoin"):
-        log.warning("kafka-python rejoin fix not installed: written for 3.0.x", kafka_python=kafka.__version__)
-        return False
-    original = ConsumerCoordinator.need_rejoin
+    def wrap(original):
+        def need_rejoin(self):
+            if getattr(self, "_join_task", None) is not None:
+                return True
+            return original(self)
+        return need_rejoin
 
-    def need_rejoin(self):
-        if getattr(self, "_join_task", None) is not None:
-            return True
-        return original(self)
-
-    ConsumerCoordinator.need_rejoin = need_rejoin
-    ConsumerCoordinator._planshift_patched = True
-    return True
+    return _patch(ConsumerCoordinator, "need_rejoin", "rejoin", wrap)
 
 
 def install_resume_fix() -> bool:
@@ -86,22 +92,15 @@ def install_resume_fix() -> bool:
     """
     from kafka.consumer.fetcher import Fetcher
 
-    if getattr(Fetcher, "_planshift_patched", False):
-        return True
+    def wrap(original):
+        def fetched_records(self, *args, **kwargs):
+            if self._next_partition_records is not None and not self._next_partition_records:
+                self._next_partition_records = None
+            return original(self, *args, **kwargs)
+        return fetched_records
+
     parks = "_paused_partition_records" in Fetcher.__init__.__code__.co_names  # (KAFKA-7548's port)
-    if not kafka.__version__.startswith(PATCHED_VERSIONS) or not parks:
-        log.warning("kafka-python resume fix not installed: written for 3.0.x", kafka_python=kafka.__version__)
-        return False
-    original = Fetcher.fetched_records
-
-    def fetched_records(self, *args, **kwargs):
-        if self._next_partition_records is not None and not self._next_partition_records:
-            self._next_partition_records = None
-        return original(self, *args, **kwargs)
-
-    Fetcher.fetched_records = fetched_records
-    Fetcher._planshift_patched = True
-    return True
+    return _patch(Fetcher, "fetched_records", "resume", wrap, applies=parks)
 
 
 def install_flush_fix() -> bool:
@@ -122,29 +121,21 @@ def install_flush_fix() -> bool:
     """
     from kafka.producer.sender import Sender
 
-    if getattr(Sender, "_planshift_patched", False):
-        return True
-    if not kafka.__version__.startswith(PATCHED_VERSIONS) or not hasattr(Sender, "_maybe_send_pending_request"):
-        log.warning("kafka-python flush fix not installed: written for 3.0.x", kafka_python=kafka.__version__)
-        return False
-    original = Sender._maybe_send_pending_request
+    def wrap(original):
+        def _maybe_send_pending_request(self):
+            accumulator, transactions = self._accumulator, self._transaction_manager
+            if getattr(self, "_planshift_flushing", False) and not transactions.is_completing():
+                self._planshift_flushing = False  # the transaction is over: so is the flush begun for it
+                accumulator._flushes_in_progress.decrement()
+            flushes = accumulator._flushes_in_progress.get()
+            try:
+                return original(self)
+            finally:
+                if accumulator._flushes_in_progress.get() > flushes and transactions.is_completing():
+                    self._planshift_flushing = True
+        return _maybe_send_pending_request
 
-    @functools.wraps(original)
-    def _maybe_send_pending_request(self):
-        accumulator, transactions = self._accumulator, self._transaction_manager
-        if getattr(self, "_planshift_flushing", False) and not transactions.is_completing():
-            self._planshift_flushing = False  # the transaction is over: so is the flush begun for it
-            accumulator._flushes_in_progress.decrement()
-        flushes = accumulator._flushes_in_progress.get()
-        try:
-            return original(self)
-        finally:
-            if accumulator._flushes_in_progress.get() > flushes and transactions.is_completing():
-                self._planshift_flushing = True
-
-    Sender._maybe_send_pending_request = _maybe_send_pending_request
-    Sender._planshift_patched = True
-    return True
+    return _patch(Sender, "_maybe_send_pending_request", "flush", wrap)
 
 
 def find_group_coordinator(producer: KafkaProducer, group_id: str) -> None:
