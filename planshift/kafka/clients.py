@@ -150,6 +150,9 @@ def producer(settings: Settings, transactional_id: str | None = None, **override
     }
     if transactional_id is not None:
         config["transactional_id"] = transactional_id
+        from planshift.kafka import fastpath
+
+        fastpath.install_flush_fix()  # kafka-python 3.0.x: no linger_ms after the first commit without it
     return KafkaProducer(**config)
 
 

@@ -1,8 +1,9 @@
 """The runtime's fast paths through kafka-python's private parts, in this module only.
 
 Everything here uses internals of kafka-python 3.0.x (pinned `<3.1` in pyproject.toml)
-and is installed explicitly by the runtime (`planshift/runtime/processor.py`); nothing
-else in planshift touches a private attribute of kafka-python:
+and is installed explicitly by the runtime (`planshift/runtime/processor.py`) or, for
+the flush fix, by `clients.producer` for every transactional producer; nothing else in
+planshift touches a private attribute of kafka-python:
 
 - `FastSends`: records appended straight to the producer's open batches, and
   `find_group_coordinator`, the group coordinator looked up before the first commit. Used

@@ -183,7 +183,6 @@ class StreamProcessor:
             self.telemetry = TelemetryServer(self, self.settings.metrics_port).start()
         fastpath.install_rejoin_fix()
         fastpath.install_resume_fix()  # a held partition is paused (`_handle`)
-        fastpath.install_flush_fix()  # the producer's linger_ms after the first commit
         if self._changelog:
             self._ensure_changelog()
         for topic in self.config.tables:
