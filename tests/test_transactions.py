@@ -159,7 +159,7 @@ def test_linger_applies_again_after_a_transaction_commits(settings, topic_factor
             producer.begin_transaction()
             producer.send(topic, key=b"a", value=encode_json({"n": n}))
             producer.commit_transaction()
-        wait_for(lambda: not producer._accumulator.flush_in_progress(), 10, message="the commit's flush to end")
+        wait_for(lambda: not fastpath.flushing(producer), 10, message="the commit's flush to end")
         producer.begin_transaction()
         waiting = producer.send(topic, key=b"a", value=encode_json({"n": 2}))
         deadline = time.monotonic() + 0.5

@@ -139,6 +139,11 @@ def install_flush_fix() -> bool:
     return _patch(Sender, "_maybe_send_pending_request", "flush", wrap)
 
 
+def flushing(producer: KafkaProducer) -> bool:
+    """Whether a flush of `producer`'s buffered records is under way (every batch ready at once)."""
+    return producer._accumulator.flush_in_progress()
+
+
 def find_group_coordinator(producer: KafkaProducer, group_id: str) -> None:
     """Have a transactional producer look up `group_id`'s coordinator now, in the background.
 
