@@ -305,22 +305,31 @@ def postgres_figures(base, args, results: list[str]) -> None:
             verdict = "met" if ratio <= 2 else "NOT met"
             results.append(f"PostgreSQL directory: {args.users:,} users in {times['postgres']:.1f}s, {ratio:.2f}× "
                            f"the SQLite time of {times['sqlite']:.1f}s (goal ≤ 2×: {verdict})")
+        # Every hosts run is on one set of topics, as a deployment's hosts join and leave on the
+        # same topics (with new topics for each run the broker's JIT compiler never quieted),
+        # with a tenant and a database of its own, dropped once it is over.
+        shared = base.with_(topic_prefix=f"{base.topic_prefix}hosts.")
+        create_topics(shared)
+
+        def hosts_run(tenant: str, users: int, hosts: int, **measures) -> float:
+            settings = shared.with_(directory_url=database(tenant))
+            seed(settings, tenant, users)
+            try:
+                return run_once(settings, tenant, users, hosts, None, hosts=True, **measures)
+            finally:
+                drop(tenant)
+
         if args.warm_users:
-            # The pipeline with one host and with two, by turns, not counted, on the topics the
-            # measured runs use, as a deployment's hosts join and leave on the same topics: a
-            # freshly started broker's JIT compiler works through many runs (1.3–1.9 CPU-s of
-            # its compiler threads in the first, 0.3–0.9 after six, a tenth of a run's CPU at
-            # first), where a broker in service has long finished; and two hosts take paths
-            # through it (a group of two, its rebalances) that one host does not.
+            # The pipeline with one host and with two, by turns, not counted: a freshly started
+            # broker's JIT compiler works through many runs (1.3–1.9 CPU-s of its compiler
+            # threads in the first, 0.3–0.9 after six, a tenth of a run's CPU at first), where a
+            # broker in service has long finished; and two hosts take paths through it (a group
+            # of two, its rebalances) that one host does not.
             for n in range(args.warm_runs):
                 hosts = 1 + n % 2
-                settings = base.with_(topic_prefix=f"{base.topic_prefix}hosts.", directory_url=database(f"warm{n}"))
-                create_topics(settings)
-                seed(settings, f"warm{n}", args.warm_users)
-                compiled = jit_seconds(settings)
-                elapsed = run_once(settings, f"warm{n}", args.warm_users, hosts, None, hosts=True)
-                compiled = jit_seconds(settings) - compiled
-                drop(f"warm{n}")
+                compiled = jit_seconds(shared)
+                elapsed = hosts_run(f"warm{n}", args.warm_users, hosts)
+                compiled = jit_seconds(shared) - compiled
                 print(f"(warming up, not counted: {hosts} host(s), {args.warm_users:,} users in {elapsed:.1f}s; "
                       f"the broker's JIT compiler {compiled:.2f} CPU-s)", flush=True)
         # One host and two, in rounds of four runs (1, 2, 2, 1): a fresh broker's JIT compiler
@@ -329,13 +338,8 @@ def postgres_figures(base, args, results: list[str]) -> None:
         runs: dict[int, list[tuple[dict, dict]]] = {1: [], 2: []}
         ratios, bounds = [], []
         for n, hosts in enumerate([1, 2, 2, 1] * args.rounds):
-            settings = base.with_(topic_prefix=f"{base.topic_prefix}hosts.", directory_url=database(f"hosts{n}"))
-            create_topics(settings)
-            tenant = f"hosts{n}"
-            seed(settings, tenant, args.hosts_users)
             cpu, stages = {}, {}
-            elapsed = run_once(settings, tenant, args.hosts_users, hosts, None, hosts=True, cpu=cpu, stages=stages)
-            drop(f"hosts{n}")
+            elapsed = hosts_run(f"hosts{n}", args.hosts_users, hosts, cpu=cpu, stages=stages)
             runs[hosts].append((stages, cpu))
             busy = cpu["seconds"] or stages["migrating"]
             print(f"PostgreSQL directory, {hosts} worker host(s), {args.hosts_users:,} users in "

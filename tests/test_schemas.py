@@ -141,7 +141,6 @@ def test_schema_files_are_draft_07_with_ids():
         assert schema["$id"].endswith(path.name)
 
 
-
 def _integer_fields(node, path=()):
     """The path of every integer field of a schema (an array's items as index 0)."""
     if isinstance(node, dict):
