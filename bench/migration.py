@@ -273,7 +273,10 @@ class CpuTimeline:
 def postgres_figures(base, args, results: list[str]) -> None:
     from planshift.ops.postgres import LocalPostgres
 
-    server = LocalPostgres().start()
+    # The test suite's throw-away server (no fsync); --durable: PostgreSQL's own defaults, as
+    # a deployment runs it, each commit flushed to disk (on this machine the flushes cost the
+    # kernel CPU on the cores everything else shares).
+    server = LocalPostgres(durable=args.durable).start()
     try:
         import psycopg
 
@@ -383,6 +386,9 @@ def main() -> None:
     parser.add_argument("--warm-users", type=int, default=150_000, help="users of each warm-up run (0: none)")
     parser.add_argument("--warm-runs", type=int, default=6,
                         help="warm-up runs before the hosts figure, one host and two by turns (0: none)")
+    parser.add_argument("--durable", action="store_true",
+                        help="PostgreSQL with its own defaults (fsync, full-page writes), as deployed; default: "
+                             "without them, as the tests run it")
     parser.add_argument("--users", type=int, default=1_000_000)
     parser.add_argument("--instances", type=int, default=2, help="migration instances for the embedded figure")
     parser.add_argument("--remote-users", type=int, default=100_000)

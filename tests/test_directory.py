@@ -229,3 +229,35 @@ def test_a_postgresql_move_reads_only_its_batch_however_many_hold_the_target(pos
     # (the explained move was rolled back)
     assert directory.migrate("t", "up", users[5_000:5_500], "src", "tgt", "M365_BUSINESS_PREMIUM").users_migrated == 500
     directory.close()
+
+
+def test_a_batch_commit_is_flushed_before_kafka_hears_of_it_whatever_the_servers_default(postgres_url, monkeypatch):
+    """The worker commits the batch in Kafka (done, billed) right after the directory commit.
+    The suite's server acknowledges commits before flushing them (`synchronous_commit =
+    off`), and a crash of such a server forgets the last ones: the directory's connections
+    flush their own, keep a stricter setting as it is, and say once that fsync is off."""
+    import psycopg
+
+    from planshift.storage import postgres
+    from planshift.storage.postgres import PostgresDirectory
+
+    with psycopg.connect(postgres_url, autocommit=True) as plain:
+        assert plain.execute("SHOW synchronous_commit").fetchone()[0] == "off"
+        assert plain.execute("SHOW fsync").fetchone()[0] == "off"
+    warnings: list[str] = []
+    monkeypatch.setattr(postgres, "log", type("Log", (), {"warning": lambda _, event, **kw: warnings.append(event)})())
+    directory = PostgresDirectory(postgres_url)
+    again = PostgresDirectory(postgres_url)
+    assert directory.db.execute("SHOW synchronous_commit").fetchone()[0] == "local"
+    directory.db.close()  # a broken connection is replaced by one that flushes too
+    assert directory.db.execute("SHOW synchronous_commit").fetchone()[0] == "local"
+    assert warnings == [
+        "the licence directory's server runs with fsync off: a crash of its machine can lose or corrupt licences "
+        "that planshift has reported moved"]
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        database = postgres_url.rsplit("/", 1)[1]
+        admin.execute(f'ALTER DATABASE "{database}" SET synchronous_commit = remote_apply')
+    stricter = PostgresDirectory(postgres_url)
+    assert stricter.db.execute("SHOW synchronous_commit").fetchone()[0] == "remote_apply"
+    for d in (directory, again, stricter):
+        d.close()

@@ -38,9 +38,15 @@ def _bindir() -> Path:
 
 
 class LocalPostgres:
-    def __init__(self, folder: Path | None = None, port: int | None = None):
+    """`durable=False` (tests): the server skips what only a crash of its machine needs
+    (fsync, full-page writes) and flushes commits lazily, as a throw-away cluster may.
+    `durable=True` (benchmarks): PostgreSQL's own defaults, as a deployment runs it (the
+    compose file's `postgres:16`)."""
+
+    def __init__(self, folder: Path | None = None, port: int | None = None, durable: bool = False):
         self.folder = Path(folder or tempfile.mkdtemp(prefix="planshift-pg-"))
         self.port = port or free_port()
+        self.durable = durable
         self.bin = _bindir()
         self._as: list[str] = []
         self.user = os.environ.get("USER") or "postgres"
@@ -66,7 +72,9 @@ class LocalPostgres:
             self._run(str(self.bin / "initdb"), "-D", str(data), "-U", self.user, "--auth=trust",
                       "--encoding=UTF8", "--no-instructions")
         options = f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories={self.folder} " \
-                  "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+                  "-c max_connections=200"
+        if not self.durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._run(str(self.bin / "pg_ctl"), "-D", str(data), "-l", str(self.folder / "server.log"),
                   "-o", options, "-w", "-t", str(int(timeout)), "start", timeout=timeout + 10)
         deadline = time.monotonic() + timeout

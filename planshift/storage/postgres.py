@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Iterable, Iterator, Sequence
 
+from planshift.logs import get_logger
 from planshift.storage.directory import (
     Claim,
     DirectoryError,
@@ -30,6 +31,8 @@ from planshift.storage.directory import (
     refuse_unsafe,
     services,
 )
+
+log = get_logger(__name__)
 
 DDL = """
 CREATE TABLE IF NOT EXISTS licences (
@@ -124,6 +127,18 @@ TARGET_SKU = ("SELECT sku FROM licences WHERE tenant_id = %s AND subscription_id
               "ORDER BY tenant_id, subscription_id, user_id LIMIT 1")
 
 
+# A batch's directory commit must outlast a crash of the database server: the worker's Kafka
+# transaction, which records the batch done and bills it, commits right after it. With
+# `synchronous_commit = off` (a server default some choose for speed) a commit is
+# acknowledged before its WAL is flushed, and a crash of the server forgets it while the
+# batch stays done. So each connection of the directory flushes its own commits
+# (`local`: on this server; a stricter setting, waiting for standbys too, is kept as it
+# is). `fsync = off` cannot be set per connection: the directory warns of it, once.
+DURABLE_COMMITS = ("SELECT current_setting('fsync'), CASE WHEN current_setting('synchronous_commit') = 'off' "
+                   "THEN set_config('synchronous_commit', 'local', false) END")
+_WARNED: set[str] = set()
+
+
 class DirectoryUnavailable(DirectoryError):
     """The database server cannot be reached (at start: the process says so and stops)."""
 
@@ -146,6 +161,11 @@ class PostgresDirectory:
         except psycopg.OperationalError as exc:
             raise DirectoryUnavailable(f"cannot reach the licence directory at {_redacted(self.url)}: "
                                        f"{str(exc).strip().splitlines()[0]}") from None
+        fsync, _ = db.execute(DURABLE_COMMITS).fetchone()
+        if fsync != "on" and self.url not in _WARNED:
+            _WARNED.add(self.url)
+            log.warning("the licence directory's server runs with fsync off: a crash of its machine can "
+                        "lose or corrupt licences that planshift has reported moved", directory=str(self))
         return db
 
     @property
