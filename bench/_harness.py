@@ -86,3 +86,80 @@ def broker_pid(settings) -> int | None:
         return int((settings.data_dir / "kafka" / "broker.pid").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return None
+
+
+def _transactions(settings, topic: str, worker: int, seconds: float, done) -> None:
+    """One process of `warm_broker`: transactions as a planshift consumer makes them."""
+    from kafka import TopicPartition
+    from kafka.structs import OffsetAndMetadata
+
+    from planshift.kafka import clients
+
+    producer = clients.producer(settings, transactional_id=f"bench-warm-{worker}")
+    producer.init_transactions()
+    consumer = clients.consumer(settings, f"bench-warm-{worker}", isolation_level="read_committed")
+    partitions = [TopicPartition(topic, p) for p in range(settings.batch_partitions)]
+    consumer.assign(partitions)
+    made, deadline = 0, time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        consumer.poll(timeout_ms=0)
+        producer.begin_transaction()
+        for p in range(3):  # an output, a changelog record, a status: several partitions a transaction
+            producer.send(topic, key=f"{worker}-{made}".encode(), value=b"x" * 200,
+                          partition=(made * 3 + p + worker) % len(partitions))
+        producer.send_offsets_to_transaction({partitions[made % len(partitions)]: OffsetAndMetadata(made, "", -1)},
+                                             consumer.group_metadata())
+        producer.commit_transaction()
+        made += 1
+    producer.close()
+    consumer.close()
+    done.put(made)
+
+
+def warm_broker(settings, seconds: float, processes: int = 2) -> dict[str, float]:
+    """Drive transactions through the broker for `seconds`, from `processes` processes:
+    records to several partitions, a consumer's offsets and a commit each, read back
+    `read_committed`, the requests a planshift consumer makes all day.
+
+    A freshly started broker runs these paths interpreted, and its JIT compiler works on
+    them for thousands of transactions (measured: 7,500 of them, 60 s, cost it 38 CPU-s,
+    14 of them compiling), where a broker in service has long compiled them; a benchmark
+    run of a few hundred transactions never gets there (after six such runs the broker
+    still took twice the CPU per run it took after this). Returns the transactions made,
+    and the CPU seconds the broker and its compiler threads used."""
+    import multiprocessing
+
+    from kafka.admin import NewTopic
+
+    from planshift.kafka import clients
+
+    topic = f"{settings.topic_prefix}bench-warm"
+    admin = clients.admin(settings)
+    try:
+        admin.create_topics([NewTopic(topic, settings.batch_partitions, 1)])
+    finally:
+        admin.close()
+    pid = broker_pid(settings)
+    used, compiled = cpu_seconds(pid), jit_seconds(pid)
+    done = multiprocessing.Queue()
+    workers = [multiprocessing.Process(target=_transactions, args=(settings, topic, i, seconds, done))
+               for i in range(processes)]
+    for worker in workers:
+        worker.start()
+    made = sum(done.get(timeout=seconds + 120) for _ in workers)
+    for worker in workers:
+        worker.join(30)
+    return {"transactions": made, "broker": cpu_seconds(pid) - used, "compiler": jit_seconds(pid) - compiled}
+
+
+def jit_seconds(pid: int | None) -> float:
+    """CPU seconds the JIT compiler threads of JVM `pid` have used so far (Linux /proc)."""
+    used = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir() if pid is not None else ():
+        try:
+            compiler = (task / "comm").read_text().startswith(("C1 CompilerThre", "C2 CompilerThre"))
+        except OSError:
+            continue
+        if compiler:
+            used += cpu_seconds(pid, int(task.name))
+    return used

@@ -20,14 +20,16 @@ Three figures, one run, on a broker the benchmark starts:
    migrated by one worker "host" and by two (separate processes with separate data
    folders sharing the database; goal: two reach 1.7× one), in `--rounds` rounds of four
    runs (1, 2, 2, 1 hosts) on one set of topics, each run with a database of its own,
-   after `--warm-runs` runs not counted (the broker's JIT compiler). The figure is the
+   after `--warm-broker-s` (60) seconds of transactions driven through the broker and
+   `--warm-runs` runs, not counted (the broker's JIT compiler). The figure is the
    median of the rounds' ratios of migrating time (first batch → last completion). Every
    process of this benchmark shares this machine's CPUs, so it also prints the CPU each
    part used while the migration ran, and the bound that CPU sets for two hosts here.
 
     python bench/migration.py [--users 1000000] [--remote-users 100000]
                               [--scenario both|embedded|remote|postgres|hosts] [--hosts-users 300000]
-                              [--rounds 3] [--warm-runs 6] [--warm-users 150000]
+                              [--rounds 3] [--warm-broker-s 60] [--warm-runs 6] [--warm-users 150000]
+                              [--durable]
 
 The clock starts when the request is published, after every process has joined its
 consumer group and the migration workers' partitions are spread among them, and stops
@@ -48,7 +50,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._harness import bench_settings, broker_pid, cpu_seconds, wait_settled  # noqa: E402
+from bench._harness import bench_settings, broker_pid, cpu_seconds, jit_seconds, wait_settled, warm_broker  # noqa: E402
 from cli import tuning  # noqa: E402
 from planshift.contract import Topic  # noqa: E402
 from planshift.events import (
@@ -198,20 +200,6 @@ def migration_stages(settings, upgrade_id: str, sent_ms: float, elapsed: float) 
             "batches": len(batches), "released": (max(batches) - min(batches)) / 1000}
 
 
-def jit_seconds(settings) -> float:
-    """CPU seconds the broker's JIT compiler threads have used so far (Linux /proc)."""
-    pid = broker_pid(settings)
-    used = 0.0
-    for task in Path(f"/proc/{pid}/task").iterdir() if pid is not None else ():
-        try:
-            compiler = (task / "comm").read_text().startswith(("C1 CompilerThre", "C2 CompilerThre"))
-        except OSError:
-            continue
-        if compiler:
-            used += cpu_seconds(pid, int(task.name))
-    return used
-
-
 def role_pids(settings, procs) -> dict[str, list[int]]:
     """The processes of each part of the pipeline on this machine: intake, settlement, the
     migration workers, the broker and the database server (its connections among them)."""
@@ -322,6 +310,11 @@ def postgres_figures(base, args, results: list[str]) -> None:
             finally:
                 drop(tenant)
 
+        if args.warm_broker_s:
+            warmed = warm_broker(shared, args.warm_broker_s)
+            print(f"(warming the broker up, not counted: {warmed['transactions']:,} transactions in "
+                  f"{args.warm_broker_s:.0f}s; the broker {warmed['broker']:.1f} CPU-s, its JIT compiler "
+                  f"{warmed['compiler']:.1f})", flush=True)
         if args.warm_users:
             # The pipeline with one host and with two, by turns, not counted: a freshly started
             # broker's JIT compiler works through many runs (1.3–1.9 CPU-s of its compiler
@@ -330,9 +323,9 @@ def postgres_figures(base, args, results: list[str]) -> None:
             # of two, its rebalances) that one host does not.
             for n in range(args.warm_runs):
                 hosts = 1 + n % 2
-                compiled = jit_seconds(shared)
+                compiled = jit_seconds(broker_pid(shared))
                 elapsed = hosts_run(f"warm{n}", args.warm_users, hosts)
-                compiled = jit_seconds(shared) - compiled
+                compiled = jit_seconds(broker_pid(shared)) - compiled
                 print(f"(warming up, not counted: {hosts} host(s), {args.warm_users:,} users in {elapsed:.1f}s; "
                       f"the broker's JIT compiler {compiled:.2f} CPU-s)", flush=True)
         # One host and two, in rounds of four runs (1, 2, 2, 1): a fresh broker's JIT compiler
@@ -342,7 +335,9 @@ def postgres_figures(base, args, results: list[str]) -> None:
         ratios, bounds = [], []
         for n, hosts in enumerate([1, 2, 2, 1] * args.rounds):
             cpu, stages = {}, {}
+            compiled = jit_seconds(broker_pid(shared))
             elapsed = hosts_run(f"hosts{n}", args.hosts_users, hosts, cpu=cpu, stages=stages)
+            compiled = jit_seconds(broker_pid(shared)) - compiled
             runs[hosts].append((stages, cpu))
             busy = cpu["seconds"] or stages["migrating"]
             print(f"PostgreSQL directory, {hosts} worker host(s), {args.hosts_users:,} users in "
@@ -351,7 +346,8 @@ def postgres_figures(base, args, results: list[str]) -> None:
                   f"settling {stages['settling']:.1f}s; cores busy while migrating: the machine "
                   f"{cpu['machine'] / busy:.2f} of {os.cpu_count()} (" + ", ".join(
                       f"{role} {used / busy:.2f}" for role, used in sorted(cpu.items(), key=lambda kv: -kv[1])
-                      if role not in ("machine", "seconds")) + ")", flush=True)
+                      if role not in ("machine", "seconds")) + f"); the broker's JIT compiler {compiled:.2f} CPU-s "
+                  "in the run", flush=True)
             if n % 4 == 3:  # a round's end
                 one = sum(s["migrating"] for s, _ in runs[1][-2:])
                 two = sum(s["migrating"] for s, _ in runs[2][-2:])
@@ -386,6 +382,9 @@ def main() -> None:
     parser.add_argument("--warm-users", type=int, default=150_000, help="users of each warm-up run (0: none)")
     parser.add_argument("--warm-runs", type=int, default=6,
                         help="warm-up runs before the hosts figure, one host and two by turns (0: none)")
+    parser.add_argument("--warm-broker-s", type=float, default=60,
+                        help="seconds of transactions driven through the broker before the hosts figure's "
+                             "warm-up runs (0: none)")
     parser.add_argument("--durable", action="store_true",
                         help="PostgreSQL with its own defaults (fsync, full-page writes), as deployed; default: "
                              "without them, as the tests run it")
