@@ -122,11 +122,11 @@ def warm_broker(settings, seconds: float, processes: int = 2) -> dict[str, float
     `read_committed`, the requests a planshift consumer makes all day.
 
     A freshly started broker runs these paths interpreted, and its JIT compiler works on
-    them for thousands of transactions (measured: 7,500 of them, 60 s, cost it 38 CPU-s,
-    14 of them compiling), where a broker in service has long compiled them; a benchmark
-    run of a few hundred transactions never gets there (after six such runs the broker
-    still took twice the CPU per run it took after this). Returns the transactions made,
-    and the CPU seconds the broker and its compiler threads used."""
+    them for thousands of transactions (measured: some 5,600 in 60 s cost it 42–44 CPU-s,
+    18 of them compiling), where a broker in service has long compiled them; a benchmark
+    run of a few hundred transactions never gets there (after four 150,000-user pipeline
+    runs the broker still took 1.4–1.8 CPU-s a run, and 0.6–1.2 after this). Returns the
+    transactions made, and the CPU seconds the broker and its compiler threads used."""
     import multiprocessing
 
     from kafka.admin import NewTopic

@@ -40,8 +40,8 @@ def _bindir() -> Path:
 class LocalPostgres:
     """`durable=False` (tests): the server skips what only a crash of its machine needs
     (fsync, full-page writes) and flushes commits lazily, as a throw-away cluster may.
-    `durable=True` (benchmarks): PostgreSQL's own defaults, as a deployment runs it (the
-    compose file's `postgres:16`)."""
+    `durable=True` (`bench/migration.py --durable`): PostgreSQL's own defaults, as a
+    deployment runs it (the compose file's `postgres:16`)."""
 
     def __init__(self, folder: Path | None = None, port: int | None = None, durable: bool = False):
         self.folder = Path(folder or tempfile.mkdtemp(prefix="planshift-pg-"))
