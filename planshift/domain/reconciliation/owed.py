@@ -37,8 +37,9 @@ def owed_credit(upgrades: pd.DataFrame) -> pd.DataFrame:
                    upgrades["period_end"].to_numpy("datetime64[ns]"))
     paid = np.where(prepaid, upgrades["prepaid_paid_minor"].to_numpy("float64", na_value=0),
                     upgrades["billed_minor"].to_numpy("float64", na_value=0)).astype(np.int64)
-    whole = np.where(known, days(end, start), 0).clip(min=0)
-    unused = np.where(known, days(end, upgrades["effective_date"]), 0).clip(min=0)
+    with np.errstate(invalid="ignore"):  # an upgrade without its request has no dates (NaT): masked here
+        whole = np.where(known, days(end, start), 0).clip(min=0)
+        unused = np.where(known, days(end, upgrades["effective_date"]), 0).clip(min=0)
     unused = np.minimum(unused, whole)
     remaining = round_half_up_div(paid * unused, whole)
     cost = upgrades["new_total_cost_minor"].to_numpy("float64", na_value=0).astype(np.int64)
