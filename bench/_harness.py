@@ -129,16 +129,10 @@ def warm_broker(settings, seconds: float, processes: int = 2) -> dict[str, float
     transactions made, and the CPU seconds the broker and its compiler threads used."""
     import multiprocessing
 
-    from kafka.admin import NewTopic
-
-    from planshift.kafka import clients
+    from planshift.kafka.topics import ensure_topic
 
     topic = f"{settings.topic_prefix}bench-warm"
-    admin = clients.admin(settings)
-    try:
-        admin.create_topics([NewTopic(topic, settings.batch_partitions, 1)])
-    finally:
-        admin.close()
+    ensure_topic(settings, topic, settings.batch_partitions, {})
     pid = broker_pid(settings)
     used, compiled = cpu_seconds(pid), jit_seconds(pid)
     done = multiprocessing.Queue()

@@ -302,13 +302,17 @@ def postgres_figures(base, args, results: list[str]) -> None:
         shared = base.with_(topic_prefix=f"{base.topic_prefix}hosts.")
         create_topics(shared)
 
-        def hosts_run(tenant: str, users: int, hosts: int, **measures) -> float:
+        def hosts_run(tenant: str, users: int, hosts: int, **measures) -> tuple[float, float]:
+            """Seconds from request to completed, and the CPU seconds the broker's JIT compiler
+            used meanwhile."""
             settings = shared.with_(directory_url=database(tenant))
             seed(settings, tenant, users)
+            compiled = jit_seconds(broker_pid(shared))
             try:
-                return run_once(settings, tenant, users, hosts, None, hosts=True, **measures)
+                elapsed = run_once(settings, tenant, users, hosts, None, hosts=True, **measures)
             finally:
                 drop(tenant)
+            return elapsed, jit_seconds(broker_pid(shared)) - compiled
 
         if args.warm_broker_s:
             warmed = warm_broker(shared, args.warm_broker_s)
@@ -323,9 +327,7 @@ def postgres_figures(base, args, results: list[str]) -> None:
             # of two, its rebalances) that one host does not.
             for n in range(args.warm_runs):
                 hosts = 1 + n % 2
-                compiled = jit_seconds(broker_pid(shared))
-                elapsed = hosts_run(f"warm{n}", args.warm_users, hosts)
-                compiled = jit_seconds(broker_pid(shared)) - compiled
+                elapsed, compiled = hosts_run(f"warm{n}", args.warm_users, hosts)
                 print(f"(warming up, not counted: {hosts} host(s), {args.warm_users:,} users in {elapsed:.1f}s; "
                       f"the broker's JIT compiler {compiled:.2f} CPU-s)", flush=True)
         # One host and two, in rounds of four runs (1, 2, 2, 1): a fresh broker's JIT compiler
@@ -335,9 +337,7 @@ def postgres_figures(base, args, results: list[str]) -> None:
         ratios, bounds = [], []
         for n, hosts in enumerate([1, 2, 2, 1] * args.rounds):
             cpu, stages = {}, {}
-            compiled = jit_seconds(broker_pid(shared))
-            elapsed = hosts_run(f"hosts{n}", args.hosts_users, hosts, cpu=cpu, stages=stages)
-            compiled = jit_seconds(broker_pid(shared)) - compiled
+            elapsed, compiled = hosts_run(f"hosts{n}", args.hosts_users, hosts, cpu=cpu, stages=stages)
             runs[hosts].append((stages, cpu))
             busy = cpu["seconds"] or stages["migrating"]
             print(f"PostgreSQL directory, {hosts} worker host(s), {args.hosts_users:,} users in "
