@@ -128,6 +128,13 @@ def test_who_cannot_authenticate_is_refused_in_one_line(secured, monkeypatch, ca
     assert cli(wrong, monkeypatch, "tail", Topic.UPGRADE_STATUS) == 1
     assert one_line(capsys) == ("planshift: error: authentication failed for PLANSHIFT_SASL_USERNAME="
                                 "'planshift-intake' with SCRAM-SHA-512: wrong user or password")
+    stranger = secured("intake").with_(sasl_username="nobody-we-know")
+    assert cli(stranger, monkeypatch, "tail", Topic.UPGRADE_STATUS) == 1
+    assert "authentication failed for PLANSHIFT_SASL_USERNAME='nobody-we-know'" in one_line(capsys)
+    other_mechanism = secured("intake").with_(sasl_mechanism="SCRAM-SHA-256")
+    assert cli(other_mechanism, monkeypatch, "tail", Topic.UPGRADE_STATUS) == 1
+    assert one_line(capsys) == ("planshift: error: the broker does not offer PLANSHIFT_SASL_MECHANISM=SCRAM-SHA-256 "
+                                "(it offers SCRAM-SHA-512)")
     from planshift.ops.security import make_tls
 
     make_tls(tmp_path / "other-tls", "127.0.0.1", "other-password")  # a CA that did not sign the broker's
@@ -241,11 +248,15 @@ def test_a_rotated_password_works_at_once_and_the_old_one_no_longer(secured, mon
     assert "planshift-credit: new password set" in capsys.readouterr().out
     old = secured("credit")
 
+    answers: list[tuple[int, str]] = []
+
     def refused() -> bool:  # the broker applies the new credential as its metadata catches up
         code = cli(old, monkeypatch, "tail", Topic.CREDIT_CHECK_REQUESTED)
-        return code == 1 and "authentication failed" in capsys.readouterr().err
+        answers.append((code, capsys.readouterr().err.strip()))
+        return code == 1 and "authentication failed" in answers[-1][1]
 
-    wait_for(refused, 30, interval=0.5, message="the old password refused as a wrong password")
+    wait_for(refused, 30, interval=0.5, message=lambda: f"the old password refused as a wrong password; "
+                                                        f"the old password's answers: {answers}")
     assert cli(old.with_(sasl_password="a-new-password-for-credit"), monkeypatch, "tail",
                Topic.CREDIT_CHECK_REQUESTED) == 0
     # only a super user may change passwords

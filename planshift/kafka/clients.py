@@ -47,7 +47,7 @@ def require_broker(settings: Settings, timeout: float = 3.0) -> None:
         finally:
             sock.close()
         if settings.sasl_mechanism:
-            _check_credentials(settings)
+            _check_credentials(settings, host, int(port), timeout)
         return
     raise BrokerUnreachable(f"no Kafka broker answers at {settings.bootstrap_servers} "
                             "(start one with 'planshift broker start')")
@@ -93,9 +93,19 @@ class _Seen(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-def _check_credentials(settings: Settings) -> None:
-    """One short bootstrap with the configured user: kafka-python logs, not raises, why a
-    SASL handshake failed, so its log is read for the reason."""
+def _check_credentials(settings: Settings, host: str, port: int, timeout: float) -> None:
+    """One login with the configured user, made by `planshift.kafka.sasl`; for a mechanism
+    it does not speak, or when its exchange breaks off, one short kafka-python bootstrap,
+    whose log is read for the reason (kafka-python logs, not raises, why a login failed)."""
+    from planshift.kafka import sasl
+
+    verdict = sasl.login(host, port, mechanism=settings.sasl_mechanism, username=settings.sasl_username or "",
+                         password=settings.sasl_password or "", use_tls=settings.security_protocol == "SASL_SSL",
+                         cafile=settings.ssl_cafile, timeout=timeout)
+    if verdict is not None:
+        if not verdict.accepted:
+            raise BrokerRefused(_refused(settings, verdict.offered))
+        return
     from kafka.errors import KafkaError
 
     kafka_log = logging.getLogger("kafka")
@@ -110,13 +120,20 @@ def _check_credentials(settings: Settings) -> None:
     except KafkaError:
         failed = next((m for m in seen.messages if "AuthenticationFailed" in m or "Authentication failed" in m), None)
         if failed is not None:
-            raise BrokerRefused(f"authentication failed for PLANSHIFT_SASL_USERNAME={settings.sasl_username!r} with "
-                                f"{settings.sasl_mechanism}: wrong user or password") from None
+            raise BrokerRefused(_refused(settings)) from None
         raise
     finally:
         kafka_log.removeHandler(seen)
         kafka_log.setLevel(level)
         kafka_log.propagate = propagate
+
+
+def _refused(settings: Settings, offered: tuple[str, ...] | None = None) -> str:
+    if offered is not None:
+        return (f"the broker does not offer PLANSHIFT_SASL_MECHANISM={settings.sasl_mechanism} "
+                f"(it offers {', '.join(offered) or 'no SASL mechanism'})")
+    return (f"authentication failed for PLANSHIFT_SASL_USERNAME={settings.sasl_username!r} with "
+            f"{settings.sasl_mechanism}: wrong user or password")
 
 
 def admin(settings: Settings, **overrides: Any) -> KafkaAdminClient:
