@@ -13,6 +13,7 @@ from planshift.storage.directory import (
     PARQUET_SCHEMA,
     DirectoryError,
     Licence,
+    SqliteDirectory,
     export_parquet,
     import_parquet,
 )
@@ -261,3 +262,18 @@ def test_a_batch_commit_is_flushed_before_kafka_hears_of_it_whatever_the_servers
     assert stricter.db.execute("SHOW synchronous_commit").fetchone()[0] == "remote_apply"
     for d in (directory, again, stricter):
         d.close()
+
+
+def test_the_embedded_directory_syncs_each_commit(tmp_path):
+    """The worker records a batch done in Kafka right after the directory commit: SQLite's
+    NORMAL syncs the write-ahead log only at checkpoints, so a power cut could forget a
+    batch (or a sweep) already billed; FULL syncs it at every commit."""
+    directory = SqliteDirectory(tmp_path / "directory.sqlite3")
+    again = SqliteDirectory(tmp_path / "directory.sqlite3")  # a second process's connection
+    try:
+        for d in (directory, again):
+            assert d._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            assert d._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    finally:
+        directory.close()
+        again.close()

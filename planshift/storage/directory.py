@@ -206,7 +206,11 @@ class SqliteDirectory:
         # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE … COMMIT).
         self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        # FULL: each commit is in the WAL on disk before the worker's Kafka transaction
+        # records its batch done (and billable). NORMAL syncs only at checkpoints, so a power
+        # cut or a crash of the host (not of a process) could forget the last batches, or
+        # the sweep, after the switch was billed (docs/CONTRACT.md refinement 34).
+        self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=60000")
         self._db.executescript(DDL)
 
