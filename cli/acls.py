@@ -22,7 +22,8 @@ def register(sub) -> None:
     apply.set_defaults(handler=acls_apply)
     passwd = asub.add_parser("passwd", help="create a role's SCRAM-SHA-512 user or give it a new password",
                              description="Reads the new password from stdin (one line); without it, makes a random "
-                                         "one and prints it once. The role's running processes keep their "
+                                         "one and prints it once. Returns once every broker takes it (and "
+                                         "refuses the old one). The role's running processes keep their "
                                          "connections; restart them with the new PLANSHIFT_SASL_PASSWORD.")
     passwd.add_argument("role", help="a role (intake, migrate, …) or a user name")
     passwd.add_argument("--stdin", action="store_true", help="read the password from stdin")
@@ -70,6 +71,7 @@ def acls_passwd(args: argparse.Namespace, settings: Settings) -> int:
         from cli.args import fail
 
         return fail("a password needs at least 12 characters", 2)
-    set_password(settings, user, password)
-    print(f"{user}: new password set" + ("" if args.stdin else f": {password}"))
+    brokers = set_password(settings, user, password)
+    taken = f", taken by {'the broker' if brokers == 1 else f'all {brokers} brokers'}" if brokers else ""
+    print(f"{user}: new password set{taken}" + ("" if args.stdin else f": {password}"))
     return 0

@@ -25,16 +25,15 @@ from planshift.settings import Settings
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 30.0, interval: float = 0.1,
-             message: str | Callable[[], str] = "condition") -> object:
-    """Poll `condition` until it returns something truthy; fail the test at the deadline
-    (`message` may be a function, to say what was seen last)."""
+             message: str = "condition") -> object:
+    """Poll `condition` until it returns something truthy; fail the test at the deadline."""
     deadline = time.monotonic() + timeout
     while True:
         result = condition()
         if result:
             return result
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {message() if callable(message) else message}")
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {message}")
         time.sleep(interval)
 
 

@@ -153,8 +153,10 @@ def apply_acls(settings: Settings, roles: list[Role] | None = None) -> int:
     return len(made)
 
 
-def set_password(settings: Settings, user: str, password: str) -> None:
-    """Create the SCRAM-SHA-512 user, or give it a new password (as the admin)."""
+def set_password(settings: Settings, user: str, password: str, wait_s: float = 30.0) -> int:
+    """Create the SCRAM-SHA-512 user, or give it a new password (as the admin); return once
+    every broker of the cluster takes it, with the number of brokers (0: the admin's own
+    connection is not SASL, so nothing could be checked)."""
     from kafka.admin import ScramMechanism, UserScramCredentialUpsertion
 
     from planshift.kafka import clients
@@ -163,15 +165,49 @@ def set_password(settings: Settings, user: str, password: str) -> None:
     try:
         result = admin.alter_user_scram_credentials(
             [UserScramCredentialUpsertion(user, ScramMechanism.SCRAM_SHA_512, password)])
+        error = (result or {}).get(user)
+        if error:  # kafka-python answers the broker's error message, None on success
+            from kafka.errors import ClusterAuthorizationFailedError
+
+            if "authoriz" in str(error).lower() or "permission" in str(error).lower():
+                raise ClusterAuthorizationFailedError(f"changing the password of {user} needs ALTER on the cluster")
+            raise OperationError(f"setting the password of {user} failed: {error}")
+        brokers = [(b["host"], b["port"]) for b in admin.describe_cluster()["brokers"]]
     finally:
         admin.close()
-    error = (result or {}).get(user)
-    if error:  # kafka-python answers the broker's error message, None on success
-        from kafka.errors import ClusterAuthorizationFailedError
+    if not settings.security_protocol.startswith("SASL"):
+        return 0
+    return _await_credential(settings, user, password, brokers, wait_s)
 
-        if "authoriz" in str(error).lower() or "permission" in str(error).lower():
-            raise ClusterAuthorizationFailedError(f"changing the password of {user} needs ALTER on the cluster")
-        raise OperationError(f"setting the password of {user} failed: {error}")
+
+def _await_credential(settings: Settings, user: str, password: str, brokers: list[tuple[str, int]],
+                      wait_s: float) -> int:
+    """Log in as `user` at each broker until each takes the new password. The controller
+    has committed it when the admin call returns; each broker applies it as its metadata
+    catches up, and until then answers the old one: a process restarted with the new
+    password at once could be refused. Kafka keeps one credential per user and mechanism,
+    so a broker that takes the new password refuses the old one."""
+    import time
+
+    from planshift.kafka import sasl
+
+    deadline = time.monotonic() + wait_s
+    pending = sorted(set(brokers))
+    while True:
+        pending = [(host, port) for host, port in pending if not _takes(sasl.login(
+            host, port, mechanism=MECHANISM, username=user, password=password,
+            use_tls=settings.security_protocol == "SASL_SSL", cafile=settings.ssl_cafile, timeout=5))]
+        if not pending:
+            return len(brokers)
+        if time.monotonic() > deadline:
+            raise OperationError(f"the new password of {user} is set, but {', '.join(f'{h}:{p}' for h, p in pending)} "
+                                 f"did not take it within {wait_s:.0f}s; run 'planshift acls passwd' again once the "
+                                 "brokers' metadata has caught up")
+        time.sleep(0.2)
+
+
+def _takes(verdict) -> bool:
+    return verdict is not None and verdict.accepted
 
 
 # -- a local secured broker ------------------------------------------------------------
