@@ -254,6 +254,13 @@ def test_a_rotated_password_works_at_once_and_the_old_one_no_longer(secured, mon
     capsys.readouterr()
     assert cli(old, monkeypatch, "tail", Topic.CREDIT_CHECK_REQUESTED) == 1
     assert "authentication failed for PLANSHIFT_SASL_USERNAME='planshift-credit'" in one_line(capsys)
+    # a broker that does not take the password in time is named (here: one that never will)
+    from planshift.errors import OperationError
+    from planshift.ops.security import _await_credential
+
+    host, port = old.bootstrap_servers.rsplit(":", 1)
+    with pytest.raises(OperationError, match=f"{host}:{port} did not take it within 1s"):
+        _await_credential(old, "planshift-credit", "not-what-was-set", [(host, int(port))], wait_s=1)
     # only a super user may change passwords
     assert cli(secured("operator"), monkeypatch, "acls", "passwd", "settle") == 1
     assert "not authorized" in capsys.readouterr().err
