@@ -192,22 +192,23 @@ def _await_credential(settings: Settings, user: str, password: str, brokers: lis
     from planshift.kafka import sasl
 
     deadline = time.monotonic() + wait_s
-    pending = sorted(set(brokers))
+    pending = {broker: "" for broker in sorted(set(brokers))}  # broker → what it last answered
     while True:
-        pending = [(host, port) for host, port in pending if not _takes(sasl.login(
-            host, port, mechanism=MECHANISM, username=user, password=password,
-            use_tls=settings.security_protocol == "SASL_SSL", cafile=settings.ssl_cafile, timeout=5))]
+        for host, port in list(pending):
+            verdict = sasl.login(host, port, mechanism=MECHANISM, username=user, password=password,
+                                 use_tls=settings.security_protocol == "SASL_SSL", cafile=settings.ssl_cafile,
+                                 timeout=5)
+            if verdict is not None and verdict.accepted:
+                del pending[(host, port)]
+            else:
+                pending[(host, port)] = "no answer" if verdict is None else "still refuses it"
         if not pending:
             return len(brokers)
         if time.monotonic() > deadline:
-            raise OperationError(f"the new password of {user} is set, but {', '.join(f'{h}:{p}' for h, p in pending)} "
-                                 f"did not take it within {wait_s:.0f}s; run 'planshift acls passwd' again once the "
-                                 "brokers' metadata has caught up")
+            raise OperationError(f"the new password of {user} is set, but " + ", ".join(
+                f"{host}:{port} ({answer})" for (host, port), answer in pending.items()) + f" did not take it within "
+                f"{wait_s:.0f}s; run 'planshift acls passwd' again once the brokers' metadata has caught up")
         time.sleep(0.2)
-
-
-def _takes(verdict) -> bool:
-    return verdict is not None and verdict.accepted
 
 
 # -- a local secured broker ------------------------------------------------------------
