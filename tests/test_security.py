@@ -146,6 +146,24 @@ def test_who_cannot_authenticate_is_refused_in_one_line(secured, monkeypatch, ca
     assert read_topic(operator, operator.topic(Topic.UPGRADE_STATUS)) == []  # nobody wrote anything
 
 
+def test_kafka_python_hears_the_brokers_refusal_of_a_login(secured, caplog):
+    """The broker answers a refused login and closes the connection at once. kafka-python
+    3.0.x dropped that answer whenever the close came in the same read (most logins here),
+    and saw only "socket disconnected", so a running client never learnt it was refused;
+    with `fastpath.install_eof_fix` every one of its attempts ends on the refusal."""
+    import logging
+
+    from kafka.errors import KafkaError
+
+    wrong = secured("intake").with_(sasl_password="not-the-password")
+    caplog.set_level(logging.DEBUG, logger="kafka")
+    with pytest.raises(KafkaError):
+        clients.admin(wrong, request_timeout_ms=3000, bootstrap_timeout_ms=3000).close()
+    lost = [r.getMessage() for r in caplog.records if "Connection lost" in r.getMessage()]
+    assert len(lost) >= 3, lost  # several logins: one could be lucky without the fix
+    assert all("SaslAuthenticationFailedError" in m for m in lost), lost
+
+
 def test_a_role_may_not_write_what_its_acls_do_not_allow_and_nothing_is_written(secured, monkeypatch, capsys,
                                                                                  tmp_path):
     from kafka.errors import KafkaError

@@ -113,6 +113,7 @@ def _check_credentials(settings: Settings, host: str, port: int, timeout: float)
     kafka_log.addHandler(seen)
     kafka_log.setLevel(logging.ERROR)
     kafka_log.propagate = False
+    _fixed()
     try:
         probe = KafkaAdminClient(**settings.kafka_client_config(), client_id="planshift-probe",
                                  request_timeout_ms=5000, bootstrap_timeout_ms=5000)
@@ -136,12 +137,21 @@ def _refused(settings: Settings, offered: tuple[str, ...] | None = None) -> str:
             f"{settings.sasl_mechanism}: wrong user or password")
 
 
+def _fixed() -> None:
+    """kafka-python 3.0.x work-arounds every client needs (`planshift/kafka/fastpath.py`)."""
+    from planshift.kafka import fastpath
+
+    fastpath.install_eof_fix()  # else a refused login most often reads as "socket disconnected"
+
+
 def admin(settings: Settings, **overrides: Any) -> KafkaAdminClient:
+    _fixed()
     config = {**settings.kafka_client_config(), "client_id": "planshift-admin", **overrides}
     return KafkaAdminClient(**config)
 
 
 def consumer(settings: Settings, group_id: str | None, *topics: str, **overrides: Any) -> KafkaConsumer:
+    _fixed()
     config = {
         **settings.kafka_client_config(),
         "group_id": group_id,
@@ -157,6 +167,7 @@ def consumer(settings: Settings, group_id: str | None, *topics: str, **overrides
 
 def producer(settings: Settings, transactional_id: str | None = None, **overrides: Any) -> KafkaProducer:
     """An idempotent producer; transactional when `transactional_id` is given."""
+    _fixed()
     config = {
         **settings.kafka_client_config(),
         "enable_idempotence": True,

@@ -2,7 +2,8 @@
 
 Everything here uses internals of kafka-python 3.0.x (pinned `<3.1` in pyproject.toml)
 and is installed explicitly by the runtime (`planshift/runtime/processor.py`) or, for
-the flush fix, by `clients.producer` for every transactional producer; nothing else in
+the flush fix, by `clients.producer` for every transactional producer, and for the EOF
+fix by `clients` for every client; nothing else in
 planshift touches a private attribute of kafka-python:
 
 - `FastSends`: records appended straight to the producer's open batches, and
@@ -11,11 +12,12 @@ planshift touches a private attribute of kafka-python:
   runtime use `clients.PublicSends` (`KafkaProducer.send`) instead. CI runs the
   transaction and end-to-end tests both ways, so a kafka-python upgrade that breaks this
   module shows at once, and users can switch it off until it is fixed.
-- `install_rejoin_fix`, `install_resume_fix` and `install_flush_fix`: work-arounds for
-  kafka-python 3.0.x bugs (a race in the group coordinator, a resumed partition never
-  read again, `linger_ms` off after a transaction's first commit), not optimisations:
-  they stay on with fast sends off, and are installed only on the kafka-python versions
-  they were written against.
+- `install_rejoin_fix`, `install_resume_fix`, `install_flush_fix` and `install_eof_fix`:
+  work-arounds for kafka-python 3.0.x bugs (a race in the group coordinator, a resumed
+  partition never read again, `linger_ms` off after a transaction's first commit, the
+  broker's last answer dropped when it closes the connection, for every client by
+  `clients`), not optimisations: they stay on with fast sends off, and are installed only
+  on the kafka-python versions they were written against.
 """
 
 from __future__ import annotations
@@ -137,6 +139,54 @@ def install_flush_fix() -> bool:
         return _maybe_send_pending_request
 
     return _patch(Sender, "_maybe_send_pending_request", "flush", wrap)
+
+
+def install_eof_fix() -> bool:
+    """Work around a kafka-python 3.0.x bug that drops the broker's last answer before it
+    closes a connection.
+
+    When one read brings the last bytes of a response and the end of the stream, the
+    transport reports the close and throws the bytes away. The broker does exactly that
+    when it refuses a login (its SaslAuthenticate error, then the close), so on a loaded
+    host a refused password most often looks like "socket disconnected": the client never
+    learns it was refused and retries for good, instead of failing at once on the cached
+    authentication failure. The bytes are now handed to the connection first, and the close
+    comes after the connection has acted on them (the task waiting for that response runs
+    first: the selector resumes tasks in the order they are made ready).
+
+    Returns whether the fix is in place (idempotent; refused, with a warning, on a
+    kafka-python it was not written for).
+    """
+    from kafka.errors import KafkaProtocolError
+    from kafka.net.transport import KafkaTCPTransport
+
+    def wrap(original):
+        async def _read_from_sock(self):
+            while self._read and not self._closed:
+                await self._net.wait_read(self._sock)
+                received, error = self._sock_recv()
+                if received and self._protocol is not None:
+                    self.last_read = time.monotonic()
+                    if self._protocol._sensors:
+                        self._protocol._sensors.bytes_received.record(len(received))
+                    try:
+                        self._protocol.data_received(received)
+                    except KafkaProtocolError as exc:
+                        return self.abort(error=exc)
+                if error is not None:
+                    if not received:
+                        return self.abort(error=error)
+
+                    def close_after_the_answer():
+                        self.abort(error=error)
+
+                    self._net.call_soon(close_after_the_answer)
+                    return None
+            return None
+        return _read_from_sock
+
+    reads = {"_sock_recv", "abort", "data_received"} <= set(KafkaTCPTransport._read_from_sock.__code__.co_names)
+    return _patch(KafkaTCPTransport, "_read_from_sock", "eof", wrap, applies=reads)
 
 
 def flushing(producer: KafkaProducer) -> bool:

@@ -2,12 +2,11 @@
 one-line diagnosis (`clients.require_broker`).
 
 kafka-python cannot be asked: it logs a refused login and retries its bootstrap until
-its timeout, and 3.0.x can lose the broker's answer altogether. The broker sends its
-SaslAuthenticate error and closes the connection right after; when both arrive in one
-read, kafka-python's transport reports the close and drops the bytes read with it
-(`KafkaTCPTransport._read_from_sock`), so the login seems to have failed on a network
-error. On a loaded machine that happened on most attempts, and a rotated password could
-not be told from a broker that went away.
+its timeout (5 s of the CLI's time for every refusal), and 3.0.x lost the broker's answer
+altogether whenever the broker's close came in the same read as its SaslAuthenticate
+error: the login seemed to have failed on a network error, so a rotated password could
+not be told from a broker that went away (on most attempts on a loaded machine; fixed
+since for planshift's clients by `fastpath.install_eof_fix`, which CI's failure led to).
 
 So the exchange is made here, over a plain blocking socket (TLS when the protocol says
 so), with the Kafka protocol's own framing (SaslHandshake v1, SaslAuthenticate v1), for
