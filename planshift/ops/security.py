@@ -207,7 +207,7 @@ def _await_credential(settings: Settings, user: str, password: str, brokers: lis
         if time.monotonic() > deadline:
             raise OperationError(f"the new password of {user} is set, but " + ", ".join(
                 f"{host}:{port} ({answer})" for (host, port), answer in pending.items()) + f" did not take it within "
-                f"{wait_s:.0f}s; run 'planshift acls passwd' again once the brokers' metadata has caught up")
+                f"{wait_s:.0f}s: a process that logs in there with it is refused until they do")
         time.sleep(0.2)
 
 
