@@ -351,6 +351,30 @@ def test_held_records_go_with_their_partition_when_a_second_instance_joins(topic
     assert by_key == {k: [1, 100, 101] for k in keys}  # once each, in order
 
 
+def test_two_fixes_of_one_class_both_go_in_and_each_once(monkeypatch):
+    """`fastpath._patch` keeps its record per fix: it once marked the class, so a second fix
+    of the same class would have been taken for installed and silently left out."""
+    from planshift.kafka import fastpath
+
+    class Patient:
+        def first(self):
+            return "first"
+
+        def second(self):
+            return "second"
+
+    wrapped = []
+
+    def wrap(original):
+        wrapped.append(original.__name__)
+        return lambda self: original(self).upper()
+
+    monkeypatch.setattr(fastpath, "_INSTALLED", {})
+    assert fastpath._patch(Patient, "first", "first", wrap) and fastpath._patch(Patient, "second", "second", wrap)
+    assert fastpath._patch(Patient, "first", "first", wrap)  # asked again: not wrapped twice
+    assert (Patient().first(), Patient().second(), wrapped) == ("FIRST", "SECOND", ["first", "second"])
+
+
 def test_a_paused_partition_is_read_again_once_resumed(topics):
     """kafka-python 3.0.12 parks the records fetched for a partition that is paused, and
     never gives them back once the consumer has read its other partitions dry: resumed,

@@ -40,16 +40,20 @@ log = get_logger(__name__)
 PATCHED_VERSIONS = ("3.0.",)  # the kafka-python versions the fixes below were written against
 
 
+_INSTALLED: dict[str, bool] = {}  # fix → whether it is in place (asked once per process)
+
+
 def _patch(cls, name: str, fix: str, wrap, applies: bool = True) -> bool:
-    """Replace `cls.<name>` with `wrap(original)`, once; refused, with a warning, on a
-    kafka-python the fix was not written for (or where `applies` says its code differs)."""
-    if getattr(cls, "_planshift_patched", False):
-        return True
+    """Replace `cls.<name>` with `wrap(original)`, once per fix; refused, with one warning,
+    on a kafka-python the fix was not written for (or where `applies` says its code differs)."""
+    if fix in _INSTALLED:
+        return _INSTALLED[fix]
     if not kafka.__version__.startswith(PATCHED_VERSIONS) or not applies or not hasattr(cls, name):
         log.warning(f"kafka-python {fix} fix not installed: written for 3.0.x", kafka_python=kafka.__version__)
+        _INSTALLED[fix] = False
         return False
     setattr(cls, name, wrap(getattr(cls, name)))
-    cls._planshift_patched = True
+    _INSTALLED[fix] = True
     return True
 
 
