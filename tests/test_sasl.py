@@ -66,7 +66,9 @@ def test_a_name_with_a_comma_or_equals_sign_is_escaped():
 def test_nothing_to_connect_to_is_no_verdict():
     from planshift.ops.broker import free_port
 
-    assert sasl.login("127.0.0.1", free_port(), mechanism="SCRAM-SHA-512", username="u", password="p",
-                      use_tls=False, cafile=None, timeout=1) is None
-    assert sasl.login("127.0.0.1", free_port(), mechanism="GSSAPI", username="u", password="p",
-                      use_tls=False, cafile=None, timeout=1) is None
+    from planshift.settings import Settings
+
+    settings = Settings.from_env({}).with_(security_protocol="SASL_PLAINTEXT", sasl_mechanism="SCRAM-SHA-512",
+                                sasl_username="u", sasl_password="p")
+    assert sasl.login(settings, "127.0.0.1", free_port(), timeout=1) is None
+    assert sasl.login(settings, "127.0.0.1", free_port(), mechanism="GSSAPI", timeout=1) is None

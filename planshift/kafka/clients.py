@@ -99,9 +99,7 @@ def _check_credentials(settings: Settings, host: str, port: int, timeout: float)
     whose log is read for the reason (kafka-python logs, not raises, why a login failed)."""
     from planshift.kafka import sasl
 
-    verdict = sasl.login(host, port, mechanism=settings.sasl_mechanism, username=settings.sasl_username or "",
-                         password=settings.sasl_password or "", use_tls=settings.security_protocol == "SASL_SSL",
-                         cafile=settings.ssl_cafile, timeout=timeout)
+    verdict = sasl.login(settings, host, port, timeout=timeout)
     if verdict is not None:
         if not verdict.accepted:
             raise BrokerRefused(_refused(settings, verdict.offered))

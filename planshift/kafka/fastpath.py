@@ -43,12 +43,13 @@ PATCHED_VERSIONS = ("3.0.",)  # the kafka-python versions the fixes below were w
 _INSTALLED: dict[str, bool] = {}  # fix → whether it is in place (asked once per process)
 
 
-def _patch(cls, name: str, fix: str, wrap, applies: bool = True) -> bool:
+def _patch(cls, name: str, fix: str, wrap, applies=lambda: True) -> bool:
     """Replace `cls.<name>` with `wrap(original)`, once per fix; refused, with one warning,
-    on a kafka-python the fix was not written for (or where `applies` says its code differs)."""
+    on a kafka-python the fix was not written for (or where `applies()`, asked once, says
+    its code differs)."""
     if fix in _INSTALLED:
         return _INSTALLED[fix]
-    if not kafka.__version__.startswith(PATCHED_VERSIONS) or not applies or not hasattr(cls, name):
+    if not kafka.__version__.startswith(PATCHED_VERSIONS) or not hasattr(cls, name) or not applies():
         log.warning(f"kafka-python {fix} fix not installed: written for 3.0.x", kafka_python=kafka.__version__)
         _INSTALLED[fix] = False
         return False
@@ -106,7 +107,9 @@ def install_resume_fix() -> bool:
             return original(self, *args, **kwargs)
         return fetched_records
 
-    parks = "_paused_partition_records" in Fetcher.__init__.__code__.co_names  # (KAFKA-7548's port)
+    def parks() -> bool:  # KAFKA-7548's port
+        return "_paused_partition_records" in Fetcher.__init__.__code__.co_names
+
     return _patch(Fetcher, "fetched_records", "resume", wrap, applies=parks)
 
 
@@ -189,7 +192,9 @@ def install_eof_fix() -> bool:
             return None
         return _read_from_sock
 
-    reads = {"_sock_recv", "abort", "data_received"} <= set(KafkaTCPTransport._read_from_sock.__code__.co_names)
+    def reads() -> bool:  # the loop this replaces: read, hand over, or abort
+        return {"_sock_recv", "abort", "data_received"} <= set(KafkaTCPTransport._read_from_sock.__code__.co_names)
+
     return _patch(KafkaTCPTransport, "_read_from_sock", "eof", wrap, applies=reads)
 
 

@@ -27,6 +27,8 @@ import ssl
 import struct
 from dataclasses import dataclass
 
+from planshift.settings import Settings
+
 SASL_HANDSHAKE, SASL_AUTHENTICATE = 17, 36
 SASL_AUTHENTICATION_FAILED, UNSUPPORTED_SASL_MECHANISM = 58, 33
 SCRAM_HASHES = {"SCRAM-SHA-512": "sha512", "SCRAM-SHA-256": "sha256"}
@@ -44,13 +46,17 @@ class _Closed(Exception):
     """The broker closed the connection, or did not answer in time, mid-exchange."""
 
 
-def login(host: str, port: int, *, mechanism: str, username: str, password: str, use_tls: bool,
-          cafile: str | None, timeout: float) -> Verdict | None:
-    """Log in once as `username`; `None` when the exchange could not be completed."""
+def login(settings: Settings, host: str, port: int, *, timeout: float, username: str | None = None,
+          password: str | None = None, mechanism: str | None = None) -> Verdict | None:
+    """Log in once at `host:port` with `settings`' security (TLS for SASL_SSL, its CA file),
+    as its user or as `username`; `None` when the exchange could not be completed."""
+    mechanism = mechanism or settings.sasl_mechanism
     if mechanism not in MECHANISMS:
         return None
+    username = settings.sasl_username or "" if username is None else username
+    password = settings.sasl_password or "" if password is None else password
     try:
-        with _connect(host, port, use_tls, cafile, timeout) as sock:
+        with _connect(host, port, settings.security_protocol == "SASL_SSL", settings.ssl_cafile, timeout) as sock:
             return _Exchange(sock).login(mechanism, username, password)
     except (OSError, _Closed, ValueError, KeyError, struct.error):  # (ssl.SSLError is an OSError)
         return None

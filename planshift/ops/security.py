@@ -195,8 +195,7 @@ def _await_credential(settings: Settings, user: str, password: str, brokers: lis
     pending = {broker: "" for broker in sorted(set(brokers))}  # broker → what it last answered
     while True:
         for host, port in list(pending):
-            verdict = sasl.login(host, port, mechanism=MECHANISM, username=user, password=password,
-                                 use_tls=settings.security_protocol == "SASL_SSL", cafile=settings.ssl_cafile,
+            verdict = sasl.login(settings, host, port, username=user, password=password, mechanism=MECHANISM,
                                  timeout=5)
             if verdict is not None and verdict.accepted:
                 del pending[(host, port)]
